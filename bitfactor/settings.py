@@ -1,0 +1,92 @@
+"""Configuration: one pydantic-settings class, read from ``BITFACTOR_*`` variables.
+
+The defaults are the embedded setup: everything under one data directory (``./var``), a
+SQLite database and an artifact directory inside it, and no broker URL, which means the
+embedded broker that needs no server. Scale-out only changes these values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "placeholder", "xxx"}
+
+
+class Settings(BaseSettings):
+    """Every setting of bitfactor; each field is also ``BITFACTOR_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="BITFACTOR_", extra="ignore")
+
+    environment: str = Field(
+        default="development",
+        description="'development' or 'production'; production refuses placeholder secrets.",
+    )
+    data_dir: Path = Field(
+        default=Path("./var"), description="Root of everything bitfactor stores locally."
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default: SQLite file <data_dir>/bitfactor.db.",
+    )
+    artifacts_dir: Path | None = Field(
+        default=None,
+        description="Where uploads and packed models live; default <data_dir>/artifacts.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (e.g. redis://127.0.0.1:6379/0); default: embedded, no server.",
+    )
+    secret_key: str = Field(
+        default="dev-insecure-secret",
+        description="Server secret (HMAC of API keys); must be set in production.",
+    )
+    max_upload_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0, description="Largest accepted model or dataset upload."
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _known_environment(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in {"development", "production", "test"}:
+            raise ValueError("environment must be 'development', 'production' or 'test'")
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_secret_in_production(self) -> Settings:
+        if self.environment == "production" and (
+            self.secret_key.strip().lower() in _PLACEHOLDER_SECRETS
+            or self.secret_key == "dev-insecure-secret"
+            or len(self.secret_key) < 16
+        ):
+            raise ValueError(
+                "BITFACTOR_SECRET_KEY must be set to a real secret (16+ characters) in production"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in force: the configured one, or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'bitfactor.db').resolve()}"
+
+    @property
+    def resolved_artifacts_dir(self) -> Path:
+        """The artifact directory in force."""
+        return self.artifacts_dir if self.artifacts_dir is not None else self.data_dir / "artifacts"
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when no broker URL is set and the embedded, server-less broker is used."""
+        return not self.broker_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

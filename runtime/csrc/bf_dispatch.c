@@ -1,0 +1,37 @@
+/* bf_dispatch.c - see bf_dispatch.h. */
+#include "bf_dispatch.h"
+
+static const bf_kernels bf_table_scalar = {BF_ISA_SCALAR, bf_popcount__scalar};
+#if BF_ARCH_X86
+static const bf_kernels bf_table_avx2 = {BF_ISA_AVX2, bf_popcount__avx2};
+static const bf_kernels bf_table_avx512 = {BF_ISA_AVX512, bf_popcount__avx512vpopcnt};
+#endif
+#if BF_ARCH_ARM64
+static const bf_kernels bf_table_neon = {BF_ISA_NEON, bf_popcount__neon};
+#endif
+
+static const bf_kernels *bf_current = &bf_table_scalar;
+
+const bf_kernels *bf_dispatch_for(bf_isa isa) {
+    if (!bf_cpu_supports(isa)) return NULL;
+    switch (isa) {
+    case BF_ISA_SCALAR: return &bf_table_scalar;
+#if BF_ARCH_X86
+    case BF_ISA_AVX2: return &bf_table_avx2;
+    case BF_ISA_AVX512: return &bf_table_avx512;
+#endif
+#if BF_ARCH_ARM64
+    case BF_ISA_NEON: return &bf_table_neon;
+#endif
+    default: return NULL;
+    }
+}
+
+const bf_kernels *bf_dispatch_current(void) { return bf_current; }
+
+int bf_dispatch_select(bf_isa isa) {
+    const bf_kernels *table = bf_dispatch_for(isa);
+    if (!table) return -1;
+    bf_current = table;
+    return 0;
+}

@@ -1,0 +1,24 @@
+/*
+ * bf_dispatch.h - the kernel table. Filled once from the chosen ISA (best available by
+ * default, lower when BITFACTOR_ISA asks); kernels are called only through it, or through
+ * bf_dispatch_for() when a caller (a test) names an ISA explicitly.
+ */
+#ifndef BF_DISPATCH_H
+#define BF_DISPATCH_H
+
+#include "bf_cpu.h"
+#include "popcount/popcount.h"
+
+typedef struct {
+    bf_isa isa;
+    bf_popcount_fn popcount;
+} bf_kernels;
+
+/* Table for `isa`, or NULL when this CPU or build lacks it. */
+const bf_kernels *bf_dispatch_for(bf_isa isa);
+/* The table in use. */
+const bf_kernels *bf_dispatch_current(void);
+/* Select the table in use; returns 0 on success, -1 when `isa` is unsupported. */
+int bf_dispatch_select(bf_isa isa);
+
+#endif
