@@ -16,8 +16,17 @@ import os
 import warnings
 
 from . import _native
+from .bfm import FormatError, read_bfm, write_bfm
 
-__all__ = ["best_isa", "isa", "popcount", "supported_isas"]
+__all__ = [
+    "FormatError",
+    "best_isa",
+    "isa",
+    "popcount",
+    "read_bfm",
+    "supported_isas",
+    "write_bfm",
+]
 
 
 def isa() -> str:
