@@ -381,7 +381,9 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
             raise _fail(w, f"weight {tuple(wshape)} does not fit {cin} channels, groups {groups}")
         node.param("weight", "F32", tuple(int(v) for v in wshape))
         node.param("bias", "F32", (cout,), required=False)
-        spatial = tuple(_conv_out(w, int(shape[2 + i]), k[i], s[i], p[i], d[i]) for i in range(nsp))
+        spatial = tuple(
+            _conv_out(w, int(shape[2 + i]), kernel[i], s[i], p[i], d[i]) for i in range(nsp)
+        )
         return ValueInfo("float", (None, cout, *spatial))
     if op == "linear":
         node.n_inputs(1)
