@@ -13,7 +13,12 @@ import typer
 
 from bitfactor import __version__
 
-COMMAND_MODULES: tuple[str, ...] = ("bitfactor.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "bitfactor.commands",
+    "api.cli",
+    "worker.cli",
+    "bitfactor.client",
+)
 
 app = typer.Typer(
     name="bitfactor",

@@ -47,6 +47,28 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=512 * 1024 * 1024, gt=0, description="Largest accepted model or dataset upload."
     )
+    # Service (api/, worker/): jobs, predict and the worker's limits.
+    job_soft_time_limit: int = Field(
+        default=6 * 3600, gt=0, description="Seconds before a job is asked to stop (soft limit)."
+    )
+    job_hard_time_limit: int = Field(
+        default=6 * 3600 + 300, gt=0, description="Seconds before a job's process is killed."
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, description="Deliveries of one job before it fails (worker lost)."
+    )
+    worker_queues: str = Field(
+        default="gpu", description="Comma-separated Celery queues a worker consumes."
+    )
+    predict_max_elements: int = Field(
+        default=4_000_000, gt=0, description="Largest predict input (number of values)."
+    )
+    model_cache_size: int = Field(
+        default=8, ge=1, description="Packed models kept loaded in the API process (LRU)."
+    )
+    inspect_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds allowed to validate an uploaded model."
+    )
 
     @field_validator("environment")
     @classmethod

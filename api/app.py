@@ -1,0 +1,82 @@
+"""The FastAPI application: routers, problem+json errors, metrics middleware.
+
+``create_app(settings)`` builds one app; ``app`` (module attribute, created lazily by
+``uvicorn api.app:app``-style loaders through :func:`__getattr__`) uses the environment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from starlette.routing import Match
+
+from api import errors, metrics
+from api.routes import datasets, jobs, models, ops, predict, v2
+from api.state import AppState
+from bitfactor import __version__
+from bitfactor.settings import Settings, get_settings
+
+DESCRIPTION = """
+Upload a real-valued model and a dataset, start a binarization job, watch it, download
+the packed `.bfm` model and run it. Authenticate with `Authorization: Bearer <api key>`
+(`bitfactor keys create --tenant NAME`). Errors under `/v1` are RFC 9457
+`application/problem+json` with a stable `type`; `/v2` is the Open Inference Protocol.
+"""
+
+
+def _route_template(request: Request) -> str:
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "unmatched"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new API application for ``settings`` (default: the environment)."""
+    settings = settings or get_settings()
+    state = AppState.from_settings(settings)
+    app = FastAPI(
+        title="bitfactor",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "models", "description": "Real-valued models to binarize."},
+            {"name": "datasets", "description": "Training data (.npz)."},
+            {"name": "jobs", "description": "Binarization jobs, their logs and artifacts."},
+            {"name": "predict", "description": "Run a job's packed model."},
+            {"name": "inference protocol (v2)", "description": "KServe Open Inference."},
+            {"name": "operations", "description": "Metrics and health."},
+        ],
+    )
+    app.state.bitfactor = state
+    metrics.JOBS.sessions = state.sessions
+    errors.install(app)
+    for module in (models, datasets, jobs, predict, v2, ops):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def _observe(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            metrics.REQUEST_LATENCY.labels(
+                request.method, _route_template(request), str(status)
+            ).observe(time.perf_counter() - start)
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,81 @@
+"""Dependencies: the app state, a session, the caller's tenant, and owned resources.
+
+The ``Owned*`` aliases load a resource by its path id and answer 404 when it is missing
+or belongs to another tenant (the two are indistinguishable on purpose).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from api.errors import Problem
+from api.state import AppState
+from db import repo
+from db.models import Dataset, Job, ModelFile, Tenant
+
+
+def get_state(request: Request) -> AppState:
+    """The process-wide :class:`AppState`."""
+    state: AppState = request.app.state.bitfactor
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    """A database session for one request, committed by the route when it writes."""
+    with state.sessions() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_tenant(request: Request, state: StateDep, session: SessionDep) -> Tenant:
+    """The tenant of the ``Authorization: Bearer`` key; 401 without a valid one."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="bitfactor"'}
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Problem("unauthorized", "send 'Authorization: Bearer <api key>'", headers=challenge)
+    tenant = repo.tenant_for_key(session, key=key.strip(), secret=state.settings.secret_key)
+    if tenant is None:
+        raise Problem("unauthorized", "the API key is not valid", headers=challenge)
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+def owned_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelFile:
+    """The caller's model ``model_id`` or 404."""
+    row = repo.get_owned(session, ModelFile, tenant_id=tenant.id, row_id=model_id)
+    if row is None:
+        raise Problem("not-found", f"no model {model_id}")
+    return row
+
+
+def owned_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Dataset:
+    """The caller's dataset ``dataset_id`` or 404."""
+    row = repo.get_owned(session, Dataset, tenant_id=tenant.id, row_id=dataset_id)
+    if row is None:
+        raise Problem("not-found", f"no dataset {dataset_id}")
+    return row
+
+
+def owned_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
+    """The caller's job ``job_id`` or 404."""
+    row = repo.get_owned(session, Job, tenant_id=tenant.id, row_id=job_id)
+    if row is None:
+        raise Problem("not-found", f"no job {job_id}")
+    return row
+
+
+OwnedModel = Annotated[ModelFile, Depends(owned_model)]
+OwnedDataset = Annotated[Dataset, Depends(owned_dataset)]
+OwnedJob = Annotated[Job, Depends(owned_job)]

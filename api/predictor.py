@@ -1,0 +1,112 @@
+"""Packed models loaded by ``runtime`` for predict: a bounded LRU cache and input checks."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import runtime
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: name, shape (``None`` = any batch size), dtype."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str
+
+
+def _spec(info: Any) -> TensorSpec:
+    if isinstance(info, dict):
+        name, shape, dtype = info["name"], info["shape"], info.get("dtype", "float32")
+    else:
+        name, shape = info.name, info.shape
+        dtype = getattr(info, "dtype", "float32")
+    dims = tuple(None if d is None or (isinstance(d, int) and d < 0) else int(d) for d in shape)
+    return TensorSpec(str(name), dims, str(np.dtype(dtype)))
+
+
+class LoadedModel:
+    """A packed model ready to run, with its input and output specs."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.inputs = [_spec(i) for i in model.inputs]
+        self.outputs = [_spec(o) for o in model.outputs]
+        self._lock = threading.Lock()
+
+    @property
+    def input(self) -> TensorSpec:
+        """The model's (single) input."""
+        return self.inputs[0]
+
+    def check(self, x: np.ndarray, *, max_elements: int) -> np.ndarray:
+        """``x`` as a contiguous float32 batch of the input's shape; ValueError otherwise."""
+        spec = self.input
+        if x.size > max_elements:
+            raise ValueError(f"{x.size} values is more than the limit of {max_elements}")
+        if x.dtype.kind not in "fiub":
+            raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
+        if x.ndim != len(spec.shape):
+            raise ValueError(
+                f"input {spec.name!r} has shape {_fmt(spec.shape)}; got an array of {x.ndim} "
+                f"dimensions {list(x.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(spec.shape, x.shape, strict=True)):
+            if want is not None and want != got:
+                raise ValueError(
+                    f"input {spec.name!r} has shape {_fmt(spec.shape)}; got {list(x.shape)} "
+                    f"(axis {axis})"
+                )
+        if x.shape[0] < 1:
+            raise ValueError("the batch is empty")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError("inputs must be finite numbers")
+        return x
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a checked batch; returns every output by name."""
+        with self._lock:
+            raw = self.model.run(x)
+        if isinstance(raw, dict):
+            return {str(k): np.asarray(v) for k, v in raw.items()}
+        if isinstance(raw, list | tuple):
+            return {spec.name: np.asarray(v) for spec, v in zip(self.outputs, raw, strict=True)}
+        return {self.outputs[0].name: np.asarray(raw)}
+
+
+def _fmt(shape: tuple[int | None, ...]) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+
+
+class ModelCache:
+    """Loaded models by key (the artifact's sha256), least recently used evicted first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, path: Path) -> LoadedModel:
+        """The model stored at ``path`` under ``key``, loaded on first use."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        loaded = LoadedModel(runtime.load(path))
+        with self._lock:
+            self._items[key] = loaded
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return loaded
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,1 @@
+"""One router per resource: models, datasets, jobs, predict, the inference protocol, ops."""

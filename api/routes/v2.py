@@ -1,0 +1,237 @@
+"""The Open Inference Protocol (KServe v2) under ``/v2``; model name = job id.
+
+JSON tensors and the binary tensor data extension (``Inference-Header-Content-Length``)
+are both accepted, so stock KServe/Triton HTTP clients work. Errors keep the protocol's
+``{"error": "..."}`` body.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from api import metrics
+from api.deps import SessionDep, StateDep, TenantDep
+from api.errors import Problem
+from api.predictor import LoadedModel, TensorSpec
+from api.routes.predict import load_job_model
+from db import repo
+from db.models import Job
+
+router = APIRouter(prefix="/v2", tags=["inference protocol (v2)"])
+HEADER_LENGTH = "Inference-Header-Content-Length"
+VERSION = "1"
+DATATYPES = {
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "FP16": np.float16,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+}
+
+
+def _job(session: SessionDep, tenant: TenantDep, name: str) -> Job:
+    job = repo.get_owned(session, Job, tenant_id=tenant.id, row_id=name)
+    if job is None:
+        raise Problem("not-found", f"no model {name!r}")
+    return job
+
+
+def _model(state: StateDep, job: Job) -> LoadedModel:
+    if job.status != "succeeded":
+        raise Problem("not-found", f"model {job.id!r} is not available (job {job.status})")
+    return load_job_model(state, job)
+
+
+def _tensor_meta(spec: TensorSpec) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "datatype": "FP32",
+        "shape": [-1 if d is None else d for d in spec.shape],
+    }
+
+
+@router.get("/health/live", summary="Liveness")
+def live() -> dict[str, bool]:
+    """The server process answers."""
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness")
+def ready(state: StateDep, session: SessionDep) -> dict[str, bool]:
+    """The server can reach its database."""
+    session.execute(select(Job.id).limit(1))
+    return {"ready": True}
+
+
+@router.get("", summary="Server metadata")
+def server_metadata() -> dict[str, Any]:
+    """Name, version and protocol extensions."""
+    from bitfactor import __version__
+
+    return {"name": "bitfactor", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", include_in_schema=False)
+async def model_metadata(
+    name: str, state: StateDep, session: SessionDep, tenant: TenantDep
+) -> dict[str, Any]:
+    """Inputs and outputs of a job's packed model."""
+    model = await run_in_threadpool(_model, state, _job(session, tenant, name))
+    return {
+        "name": name,
+        "versions": [VERSION],
+        "platform": "bitfactor_bfm",
+        "inputs": [_tensor_meta(s) for s in model.inputs],
+        "outputs": [_tensor_meta(s) for s in model.outputs],
+    }
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
+def model_ready(name: str, session: SessionDep, tenant: TenantDep) -> Response:
+    """200 when the job succeeded and its model can be served; 400 otherwise."""
+    job = _job(session, tenant, name)
+    ok = job.status == "succeeded"
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
+
+
+def _parse_request(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError as exc:
+            raise Problem("bad-request", f"{HEADER_LENGTH} must be an integer") from exc
+        if not 0 < n <= len(raw):
+            raise Problem("bad-request", f"{HEADER_LENGTH} is out of range")
+        head, blob = raw[:n], raw[n:]
+    else:
+        head, blob = raw, b""
+    try:
+        body = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem("bad-request", f"the request is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise Problem("bad-request", "the request needs an 'inputs' list")
+    return body, blob
+
+
+def _input_array(entry: Any, blob: bytes, offset: int, max_elements: int) -> tuple[np.ndarray, int]:
+    if not isinstance(entry, dict):
+        raise Problem("bad-request", "each input must be an object")
+    name = entry.get("name")
+    shape = entry.get("shape")
+    datatype = entry.get("datatype")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise Problem("bad-request", f"input {name!r}: 'shape' must be a list of integers")
+    if datatype not in DATATYPES:
+        raise Problem("bad-request", f"input {name!r}: unsupported datatype {datatype!r}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count > max_elements:
+        raise Problem("bad-request", f"input {name!r}: more than {max_elements} values")
+    dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+    params = entry.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        if not isinstance(size, int) or size != count * dtype.itemsize:
+            raise Problem("bad-request", f"input {name!r}: binary_data_size does not match shape")
+        if offset + size > len(blob):
+            raise Problem("bad-request", f"input {name!r}: the binary data is too short")
+        array = np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
+        return array.reshape(shape), offset + size
+    data = entry.get("data")
+    if data is None:
+        raise Problem("bad-request", f"input {name!r} has no 'data'")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise Problem("bad-request", f"input {name!r}: data are not {datatype} numbers") from exc
+    if array.size != count:
+        raise Problem("bad-request", f"input {name!r}: {array.size} values for shape {shape}")
+    return array.reshape(shape), offset
+
+
+@router.post("/models/{name}/infer", summary="Inference")
+@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
+async def infer(
+    name: str, request: Request, state: StateDep, session: SessionDep, tenant: TenantDep
+) -> Response:
+    """Run the job's packed model on the request's (single) input tensor."""
+    job = _job(session, tenant, name)
+    raw = await request.body()
+    body, blob = _parse_request(raw, request.headers.get(HEADER_LENGTH))
+    model = await run_in_threadpool(_model, state, job)
+    if len(body["inputs"]) != len(model.inputs):
+        raise Problem(
+            "bad-request",
+            f"model {name!r} takes {len(model.inputs)} input(s), got {len(body['inputs'])}",
+        )
+    limit = state.settings.predict_max_elements
+    array, _ = _input_array(body["inputs"][0], blob, 0, limit)
+    try:
+        x = model.check(array, max_elements=limit)
+    except ValueError as exc:
+        raise Problem("bad-request", str(exc)) from exc
+    start = time.perf_counter()
+    outputs = await run_in_threadpool(model.run, x)
+    metrics.PREDICT_LATENCY.labels(protocol="v2").observe(time.perf_counter() - start)
+
+    params = body.get("parameters") or {}
+    default_binary = bool(isinstance(params, dict) and params.get("binary_data_output"))
+    requested = body.get("outputs")
+    if requested is None:
+        wanted = [(spec.name, default_binary) for spec in model.outputs]
+    else:
+        if not isinstance(requested, list):
+            raise Problem("bad-request", "'outputs' must be a list")
+        wanted = []
+        for item in requested:
+            if not isinstance(item, dict) or item.get("name") not in outputs:
+                raise Problem("bad-request", f"unknown output {item!r}")
+            out_params = item.get("parameters") or {}
+            binary = out_params.get("binary_data", default_binary)
+            wanted.append((item["name"], bool(binary)))
+
+    response_outputs: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for out_name, binary in wanted:
+        value = np.ascontiguousarray(outputs[out_name], dtype="<f4")
+        entry: dict[str, Any] = {"name": out_name, "datatype": "FP32", "shape": list(value.shape)}
+        if binary:
+            data = value.tobytes()
+            entry["parameters"] = {"binary_data_size": len(data)}
+            chunks.append(data)
+        else:
+            entry["data"] = value.reshape(-1).astype(np.float64).tolist()
+        response_outputs.append(entry)
+    result: dict[str, Any] = {
+        "model_name": name,
+        "model_version": VERSION,
+        "outputs": response_outputs,
+    }
+    if "id" in body:
+        result["id"] = body["id"]
+    head = json.dumps(result).encode()
+    if not chunks:
+        return Response(head, media_type="application/json")
+    return Response(
+        head + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(head))},
+    )

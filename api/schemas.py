@@ -1,0 +1,191 @@
+"""Request and response bodies of ``/v1`` (with the examples OpenAPI shows)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bitfactor.jobconfig import BinarizeConfig, Progress
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceling", "canceled"]
+T = TypeVar("T")
+
+
+class ModelOut(BaseModel):
+    """An uploaded model."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5f0c7a0e8b1d4c2f9a3e6d7b1c2a3f4e",
+                    "name": "digits-mlp",
+                    "format": "onnx",
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "size_bytes": 48213,
+                    "input_shape": [None, 64],
+                    "num_params": 11274,
+                    "arch": None,
+                    "created_at": "2026-01-01T12:00:00Z",
+                }
+            ]
+        },
+    )
+
+    id: str
+    name: str
+    format: str
+    sha256: str
+    size_bytes: int
+    input_shape: list[int | None] | None
+    num_params: int | None = None
+    arch: str | None = None
+    created_at: datetime
+
+
+class DatasetOut(BaseModel):
+    """An uploaded dataset."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0b6e2a4c9d8f4e1a8c3b5d7f9e1a2c4b",
+                    "name": "digits.npz",
+                    "sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+                    "size_bytes": 470110,
+                    "n": 1797,
+                    "x_shape": [1797, 64],
+                    "has_labels": True,
+                    "created_at": "2026-01-01T12:00:00Z",
+                }
+            ]
+        },
+    )
+
+    id: str
+    name: str
+    sha256: str
+    size_bytes: int
+    n: int
+    x_shape: list[int]
+    has_labels: bool
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    """A binarization job to start."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_id": "5f0c7a0e8b1d4c2f9a3e6d7b1c2a3f4e",
+                    "dataset_id": "0b6e2a4c9d8f4e1a8c3b5d7f9e1a2c4b",
+                    "config": {"factorization": "matrix", "epochs": 5},
+                }
+            ]
+        },
+    )
+
+    model_id: str = Field(min_length=1, max_length=64)
+    dataset_id: str = Field(min_length=1, max_length=64)
+    config: BinarizeConfig = Field(default_factory=BinarizeConfig)
+
+
+class JobOut(BaseModel):
+    """A job: its status, progress while it runs, result or error when it ends."""
+
+    model_config = ConfigDict(
+        from_attributes=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "c4ca4238a0b923820dcc509a6f75849b",
+                    "model_id": "5f0c7a0e8b1d4c2f9a3e6d7b1c2a3f4e",
+                    "dataset_id": "0b6e2a4c9d8f4e1a8c3b5d7f9e1a2c4b",
+                    "status": "running",
+                    "config": {"factorization": "matrix", "epochs": 5},
+                    "progress": {
+                        "epoch": 2,
+                        "epochs": 5,
+                        "step": 60,
+                        "total_steps": 150,
+                        "loss": 0.41,
+                        "metrics": {"val_accuracy": 0.93},
+                        "eta_seconds": 12.5,
+                        "stage": "train",
+                    },
+                    "result": None,
+                    "error": None,
+                    "attempts": 1,
+                    "created_at": "2026-01-01T12:00:00Z",
+                    "started_at": "2026-01-01T12:00:01Z",
+                    "finished_at": None,
+                }
+            ]
+        },
+    )
+
+    id: str
+    model_id: str
+    dataset_id: str
+    status: JobStatus
+    config: dict[str, Any]
+    progress: Progress | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list; pass ``next_cursor`` as ``cursor`` for the next one."""
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+class PredictRequest(BaseModel):
+    """A batch of inputs, batch first, as nested lists."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.0] * 8]}]}
+    )
+
+    inputs: list[Any] = Field(min_length=1)
+    top_k: int = Field(default=5, ge=0, le=1000, description="Top classes reported per row.")
+
+
+class TopK(BaseModel):
+    """The best classes of one batch row."""
+
+    indices: list[int]
+    scores: list[float]
+
+
+class PredictResponse(BaseModel):
+    """The model's outputs, and the top classes of its first output per batch row."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "outputs": [[0.1, 2.3, -0.4]],
+                    "top_k": [{"indices": [1, 0, 2], "scores": [2.3, 0.1, -0.4]}],
+                    "output_name": "logits",
+                }
+            ]
+        }
+    )
+
+    outputs: list[Any]
+    top_k: list[TopK]
+    output_name: str

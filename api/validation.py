@@ -1,0 +1,125 @@
+"""Checks of untrusted uploads, run before anything is recorded.
+
+Models are validated by ``python -m engine.inspect`` in a subprocess (the API process
+never imports torch; a hostile file can at worst crash that subprocess). Datasets are
+``.npz`` archives read with numpy alone, ``allow_pickle`` off, member sizes capped before
+anything is decompressed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_DATASET_EXPANSION = 8  # decompressed size may be at most 8x the upload cap
+
+
+class InvalidUpload(ValueError):
+    """An upload that cannot be used, with a message for the user."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What inspection learned of an uploaded model."""
+
+    format: str
+    input_shape: list[int | None] | None
+    num_params: int | None
+    num_outputs: int | None
+
+
+def inspect_model(
+    path: Path, *, arch: str | None, arch_kwargs: dict[str, Any] | None, timeout: float
+) -> ModelInfo:
+    """Validate a model file by importing it in a fresh interpreter (``engine.inspect``)."""
+    cmd = [sys.executable, "-m", "engine.inspect", str(path)]
+    if arch:
+        cmd += ["--arch", arch]
+    if arch_kwargs:
+        cmd += ["--arch-kwargs", json.dumps(arch_kwargs)]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise InvalidUpload(f"validating the model took longer than {timeout:.0f} s") from exc
+    data: dict[str, Any] | None = None
+    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
+    if lines:
+        try:
+            parsed = json.loads(lines[-1])
+            data = parsed if isinstance(parsed, dict) else None
+        except json.JSONDecodeError:
+            data = None
+    if data is not None and "error" in data:
+        raise InvalidUpload(str(data["error"]))
+    if proc.returncode != 0 or data is None:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if "No module named" in tail:
+            raise RuntimeError(f"model validation is unavailable on this server: {tail}")
+        raise InvalidUpload(f"the model could not be imported ({tail})")
+    shape = data.get("input_shape")
+    return ModelInfo(
+        format=str(data.get("format", "unknown")),
+        input_shape=list(shape) if isinstance(shape, list) else None,
+        num_params=int(data["num_params"]) if data.get("num_params") is not None else None,
+        num_outputs=int(data["num_outputs"]) if data.get("num_outputs") is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What validation learned of an uploaded dataset."""
+
+    n: int
+    x_shape: list[int]
+    has_labels: bool
+
+
+def inspect_dataset(path: Path, *, max_bytes: int) -> DatasetInfo:
+    """Validate an ``.npz`` with ``x`` (numbers, finite, batch first) and optional ``y``."""
+    if not zipfile.is_zipfile(path):
+        raise InvalidUpload("a dataset must be an .npz archive (numpy.savez)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidUpload(f"the archive is damaged: {exc}") from exc
+    unknown = sorted(set(members) - {"x.npy", "y.npy"})
+    if unknown:
+        raise InvalidUpload(f"unexpected arrays {unknown}: only 'x' and 'y' are read")
+    if "x.npy" not in members:
+        raise InvalidUpload("the archive has no array 'x'")
+    if sum(info.file_size for info in members.values()) > MAX_DATASET_EXPANSION * max_bytes:
+        raise InvalidUpload("the arrays are too large once decompressed")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            x = arrays["x"]
+            y = arrays["y"] if "y.npy" in members else None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidUpload(f"the arrays cannot be read: {exc}") from exc
+    if x.dtype.kind not in "fiu" or (x.dtype.kind == "f" and x.dtype.itemsize > 8):
+        raise InvalidUpload(f"'x' must hold numbers, got dtype {x.dtype}")
+    if x.ndim < 2 or x.shape[0] < 1 or 0 in x.shape:
+        raise InvalidUpload(f"'x' must be (n, features...) with n >= 1, got shape {x.shape}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise InvalidUpload("'x' has NaN or infinite values")
+    if y is not None:
+        if y.dtype.kind not in "iu":
+            raise InvalidUpload(f"'y' must hold integer class labels, got dtype {y.dtype}")
+        if y.shape != (x.shape[0],):
+            raise InvalidUpload(f"'y' must have shape ({x.shape[0]},), got {y.shape}")
+        if y.size and int(y.min()) < 0:
+            raise InvalidUpload("'y' has negative labels")
+    return DatasetInfo(
+        n=int(x.shape[0]), x_shape=[int(d) for d in x.shape], has_labels=y is not None
+    )

@@ -1,0 +1,17 @@
+"""The Celery task: one binarization job per task, by job id."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from worker.app import TASK_BINARIZE, get_celery
+from worker.jobs import run_job
+
+celery_app = get_celery()
+
+
+@celery_app.task(name=TASK_BINARIZE, acks_late=True, reject_on_worker_lost=True)
+def binarize(job_id: str) -> str:
+    """Run job ``job_id``; its row records every outcome. Returns the final status."""
+    return run_job(job_id, worker_id=f"{socket.gethostname()}:{os.getpid()}")
