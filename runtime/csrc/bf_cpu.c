@@ -39,6 +39,19 @@ static int bf_x86_has_avx512(void) {
 }
 #endif
 
+int bf_cpu_has_popcnt(void) {
+#if BF_ARCH_X86
+    static int cached = -1;
+    if (cached < 0) {
+        unsigned int a, b, c, d;
+        cached = __get_cpuid(1, &a, &b, &c, &d) ? (int)((c >> 23) & 1) : 0;
+    }
+    return cached;
+#else
+    return 0;
+#endif
+}
+
 int bf_cpu_supports(bf_isa isa) {
     static int cached[4] = {-1, -1, -1, -1};
     if ((int)isa < 0 || (int)isa > 3) return 0;

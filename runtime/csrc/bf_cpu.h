@@ -16,6 +16,8 @@ typedef enum {
 bf_isa bf_cpu_best_isa(void);
 /* Whether this CPU and OS support `isa`. */
 int bf_cpu_supports(bf_isa isa);
+/* Whether the CPU has the POPCNT instruction (x86; 0 elsewhere). */
+int bf_cpu_has_popcnt(void);
 /* "scalar", "neon", "avx2", "avx512". */
 const char *bf_isa_name(bf_isa isa);
 /* Parse a name as above; returns -1 for an unknown name. */

@@ -1,13 +1,20 @@
 /* bf_dispatch.c - see bf_dispatch.h. */
 #include "bf_dispatch.h"
 
-static const bf_kernels bf_table_scalar = {BF_ISA_SCALAR, bf_popcount__scalar};
+static const bf_kernels bf_table_scalar = {BF_ISA_SCALAR, bf_popcount__scalar,
+                                           bf_xnor_gemm_2x2__scalar, bf_sign_pack__scalar};
 #if BF_ARCH_X86
-static const bf_kernels bf_table_avx2 = {BF_ISA_AVX2, bf_popcount__avx2};
-static const bf_kernels bf_table_avx512 = {BF_ISA_AVX512, bf_popcount__avx512vpopcnt};
+/* The same scalar code compiled with the POPCNT instruction, used when the CPU has it. */
+static const bf_kernels bf_table_scalar_popcnt = {
+    BF_ISA_SCALAR, bf_popcount__scalar, bf_xnor_gemm_2x2__scalar_popcnt, bf_sign_pack__scalar};
+static const bf_kernels bf_table_avx2 = {BF_ISA_AVX2, bf_popcount__avx2, bf_xnor_gemm_2x4__avx2,
+                                         bf_sign_pack__avx2};
+static const bf_kernels bf_table_avx512 = {BF_ISA_AVX512, bf_popcount__avx512vpopcnt,
+                                           bf_xnor_gemm_4x4__avx512vpopcnt, bf_sign_pack__avx2};
 #endif
 #if BF_ARCH_ARM64
-static const bf_kernels bf_table_neon = {BF_ISA_NEON, bf_popcount__neon};
+static const bf_kernels bf_table_neon = {BF_ISA_NEON, bf_popcount__neon, bf_xnor_gemm_2x4__neon,
+                                         bf_sign_pack__scalar};
 #endif
 
 static const bf_kernels *bf_current = &bf_table_scalar;
@@ -15,7 +22,11 @@ static const bf_kernels *bf_current = &bf_table_scalar;
 const bf_kernels *bf_dispatch_for(bf_isa isa) {
     if (!bf_cpu_supports(isa)) return NULL;
     switch (isa) {
+#if BF_ARCH_X86
+    case BF_ISA_SCALAR: return bf_cpu_has_popcnt() ? &bf_table_scalar_popcnt : &bf_table_scalar;
+#else
     case BF_ISA_SCALAR: return &bf_table_scalar;
+#endif
 #if BF_ARCH_X86
     case BF_ISA_AVX2: return &bf_table_avx2;
     case BF_ISA_AVX512: return &bf_table_avx512;

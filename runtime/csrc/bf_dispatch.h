@@ -8,10 +8,14 @@
 
 #include "bf_cpu.h"
 #include "popcount/popcount.h"
+#include "sign_pack/sign_pack.h"
+#include "xnor_gemm/xnor_gemm.h"
 
 typedef struct {
     bf_isa isa;
     bf_popcount_fn popcount;
+    bf_xnor_gemm_fn xnor_gemm;
+    bf_sign_pack_fn sign_pack;
 } bf_kernels;
 
 /* Table for `isa`, or NULL when this CPU or build lacks it. */

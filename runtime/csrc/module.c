@@ -5,9 +5,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <string.h>
+
 #include "bf_common.h"
 #include "bf_cpu.h"
 #include "bf_dispatch.h"
+#include "bconv/bconv.h"
 
 /* Resolve an optional ISA name to a kernel table; sets a Python error and returns NULL. */
 static const bf_kernels *resolve_isa(PyObject *name) {
@@ -55,6 +58,232 @@ static PyObject *py_popcount(PyObject *self, PyObject *args, PyObject *kwargs) {
     return PyLong_FromLongLong((long long)total);
 }
 
+/* --- buffers ------------------------------------------------------------------------ */
+
+#define BF_MAX_OPTIONAL 8
+
+typedef struct {
+    Py_buffer views[16];
+    int count;
+} bf_buffers;
+
+static void release_all(bf_buffers *bufs) {
+    for (int i = 0; i < bufs->count; i++) PyBuffer_Release(&bufs->views[i]);
+    bufs->count = 0;
+}
+
+/* Get a C-contiguous buffer of at least `min_bytes` (writable when asked); None gives NULL
+ * when `optional`. Returns 0 on success, -1 with a Python error set. */
+static int get_buffer(bf_buffers *bufs, PyObject *obj, const char *what, size_t min_bytes,
+                      int writable, int optional, void **out) {
+    *out = NULL;
+    if (obj == Py_None) {
+        if (optional) return 0;
+        PyErr_Format(PyExc_ValueError, "%s is required", what);
+        return -1;
+    }
+    Py_buffer *view = &bufs->views[bufs->count];
+    const int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
+    bufs->count++;
+    if ((size_t)view->len < min_bytes) {
+        PyErr_Format(PyExc_ValueError, "%s has %zd bytes, needs %zu", what, view->len, min_bytes);
+        return -1;
+    }
+    *out = view->buf;
+    return 0;
+}
+
+static int positive_sizes(const Py_ssize_t *values, int n) {
+    for (int i = 0; i < n; i++) {
+        if (values[i] <= 0 || values[i] > ((Py_ssize_t)1 << 31)) {
+            PyErr_SetString(PyExc_ValueError, "sizes must be positive and below 2**31");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --- xnor_gemm ------------------------------------------------------------------------ */
+
+static PyObject *py_xnor_gemm(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"a", "b", "c", "m", "n", "kw", "lda", "ldb", "isa", NULL};
+    PyObject *a_obj, *b_obj, *c_obj, *isa_name = NULL;
+    Py_ssize_t sz[5];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnnnnn|O", kwlist, &a_obj, &b_obj, &c_obj,
+                                     &sz[0], &sz[1], &sz[2], &sz[3], &sz[4], &isa_name))
+        return NULL;
+    if (positive_sizes(sz, 5) < 0) return NULL;
+    const size_t m = (size_t)sz[0], n = (size_t)sz[1], kw = (size_t)sz[2], lda = (size_t)sz[3],
+                 ldb = (size_t)sz[4];
+    if (lda < kw || ldb < kw) {
+        PyErr_SetString(PyExc_ValueError, "lda and ldb must be >= kw");
+        return NULL;
+    }
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    bf_buffers bufs = {.count = 0};
+    void *a, *b, *c;
+    if (get_buffer(&bufs, a_obj, "a", ((m - 1) * lda + kw) * 8, 0, 0, &a) < 0 ||
+        get_buffer(&bufs, b_obj, "b", ((n - 1) * ldb + kw) * 8, 0, 0, &b) < 0 ||
+        get_buffer(&bufs, c_obj, "c", m * n * 4, 1, 0, &c) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    table->xnor_gemm(m, n, kw, (const bf_word *)a, lda, (const bf_word *)b, ldb, (int32_t *)c, n);
+    Py_END_ALLOW_THREADS
+    release_all(&bufs);
+    Py_RETURN_NONE;
+}
+
+/* --- sign_pack ------------------------------------------------------------------------ */
+
+static PyObject *py_sign_pack(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x", "threshold", "out", "n", "c", "s", "isa", NULL};
+    PyObject *x_obj, *t_obj, *out_obj, *isa_name = NULL;
+    Py_ssize_t sz[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnnn|O", kwlist, &x_obj, &t_obj, &out_obj,
+                                     &sz[0], &sz[1], &sz[2], &isa_name))
+        return NULL;
+    if (positive_sizes(sz, 3) < 0) return NULL;
+    const size_t n = (size_t)sz[0], c = (size_t)sz[1], s = (size_t)sz[2];
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    bf_buffers bufs = {.count = 0};
+    void *x, *t, *out;
+    if (get_buffer(&bufs, x_obj, "x", n * c * s * 4, 0, 0, &x) < 0 ||
+        get_buffer(&bufs, t_obj, "threshold", c * 4, 0, 1, &t) < 0 ||
+        get_buffer(&bufs, out_obj, "out", n * s * BF_WORDS_FOR(c) * 8, 1, 0, &out) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    table->sign_pack((const float *)x, (const float *)t, (bf_word *)out, n, c, s);
+    Py_END_ALLOW_THREADS
+    release_all(&bufs);
+    Py_RETURN_NONE;
+}
+
+/* --- bconv ------------------------------------------------------------------------------ */
+
+static PyObject *py_bconv_scratch_bytes(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_ssize_t kpad;
+    int threads;
+    if (!PyArg_ParseTuple(args, "ni", &kpad, &threads)) return NULL;
+    if (kpad <= 0 || threads <= 0 || threads > 4096) {
+        PyErr_SetString(PyExc_ValueError, "kpad and threads must be positive");
+        return NULL;
+    }
+    return PyLong_FromSize_t(bf_bconv_scratch_bytes((size_t)kpad, threads));
+}
+
+static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x",        "weight",        "wsum", "scale",   "bias",
+                             "pos_h",    "pos_w",         "slope", "residual", "out_threshold",
+                             "out",      "scratch",       "geometry", "transform", "threads",
+                             "isa",      NULL};
+    PyObject *obj[12], *isa_name = NULL;
+    Py_ssize_t geo[14];
+    int pad_zero, activation, post_relu, out_bits, threads;
+    float min_val, max_val;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OOOOOOOOOOOO(nnnnnnnnnnnnnn)(iiffii)i|O", kwlist, &obj[0], &obj[1],
+            &obj[2], &obj[3], &obj[4], &obj[5], &obj[6], &obj[7], &obj[8], &obj[9], &obj[10],
+            &obj[11], &geo[0], &geo[1], &geo[2], &geo[3], &geo[4], &geo[5], &geo[6], &geo[7],
+            &geo[8], &geo[9], &geo[10], &geo[11], &geo[12], &geo[13], &pad_zero, &activation,
+            &min_val, &max_val, &post_relu, &out_bits, &threads, &isa_name))
+        return NULL;
+    /* geometry: n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, kpad */
+    for (int i = 0; i < 14; i++) {
+        const int may_be_zero = i == 9 || i == 10;
+        if (geo[i] < (may_be_zero ? 0 : 1) || geo[i] > ((Py_ssize_t)1 << 31)) {
+            PyErr_Format(PyExc_ValueError, "geometry[%d] = %zd is out of range", i, geo[i]);
+            return NULL;
+        }
+    }
+    if (activation < BF_ACT_NONE || activation > BF_ACT_HARDTANH) {
+        PyErr_SetString(PyExc_ValueError, "unknown activation");
+        return NULL;
+    }
+    bf_bconv_args g;
+    memset(&g, 0, sizeof(g));
+    g.n = (size_t)geo[0]; g.h = (size_t)geo[1]; g.w = (size_t)geo[2];
+    g.cin = (size_t)geo[3]; g.cout = (size_t)geo[4];
+    g.kh = (size_t)geo[5]; g.kw = (size_t)geo[6]; g.sh = (size_t)geo[7]; g.sw = (size_t)geo[8];
+    g.ph = (size_t)geo[9]; g.pw = (size_t)geo[10]; g.dh = (size_t)geo[11]; g.dw = (size_t)geo[12];
+    g.kpad = (size_t)geo[13];
+    const size_t cw = BF_WORDS_FOR(g.cin);
+    if (g.kpad < g.kh * g.kw * cw) {
+        PyErr_SetString(PyExc_ValueError, "kpad is smaller than kh * kw * cin_w");
+        return NULL;
+    }
+    const size_t eh = g.dh * (g.kh - 1) + 1, ew = g.dw * (g.kw - 1) + 1;
+    if (g.h + 2 * g.ph < eh || g.w + 2 * g.pw < ew) {
+        PyErr_SetString(PyExc_ValueError, "kernel extent exceeds the padded input");
+        return NULL;
+    }
+    g.ho = (g.h + 2 * g.ph - eh) / g.sh + 1;
+    g.wo = (g.w + 2 * g.pw - ew) / g.sw + 1;
+    g.pad_zero = pad_zero != 0;
+    g.activation = activation;
+    g.min_val = min_val;
+    g.max_val = max_val;
+    g.post_relu = post_relu != 0;
+    g.out_bits = out_bits != 0;
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    g.gemm = table->xnor_gemm;
+    const size_t outs = g.n * g.ho * g.wo;
+    const int used = bf_bconv_threads(&g, threads < 1 ? 1 : threads);
+    bf_buffers bufs = {.count = 0};
+    void *p[12];
+    if (get_buffer(&bufs, obj[0], "x", g.n * g.h * g.w * cw * 8, 0, 0, &p[0]) < 0 ||
+        get_buffer(&bufs, obj[1], "weight", g.cout * g.kpad * 8, 0, 0, &p[1]) < 0 ||
+        get_buffer(&bufs, obj[2], "wsum", g.kh * g.kw * g.cout * 4, 0, !g.pad_zero, &p[2]) < 0 ||
+        get_buffer(&bufs, obj[3], "scale", g.cout * 4, 0, 0, &p[3]) < 0 ||
+        get_buffer(&bufs, obj[4], "bias", g.cout * 4, 0, 1, &p[4]) < 0 ||
+        get_buffer(&bufs, obj[5], "pos_h", g.ho * 4, 0, 1, &p[5]) < 0 ||
+        get_buffer(&bufs, obj[6], "pos_w", g.wo * 4, 0, 1, &p[6]) < 0 ||
+        get_buffer(&bufs, obj[7], "slope", g.cout * 4, 0, activation != BF_ACT_PRELU, &p[7]) < 0 ||
+        get_buffer(&bufs, obj[8], "residual", outs * g.cout * 4, 0, 1, &p[8]) < 0 ||
+        get_buffer(&bufs, obj[9], "out_threshold", g.cout * 4, 0, 1, &p[9]) < 0 ||
+        get_buffer(&bufs, obj[10], "out",
+                   g.out_bits ? outs * BF_WORDS_FOR(g.cout) * 8 : outs * g.cout * 4, 1, 0,
+                   &p[10]) < 0 ||
+        get_buffer(&bufs, obj[11], "scratch", bf_bconv_scratch_bytes(g.kpad, used), 1, 0,
+                   &p[11]) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    if ((p[5] == NULL) != (p[6] == NULL)) {
+        release_all(&bufs);
+        PyErr_SetString(PyExc_ValueError, "pos_h and pos_w go together");
+        return NULL;
+    }
+    g.x = (const bf_word *)p[0];
+    g.weight = (const bf_word *)p[1];
+    g.wsum = (const int32_t *)p[2];
+    g.scale = (const float *)p[3];
+    g.bias = (const float *)p[4];
+    g.pos_h = (const float *)p[5];
+    g.pos_w = (const float *)p[6];
+    g.slope = (const float *)p[7];
+    g.residual = (const float *)p[8];
+    g.out_threshold = (const float *)p[9];
+    g.out = p[10];
+    g.scratch = p[11];
+    Py_BEGIN_ALLOW_THREADS
+    bf_bconv(&g, used);
+    Py_END_ALLOW_THREADS
+    release_all(&bufs);
+    return PyLong_FromLong(used);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -97,6 +326,18 @@ static PyObject *py_select_isa(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"popcount", (PyCFunction)(void (*)(void))py_popcount, METH_VARARGS | METH_KEYWORDS,
      "popcount(buffer, isa=None) -> int\n\nNumber of set bits in a buffer of 64-bit words."},
+    {"xnor_gemm", (PyCFunction)(void (*)(void))py_xnor_gemm, METH_VARARGS | METH_KEYWORDS,
+     "xnor_gemm(a, b, c, m, n, kw, lda, ldb, isa=None) -> None\n\n"
+     "c[i, j] = popcount of a[i] xor b[j] over kw words (int32, row stride n)."},
+    {"sign_pack", (PyCFunction)(void (*)(void))py_sign_pack, METH_VARARGS | METH_KEYWORDS,
+     "sign_pack(x, threshold, out, n, c, s, isa=None) -> None\n\n"
+     "Pack float32 (n, c, s) signs into (n, s, ceil(c/64)) words."},
+    {"bconv_scratch_bytes", py_bconv_scratch_bytes, METH_VARARGS,
+     "bconv_scratch_bytes(kpad, threads) -> int\n\nScratch bytes a bconv call needs."},
+    {"bconv", (PyCFunction)(void (*)(void))py_bconv, METH_VARARGS | METH_KEYWORDS,
+     "bconv(x, weight, wsum, scale, bias, pos_h, pos_w, slope, residual, out_threshold, out, "
+     "scratch, geometry, transform, threads, isa=None) -> int\n\n"
+     "Binary convolution with the fused output transform; returns the threads used."},
     {"isa", py_isa, METH_NOARGS, "isa() -> str\n\nThe ISA whose kernels are in use."},
     {"best_isa", py_best_isa, METH_NOARGS, "best_isa() -> str\n\nThe best ISA this CPU supports."},
     {"supported_isas", py_supported_isas, METH_NOARGS,

@@ -1,0 +1,58 @@
+/*
+ * bconv.h - binary convolution with the fused output transform (docs/format.md).
+ *
+ * One driver serves bconv2d, bconv1d (h = kh = 1) and blinear (h = w = kh = kw = 1):
+ *   1. im2col of the packed input into a per-thread tile (MT pixels x kpad words; taps
+ *      outside the input are zero words, i.e. +1, and padding words are zero), or the
+ *      input itself for 1x1 / stride 1 / no padding;
+ *   2. the ISA's xnor_gemm against the weights (cout rows of kpad words) -> popcounts P;
+ *   3. acc = K - 2 P with K = cin * kh * kw; for zero padding, each out-of-bounds tap's
+ *      contribution (wsum[tap][co] = cin - 2 popcount(weight tap), what +1 inputs give)
+ *      is subtracted, so those taps add exactly 0;
+ *   4. y = ((float)acc * scale[co]) * (pos_h[oy] * pos_w[ox]) + bias[co]; activation;
+ *      + residual; post-activation; then float NCHW or packed (n, ho, wo, cout_w) bits
+ *      (set iff y < out_threshold[co]).
+ * Work is split over pixel tiles x 64-channel chunks across threads.
+ */
+#ifndef BF_BCONV_H
+#define BF_BCONV_H
+
+#include "../bf_common.h"
+#include "../xnor_gemm/xnor_gemm.h"
+
+#define BF_BCONV_TILE_M 32
+#define BF_BCONV_TILE_N 64
+
+enum { BF_ACT_NONE = 0, BF_ACT_RELU = 1, BF_ACT_PRELU = 2, BF_ACT_HARDTANH = 3 };
+
+typedef struct {
+    size_t n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
+    size_t kpad;      /* words per weight row: kh * kw * cin_w rounded up to even */
+    int pad_zero;     /* 1: zero padding, 0: one padding */
+    int activation;   /* BF_ACT_* */
+    float min_val, max_val;
+    int post_relu;
+    int out_bits;
+    const bf_word *x;           /* (n, h, w, cin_w) */
+    const bf_word *weight;      /* (cout, kpad) */
+    const int32_t *wsum;        /* (kh * kw, cout); needed for zero padding */
+    const float *scale;         /* (cout,) */
+    const float *bias;          /* (cout,) or NULL */
+    const float *pos_h;         /* (ho,) or NULL; with pos_w */
+    const float *pos_w;         /* (wo,) or NULL */
+    const float *slope;         /* (cout,) for PReLU */
+    const float *residual;      /* float (n, cout, ho, wo) or NULL */
+    const float *out_threshold; /* (cout,) or NULL */
+    void *out;                  /* float (n, cout, ho, wo) or words (n, ho, wo, cout_w) */
+    void *scratch;              /* bf_bconv_scratch_bytes(kpad, threads) bytes */
+    bf_xnor_gemm_fn gemm;
+} bf_bconv_args;
+
+/* Scratch bytes a call with `threads` threads needs. */
+size_t bf_bconv_scratch_bytes(size_t kpad, int threads);
+/* Threads worth using for this call (1 for small layers), at most `threads`. */
+int bf_bconv_threads(const bf_bconv_args *args, int threads);
+/* Run the convolution on `threads` threads (use bf_bconv_threads first). */
+void bf_bconv(const bf_bconv_args *args, int threads);
+
+#endif
