@@ -1,6 +1,11 @@
 """Type stub of the C extension ``runtime._native`` (runtime/csrc/module.c)."""
 
+from typing import Any
+
+import numpy as np
 from typing_extensions import Buffer
+
+_Array = Buffer | np.ndarray[Any, Any]
 
 WORD_BITS: int
 
@@ -10,9 +15,9 @@ def best_isa() -> str: ...
 def supported_isas() -> list[str]: ...
 def select_isa(name: str, /) -> None: ...
 def xnor_gemm(
-    a: Buffer,
-    b: Buffer,
-    c: Buffer,
+    a: _Array,
+    b: _Array,
+    c: _Array,
     m: int,
     n: int,
     kw: int,
@@ -21,22 +26,22 @@ def xnor_gemm(
     isa: str | None = None,
 ) -> None: ...
 def sign_pack(
-    x: Buffer, threshold: Buffer | None, out: Buffer, n: int, c: int, s: int, isa: str | None = None
+    x: _Array, threshold: _Array | None, out: _Array, n: int, c: int, s: int, isa: str | None = None
 ) -> None: ...
 def bconv_scratch_bytes(kpad: int, threads: int, /) -> int: ...
 def bconv(
-    x: Buffer,
-    weight: Buffer,
-    wsum: Buffer | None,
-    scale: Buffer,
-    bias: Buffer | None,
-    pos_h: Buffer | None,
-    pos_w: Buffer | None,
-    slope: Buffer | None,
-    residual: Buffer | None,
-    out_threshold: Buffer | None,
-    out: Buffer,
-    scratch: Buffer,
+    x: _Array,
+    weight: _Array,
+    wsum: _Array | None,
+    scale: _Array,
+    bias: _Array | None,
+    pos_h: _Array | None,
+    pos_w: _Array | None,
+    slope: _Array | None,
+    residual: _Array | None,
+    out_threshold: _Array | None,
+    out: _Array,
+    scratch: _Array,
     geometry: tuple[int, ...],
     transform: tuple[int, int, float, float, int, int],
     threads: int,
