@@ -17,11 +17,16 @@ import warnings
 
 from . import _native
 from .bfm import FormatError, read_bfm, write_bfm
+from .model import Model, TensorSpec, default_threads, load
 
 __all__ = [
     "FormatError",
+    "Model",
+    "TensorSpec",
     "best_isa",
+    "default_threads",
     "isa",
+    "load",
     "popcount",
     "read_bfm",
     "supported_isas",

@@ -444,8 +444,9 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         node.n_inputs(2)
         a = need(0, "float", (2, 3, 4))
         b = ins[1]
-        if b.kind != "float" or (b.shape != a and b.shape != (a[1],)):
-            raise _fail(w, f"second input {b.kind} {b.shape} does not match {a}")
+        per_channel = len(a) > 2 and b.shape == (None, a[1])
+        if b.kind != "float" or (b.shape != a and not per_channel):
+            raise _fail(w, f"second input {b.kind} {b.shape} does not match {a} or {(None, a[1])}")
         return ValueInfo("float", a)
     if op == "flatten":
         node.n_inputs(1)

@@ -1,0 +1,567 @@
+"""The executor: run a validated ``.bfm`` graph on numpy arrays.
+
+:func:`load` reads and validates a file (:mod:`runtime.bfm`), prepares every node once
+(binary layers get their weights laid out for the kernels) and returns a :class:`Model`.
+Memory is planned once per (batch size, thread count): every value gets a buffer from an
+arena in which buffers of values that are no longer needed are reused, plus the
+scratch the kernels need; a steady-state :meth:`Model.run` allocates nothing but its
+returned copies. Arenas are per calling thread, so one model serves concurrent callers;
+the C kernels release the GIL.
+
+Binary ops run in C (``runtime._native``); real-valued ops run in numpy (im2col plus a
+BLAS matmul for convolutions).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .bfm import FormatError, ValueInfo, infer_graph, read_bfm
+from .ops import BinaryConv, sign_pack
+from .packing import words_for
+
+__all__ = ["Model", "TensorSpec", "default_threads", "load"]
+
+_PLANS_PER_THREAD = 4
+
+
+def default_threads() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: float32, batch first (``None``), other dims fixed."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+
+
+class _Plan:
+    """Buffers for one batch size and thread count: values, temporaries, kernel scratch."""
+
+    def __init__(self, n: int, threads: int) -> None:
+        self.n = n
+        self.threads = threads
+        self.values: dict[str, np.ndarray] = {}
+        self.temps: dict[tuple[int, str], np.ndarray] = {}
+        self.scratch = np.empty(0, dtype=np.uint8)
+
+
+Runner = Callable[[_Plan], None]
+Preparer = Callable[[_Plan], None]
+
+
+def _concrete(info: ValueInfo, n: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
+    dims = tuple(int(d or 0) for d in info.shape[1:])
+    if info.kind == "bits":
+        c, spatial = dims[0], dims[1:]
+        return (n, *spatial, words_for(c)), np.dtype(np.uint64)
+    return (n, *dims), np.dtype(np.float32)
+
+
+def _channel_view(vec: np.ndarray, ndim: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast over ``(N, C, *S)``."""
+    return vec.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+class _Step:
+    """One node: how to prepare its temporaries for a plan and how to run it."""
+
+    def __init__(
+        self,
+        index: int,
+        node: dict[str, Any],
+        values: Mapping[str, ValueInfo],
+        tensors: Mapping[str, np.ndarray],
+    ) -> None:
+        self.index = index
+        self.name: str = node["name"]
+        self.op: str = node["op"]
+        self.inputs: list[str] = list(node["inputs"])
+        self.output: str = node["outputs"][0]
+        self.attrs: dict[str, Any] = dict(node.get("attrs", {}))
+        self.params = {role: tensors[t] for role, t in node.get("params", {}).items()}
+        self.in_info = [values[v] for v in self.inputs]
+        self.out_info = values[self.output]
+        self.alias = self.op in ("flatten", "reshape")  # output is a view of the input
+        self.binary: BinaryConv | None = None
+        self.run: Callable[[_Plan, list[np.ndarray], np.ndarray], None] = self._build()
+
+    # -- helpers --------------------------------------------------------------------------
+    def temp(self, plan: _Plan, key: str, shape: tuple[int, ...], fill: float = 0.0) -> np.ndarray:
+        """A per-plan temporary, created (and filled) once."""
+        k = (self.index, key)
+        buf = plan.temps.get(k)
+        if buf is None:
+            buf = np.full(shape, fill, dtype=np.float32)
+            plan.temps[k] = buf
+        return buf
+
+    def _param(self, role: str) -> np.ndarray | None:
+        return self.params.get(role)
+
+    # -- building -------------------------------------------------------------------------
+    def _build(self) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
+        op = self.op
+        if op == "sign_pack":
+            threshold = self._param("threshold")
+
+            def run_sign_pack(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                sign_pack(ins[0], out, threshold=threshold)
+
+            return run_sign_pack
+        if op in ("bconv2d", "bconv1d", "blinear"):
+            return self._build_binary()
+        if op in ("conv2d", "conv1d"):
+            return self._build_conv()
+        if op in ("maxpool2d", "avgpool2d", "maxpool1d", "avgpool1d"):
+            return self._build_pool()
+        return self._build_elementwise()
+
+    def _build_binary(self) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
+        a, op = self.attrs, self.op
+        weight = self.params["weight"]
+        common: dict[str, Any] = {
+            "scale": self.params["scale"],
+            "bias": self._param("bias"),
+            "slope": self._param("slope"),
+            "out_threshold": self._param("out_threshold"),
+            "activation": a.get("activation", "none"),
+            "min_val": a.get("min_val", -1.0),
+            "max_val": a.get("max_val", 1.0),
+            "post_activation": a.get("post_activation", "none"),
+            "output": a.get("output", "float"),
+        }
+        if op == "bconv2d":
+            self.binary = BinaryConv.create(
+                weight,
+                in_channels=a["in_channels"],
+                stride=tuple(a.get("stride", [1, 1])),
+                padding=tuple(a.get("padding", [0, 0])),
+                dilation=tuple(a.get("dilation", [1, 1])),
+                pad_mode=a.get("pad_mode", "zero"),
+                scale_h=self._param("scale_h"),
+                scale_w=self._param("scale_w"),
+                **common,
+            )
+        elif op == "bconv1d":
+            scale_l = self._param("scale_l")
+            self.binary = BinaryConv.create(
+                weight.reshape(weight.shape[0], 1, *weight.shape[1:]),
+                in_channels=a["in_channels"],
+                stride=(1, a.get("stride", [1])[0]),
+                padding=(0, a.get("padding", [0])[0]),
+                dilation=(1, a.get("dilation", [1])[0]),
+                pad_mode=a.get("pad_mode", "zero"),
+                scale_h=None if scale_l is None else np.ones(1, dtype=np.float32),
+                scale_w=scale_l,
+                **common,
+            )
+        else:
+            self.binary = BinaryConv.create(
+                weight.reshape(weight.shape[0], 1, 1, weight.shape[1]),
+                in_channels=a["in_features"],
+                pad_mode="one",
+                **common,
+            )
+        conv = self.binary
+        shape_in = self.in_info[0].shape
+        spatial = tuple(int(d or 0) for d in shape_in[2:])
+        h, w = (1, 1) if op == "blinear" else ((1, spatial[0]) if op == "bconv1d" else spatial)
+        cw = words_for(int(shape_in[1] or 0))
+        out_shape_4d = conv.output_shape(1, h, w)[1:]
+
+        def run_binary(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+            x = ins[0].reshape(plan.n, h, w, cw)
+            residual = ins[1] if len(ins) > 1 else None
+            conv(
+                x,
+                out.reshape(plan.n, *out_shape_4d),
+                plan.scratch,
+                residual=residual,
+                threads=plan.threads,
+            )
+
+        return run_binary
+
+    def _build_conv(self) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
+        a = self.attrs
+        nsp = 2 if self.op == "conv2d" else 1
+        weight = self.params["weight"]
+        bias = self._param("bias")
+        groups = int(a.get("groups", 1))
+        stride = tuple(a.get("stride", [1] * nsp))
+        padding = tuple(a.get("padding", [0] * nsp))
+        dilation = tuple(a.get("dilation", [1] * nsp))
+        if nsp == 1:
+            weight = weight.reshape(weight.shape[0], weight.shape[1], 1, weight.shape[2])
+            stride, padding, dilation = (1, *stride), (0, *padding), (1, *dilation)
+        cout, cin_g, kh, kw = (int(v) for v in weight.shape)
+        sh, sw = (int(v) for v in stride)
+        ph, pw = (int(v) for v in padding)
+        dh, dw = (int(v) for v in dilation)
+        in_dims = tuple(int(d or 0) for d in self.in_info[0].shape[1:])
+        cin = in_dims[0]
+        h, w = (1, in_dims[1]) if nsp == 1 else (in_dims[1], in_dims[2])
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        k = cin_g * kh * kw
+        w_groups = np.ascontiguousarray(weight.reshape(groups, cout // groups, k))
+        bias_col = None if bias is None else bias.reshape(cout, 1)
+        pointwise = kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and groups == 1
+
+        def run_conv(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+            n = plan.n
+            x = ins[0].reshape(n, cin, h, w)
+            out3 = out.reshape(n, cout, ho * wo)
+            if pointwise:
+                np.matmul(w_groups[0], x.reshape(n, cin, h * w), out=out3)
+            else:
+                if ph or pw:
+                    xp = self.temp(plan, "pad", (n, cin, h + 2 * ph, w + 2 * pw))
+                    xp[:, :, ph : ph + h, pw : pw + w] = x
+                else:
+                    xp = x
+                s = xp.strides
+                windows = as_strided(
+                    xp,
+                    shape=(n, cin, kh, kw, ho, wo),
+                    strides=(s[0], s[1], s[2] * dh, s[3] * dw, s[2] * sh, s[3] * sw),
+                    writeable=False,
+                )
+                cols = self.temp(plan, "cols", (n, groups, k, ho * wo))
+                np.copyto(cols.reshape(n, cin, kh, kw, ho, wo), windows)
+                np.matmul(w_groups, cols, out=out3.reshape(n, groups, cout // groups, ho * wo))
+            if bias_col is not None:
+                np.add(out3, bias_col, out=out3)
+
+        return run_conv
+
+    def _build_pool(self) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
+        a = self.attrs
+        nsp = 2 if self.op.endswith("2d") else 1
+        is_max = self.op.startswith("max")
+        ks = [int(v) for v in a["kernel_size"]]
+        st = [int(v) for v in a.get("stride", ks)]
+        pd = [int(v) for v in a.get("padding", [0] * nsp)]
+        in_dims = [int(d or 0) for d in self.in_info[0].shape[1:]]
+        out_dims = [int(d or 0) for d in self.out_info.shape[1:]]
+        if nsp == 1:
+            ks, st, pd = [1, *ks], [1, *st], [0, *pd]
+            in_dims = [in_dims[0], 1, in_dims[1]]
+            out_dims = [out_dims[0], 1, out_dims[1]]
+        c, h, w = in_dims
+        _, ho, wo = out_dims
+        (kh, kw), (sh, sw), (ph, pw) = ks, st, pd
+        # padded extent covers every window (ceil_mode may reach past the right padding)
+        hp = max(h + 2 * ph, (ho - 1) * sh + kh)
+        wp = max(w + 2 * pw, (wo - 1) * sw + kw)
+        divisor = None
+        if not is_max:
+            include_pad = bool(a.get("count_include_pad", True))
+
+            def counts(size: int, k: int, s: int, p: int, out_n: int) -> np.ndarray:
+                result = np.empty(out_n, dtype=np.float32)
+                for o in range(out_n):
+                    start = o * s - p
+                    end = min(start + k, size + p)
+                    full = end - start
+                    start, end = max(start, 0), min(end, size)
+                    result[o] = full if include_pad else end - start
+                return result
+
+            divisor = np.outer(counts(h, kh, sh, ph, ho), counts(w, kw, sw, pw, wo))
+            inv = (1.0 / divisor).astype(np.float32)
+        fill = -np.inf if is_max else 0.0
+
+        def run_pool(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+            n = plan.n
+            x = ins[0].reshape(n, c, h, w)
+            if hp != h or wp != w:
+                xp = self.temp(plan, "pad", (n, c, hp, wp), fill)
+                xp[:, :, ph : ph + h, pw : pw + w] = x
+            else:
+                xp = x
+            s = xp.strides
+            windows = as_strided(
+                xp,
+                shape=(n, c, ho, wo, kh, kw),
+                strides=(s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]),
+                writeable=False,
+            )
+            out4 = out.reshape(n, c, ho, wo)
+            if is_max:
+                np.max(windows, axis=(4, 5), out=out4)
+            else:
+                np.sum(windows, axis=(4, 5), out=out4)
+                np.multiply(out4, inv, out=out4)
+
+        return run_pool
+
+    def _build_elementwise(self) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
+        op, a = self.op, self.attrs
+        ndim = len(self.in_info[0].shape)
+
+        if op == "linear":
+            wt = np.ascontiguousarray(self.params["weight"].T)
+            bias = self._param("bias")
+
+            def run_linear(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                np.matmul(ins[0], wt, out=out)
+                if bias is not None:
+                    np.add(out, bias, out=out)
+
+            return run_linear
+        if op == "batchnorm":
+            scale = _channel_view(self.params["scale"], ndim)
+            shift = _channel_view(self.params["shift"], ndim)
+
+            def run_bn(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                np.multiply(ins[0], scale, out=out)
+                np.add(out, shift, out=out)
+
+            return run_bn
+        if op in ("relu", "sigmoid", "tanh", "hardtanh"):
+            lo = float(a.get("min_val", -1.0))
+            hi = float(a.get("max_val", 1.0))
+
+            def run_unary(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                x = ins[0]
+                if op == "relu":
+                    np.maximum(x, np.float32(0), out=out)
+                elif op == "tanh":
+                    np.tanh(x, out=out)
+                elif op == "hardtanh":
+                    np.clip(x, np.float32(lo), np.float32(hi), out=out)
+                else:
+                    np.negative(x, out=out)
+                    np.exp(out, out=out)
+                    np.add(out, np.float32(1), out=out)
+                    np.reciprocal(out, out=out)
+
+            return run_unary
+        if op in ("prelu", "leaky_relu"):
+            if op == "prelu":
+                slope: np.ndarray | np.float32 = _channel_view(self.params["slope"], ndim)
+            else:
+                slope = np.float32(a.get("negative_slope", 0.01))
+
+            def run_leaky(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                x = ins[0]
+                np.multiply(x, slope, out=out)
+                np.copyto(out, x, where=x >= 0)
+
+            return run_leaky
+        if op == "softmax":
+            axis = int(a.get("axis", 1))
+
+            def run_softmax(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                x = ins[0]
+                np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+                np.exp(out, out=out)
+                np.divide(out, out.sum(axis=axis, keepdims=True), out=out)
+
+            return run_softmax
+        if op == "global_avgpool":
+
+            def run_gap(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                x = ins[0]
+                np.mean(x.reshape(x.shape[0], x.shape[1], -1), axis=2, out=out)
+
+            return run_gap
+        if op in ("add", "mul"):
+            ufunc = np.add if op == "add" else np.multiply
+            per_channel = self.in_info[1].shape != self.in_info[0].shape
+
+            def run_binary_op(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                b = ins[1]
+                if per_channel:
+                    b = b.reshape(b.shape + (1,) * (ndim - 2))
+                ufunc(ins[0], b, out=out)
+
+            return run_binary_op
+        if op == "concat":
+            axis = int(a.get("axis", 1))
+
+            def run_concat(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                np.concatenate(ins, axis=axis, out=out)
+
+            return run_concat
+        if op in ("flatten", "reshape"):
+
+            def run_view(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                return None  # the output buffer is a view of the input (see _Plan building)
+
+            return run_view
+        raise FormatError(f"node {self.name!r}: op {op!r} has no implementation")
+
+
+class Model:
+    """A loaded ``.bfm`` model: call :meth:`run`. Safe to share between threads."""
+
+    def __init__(
+        self,
+        graph: dict[str, Any],
+        tensors: Mapping[str, np.ndarray],
+        metadata: Mapping[str, Any],
+        *,
+        threads: int | None = None,
+    ) -> None:
+        values, nodes = infer_graph(graph, tensors)
+        self._values = values
+        self.inputs: list[TensorSpec] = [
+            TensorSpec(v["name"], tuple(v["shape"])) for v in graph["inputs"]
+        ]
+        self.outputs: list[TensorSpec] = [
+            TensorSpec(v["name"], tuple(v["shape"])) for v in graph["outputs"]
+        ]
+        self.metadata: dict[str, Any] = {**metadata, "graph": graph}
+        self._steps = [_Step(i, node, values, tensors) for i, node in enumerate(nodes)]
+        self._threads = default_threads() if threads is None else self._check_threads(threads)
+        self._local = threading.local()
+        self._last_use = self._liveness()
+
+    @staticmethod
+    def _check_threads(threads: int) -> int:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        return threads
+
+    @property
+    def threads(self) -> int:
+        """Threads the binary kernels may use (default: every core this process may use)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        self._threads = self._check_threads(value)
+
+    def _liveness(self) -> dict[str, int]:
+        """Index of the last step reading each value (graph outputs live forever)."""
+        last: dict[str, int] = {}
+        base: dict[str, str] = {}  # a view's underlying buffer
+        for step in self._steps:
+            for name in step.inputs:
+                last[base.get(name, name)] = step.index
+            if step.alias:
+                base[step.output] = base.get(step.inputs[0], step.inputs[0])
+        forever = len(self._steps)
+        for spec in self.outputs:
+            last[base.get(spec.name, spec.name)] = forever
+        self._base = base
+        return last
+
+    def _make_plan(self, n: int, threads: int) -> _Plan:
+        plan = _Plan(n, threads)
+        free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        live_until: dict[str, int] = {}
+        for spec in self.inputs:
+            shape, dtype = _concrete(self._values[spec.name], n)
+            plan.values[spec.name] = np.empty(shape, dtype=dtype)
+            live_until[spec.name] = self._last_use.get(spec.name, -1)
+        scratch = 0
+        for step in self._steps:
+            shape, dtype = _concrete(step.out_info, n)
+            if step.alias:
+                plan.values[step.output] = plan.values[step.inputs[0]].reshape(shape)
+            else:
+                pool = free.get((shape, dtype.str))
+                buf = pool.pop() if pool else np.empty(shape, dtype=dtype)
+                plan.values[step.output] = buf
+                live_until[step.output] = self._last_use.get(step.output, step.index)
+            if step.binary is not None:
+                scratch = max(scratch, step.binary.scratch_bytes(threads))
+            # buffers whose last reader is this step can serve later steps
+            for name, last in list(live_until.items()):
+                if last <= step.index:
+                    arr = plan.values[name]
+                    free.setdefault((arr.shape, arr.dtype.str), []).append(arr)
+                    del live_until[name]
+        plan.scratch = np.empty(max(scratch, 64), dtype=np.uint8)
+        return plan
+
+    def _plan(self, n: int) -> _Plan:
+        cache: OrderedDict[tuple[int, int], _Plan] | None = getattr(self._local, "plans", None)
+        if cache is None:
+            cache = OrderedDict()
+            self._local.plans = cache
+        key = (n, self._threads)
+        plan = cache.get(key)
+        if plan is None:
+            plan = self._make_plan(n, self._threads)
+            cache[key] = plan
+            while len(cache) > _PLANS_PER_THREAD:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return plan
+
+    def _feeds(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(x, Mapping):
+            missing = {s.name for s in self.inputs} - set(x)
+            if missing:
+                raise ValueError(f"missing inputs: {sorted(missing)}")
+            feeds = dict(x)
+        else:
+            if len(self.inputs) != 1:
+                raise ValueError(f"the model has {len(self.inputs)} inputs: pass a dict")
+            feeds = {self.inputs[0].name: x}
+        result = {}
+        batch = None
+        for spec in self.inputs:
+            arr = np.asarray(feeds[spec.name])
+            if arr.dtype.kind not in "fiub":
+                raise ValueError(f"input {spec.name!r}: expected numbers, got dtype {arr.dtype}")
+            if arr.ndim != len(spec.shape) or tuple(arr.shape[1:]) != spec.shape[1:]:
+                raise ValueError(
+                    f"input {spec.name!r}: expected shape (batch, "
+                    f"{', '.join(str(d) for d in spec.shape[1:])}), got {arr.shape}"
+                )
+            if arr.shape[0] < 1:
+                raise ValueError(f"input {spec.name!r}: the batch must hold at least one item")
+            if batch is not None and arr.shape[0] != batch:
+                raise ValueError("all inputs must have the same batch size")
+            batch = arr.shape[0]
+            result[spec.name] = arr
+        return result
+
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        """Run the model on float32 ``x`` of the declared shape (any batch >= 1).
+
+        With several inputs pass a dict by name. Returns the output array, or a dict of
+        outputs when the model has several.
+        """
+        feeds = self._feeds(x)
+        n = next(iter(feeds.values())).shape[0]
+        plan = self._plan(n)
+        for name, arr in feeds.items():
+            np.copyto(plan.values[name], arr, casting="unsafe")
+        values = plan.values
+        for step in self._steps:
+            step.run(plan, [values[v] for v in step.inputs], values[step.output])
+        outs = {spec.name: values[spec.name].copy() for spec in self.outputs}
+        if len(outs) == 1:
+            return next(iter(outs.values()))
+        return outs
+
+
+def load(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview, *, threads: int | None = None
+) -> Model:
+    """Read, validate and prepare a ``.bfm`` model (a path or the file's bytes)."""
+    graph, tensors, metadata = read_bfm(source)
+    return Model(graph, tensors, metadata, threads=threads)
