@@ -28,10 +28,16 @@ the packed `.bfm` model and run it. Authenticate with `Authorization: Bearer <ap
 
 
 def _route_template(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
+    # The router records the matched route in the (shared) scope; the template, not the
+    # raw path, keeps the label set small.
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    if isinstance(path, str):
+        return path
+    for candidate in request.app.router.routes:
+        match, _ = candidate.matches(request.scope)
         if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
+            return str(getattr(candidate, "path", "unmatched"))
     return "unmatched"
 
 

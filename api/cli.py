@@ -111,8 +111,17 @@ def serve(
         uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level)
     )
     typer.echo(f"Serving on http://{host}:{port} (docs at /docs)")
+
+    def _interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
+    # handler installed before it: this one, so the worker is stopped below.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         if worker_proc is not None:
             _stop(worker_proc)

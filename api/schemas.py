@@ -26,7 +26,7 @@ class ModelOut(BaseModel):
                     "format": "onnx",
                     "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                     "size_bytes": 48213,
-                    "input_shape": [None, 64],
+                    "input_shape": [64],
                     "num_params": 11274,
                     "arch": None,
                     "created_at": "2026-01-01T12:00:00Z",
@@ -40,7 +40,9 @@ class ModelOut(BaseModel):
     format: str
     sha256: str
     size_bytes: int
-    input_shape: list[int | None] | None
+    input_shape: list[int | None] | None = Field(
+        description="Input shape without the batch dimension (None when unknown)."
+    )
     num_params: int | None = None
     arch: str | None = None
     created_at: datetime

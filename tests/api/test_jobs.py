@@ -1,0 +1,253 @@
+"""``/v1/jobs``: create (202 + Location), idempotency, pagination, filters, cancel,
+cross-tenant 404s, logs, artifacts (checksum verified, ETag) and metrics."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from db import repo
+from db.models import Job, ModelFile, new_id
+from db.session import connect, session_factory
+from db.storage import LocalArtifactStore
+
+from .conftest import Api
+
+
+def _sessions(api: Api):
+    return session_factory(connect(api.settings.resolved_database_url))
+
+
+@pytest.fixture
+def model_id(api: Api, tmp_path: Path) -> str:
+    """A stored model row (upload validation itself is tested in test_models.py)."""
+    store = LocalArtifactStore(api.settings.resolved_artifacts_dir)
+    source = tmp_path / "m.onnx"
+    source.write_bytes(b"model bytes")
+    row_id = new_id()
+    key = f"models/{row_id}/model.onnx"
+    sha, size = store.put_file(key, source)
+    with _sessions(api)() as session:
+        tenant = repo.get_or_create_tenant(session, name="alice")
+        session.add(
+            ModelFile(
+                id=row_id,
+                tenant_id=tenant.id,
+                name="m",
+                format="onnx",
+                sha256=sha,
+                size_bytes=size,
+                input_shape=[4],
+                storage_key=key,
+            )
+        )
+        session.commit()
+    return row_id
+
+
+def _submit(api: Api, model_id: str, dataset_id: str, key: str | None = None, **config):
+    headers = api.headers()
+    if key:
+        headers["Idempotency-Key"] = key
+    return api.client.post(
+        "/v1/jobs",
+        headers=headers,
+        json={"model_id": model_id, "dataset_id": dataset_id, "config": config},
+    )
+
+
+def test_create_is_202_with_location_and_defaults(api: Api, model_id: str, dataset_id: str) -> None:
+    response = _submit(api, model_id, dataset_id, epochs=1)
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["config"]["epochs"] == 1
+    assert job["config"]["factorization"] == "matrix"  # a default filled in
+    assert job["progress"] is None
+    assert job["result"] is None
+    polled = api.client.get(response.headers["location"], headers=api.headers()).json()
+    assert polled["id"] == job["id"]
+    # The task was really sent to the embedded (filesystem) broker: one message queued.
+    queue = api.settings.data_dir / "broker" / "queue"
+    assert len(list(queue.iterdir())) == 1
+
+
+def test_references_must_exist_and_belong_to_the_caller(
+    api: Api, model_id: str, dataset_id: str
+) -> None:
+    response = _submit(api, "nope", dataset_id)
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/invalid-reference")
+    bob = api.client.post(
+        "/v1/jobs",
+        headers=api.headers("bob"),
+        json={"model_id": model_id, "dataset_id": dataset_id},
+    )
+    assert bob.status_code == 422
+    assert "model" in bob.json()["detail"]
+    assert "dataset" in bob.json()["detail"]
+
+
+def test_idempotency_key(api: Api, model_id: str, dataset_id: str) -> None:
+    first = _submit(api, model_id, dataset_id, key="k-1", epochs=2)
+    again = _submit(api, model_id, dataset_id, key="k-1", epochs=2)
+    assert first.status_code == again.status_code == 202
+    assert first.json()["id"] == again.json()["id"]
+    other = _submit(api, model_id, dataset_id, key="k-1", epochs=3)
+    assert other.status_code == 422
+    assert other.json()["type"].endswith("/idempotency-conflict")
+    fresh = _submit(api, model_id, dataset_id, key="k-2", epochs=2)
+    assert fresh.json()["id"] != first.json()["id"]
+    plain = [_submit(api, model_id, dataset_id).json()["id"] for _ in range(2)]
+    assert plain[0] != plain[1]
+    total = api.client.get("/v1/jobs", headers=api.headers()).json()["items"]
+    assert len(total) == 4
+
+
+def test_pagination_and_status_filter(api: Api, model_id: str, dataset_id: str) -> None:
+    ids = [_submit(api, model_id, dataset_id).json()["id"] for _ in range(5)]
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        url = "/v1/jobs?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        body = api.client.get(url, headers=api.headers()).json()
+        seen += [j["id"] for j in body["items"]]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(ids))  # newest first, each exactly once
+    api.client.post(f"/v1/jobs/{ids[0]}/cancel", headers=api.headers())
+    canceled = api.client.get("/v1/jobs?status=canceled", headers=api.headers()).json()
+    assert [j["id"] for j in canceled["items"]] == [ids[0]]
+    queued = api.client.get("/v1/jobs?status=queued", headers=api.headers()).json()
+    assert len(queued["items"]) == 4
+    assert api.client.get("/v1/jobs", headers=api.headers("bob")).json()["items"] == []
+
+
+def test_cancel(api: Api, model_id: str, dataset_id: str) -> None:
+    job_id = _submit(api, model_id, dataset_id).json()["id"]
+    assert (
+        api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.headers("bob")).status_code == 404
+    )
+    response = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.headers())
+    assert response.status_code == 202
+    assert response.json()["status"] == "canceled"  # queued: it never starts
+    again = api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.headers())
+    assert again.status_code == 409
+    assert again.json()["type"].endswith("/job-already-finished")
+    # A running job is asked to stop: canceling, until its worker sees the flag.
+    running = _submit(api, model_id, dataset_id).json()["id"]
+    with _sessions(api)() as session:
+        assert repo.claim_job(session, job_id=running, worker_id="w", max_attempts=3) == "run"
+    response = api.client.post(f"/v1/jobs/{running}/cancel", headers=api.headers())
+    assert response.json()["status"] == "canceling"
+
+
+def _finish_with_artifact(api: Api, job_id: str, tmp_path: Path) -> tuple[str, bytes]:
+    from runtime import write_bfm
+
+    rng = np.random.default_rng(1)
+    path = tmp_path / "out.bfm"
+    write_bfm(
+        path,
+        graph={
+            "inputs": [{"name": "input", "shape": [None, 4], "dtype": "float32"}],
+            "outputs": [{"name": "logits", "shape": [None, 3], "dtype": "float32"}],
+            "nodes": [
+                {
+                    "op": "linear",
+                    "name": "fc",
+                    "inputs": ["input"],
+                    "outputs": ["logits"],
+                    "params": {"weight": "fc.weight", "bias": "fc.bias"},
+                }
+            ],
+        },
+        tensors={
+            "fc.weight": rng.normal(size=(3, 4)).astype(np.float32),
+            "fc.bias": rng.normal(size=3).astype(np.float32),
+        },
+        provenance={},
+    )
+    data = path.read_bytes()
+    store = LocalArtifactStore(api.settings.resolved_artifacts_dir)
+    key = f"jobs/{job_id}/model.bfm"
+    sha, size = store.put_file(key, path)
+    with _sessions(api)() as session:
+        repo.claim_job(session, job_id=job_id, worker_id="w", max_attempts=3)
+        repo.finish_job(
+            session,
+            job_id=job_id,
+            status="succeeded",
+            result={"binary_accuracy": 0.5},
+            artifact=(key, sha, size),
+        )
+    return sha, data
+
+
+def test_artifact_download_etag_and_corruption(
+    api: Api, model_id: str, dataset_id: str, tmp_path: Path
+) -> None:
+    job_id = _submit(api, model_id, dataset_id).json()["id"]
+    early = api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers())
+    assert early.status_code == 409
+    assert early.json()["type"].endswith("/job-not-finished")
+    sha, data = _finish_with_artifact(api, job_id, tmp_path)
+    response = api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers())
+    assert response.status_code == 200
+    assert response.content == data
+    assert response.headers["etag"] == f'"{sha}"'
+    assert hashlib.sha256(response.content).hexdigest() == sha
+    cached = api.client.get(
+        f"/v1/jobs/{job_id}/artifact", headers={**api.headers(), "If-None-Match": f'"{sha}"'}
+    )
+    assert cached.status_code == 304
+    assert (
+        api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers("bob")).status_code == 404
+    )
+    # Flip one byte on disk: the server refuses to serve it.
+    stored = api.settings.resolved_artifacts_dir / "jobs" / job_id / "model.bfm"
+    raw = bytearray(stored.read_bytes())
+    raw[-1] ^= 0xFF
+    stored.write_bytes(bytes(raw))
+    broken = api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers())
+    assert broken.status_code == 500
+    assert broken.json()["type"].endswith("/artifact-corrupted")
+
+
+def test_logs_are_text(api: Api, model_id: str, dataset_id: str) -> None:
+    job_id = _submit(api, model_id, dataset_id).json()["id"]
+    response = api.client.get(f"/v1/jobs/{job_id}/logs", headers=api.headers())
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text == ""
+    log = api.settings.resolved_artifacts_dir / "jobs" / job_id / "log.txt"
+    log.parent.mkdir(parents=True)
+    log.write_text("epoch 1 loss 0.5\n")
+    assert api.client.get(f"/v1/jobs/{job_id}/logs", headers=api.headers()).text == (
+        "epoch 1 loss 0.5\n"
+    )
+
+
+def test_metrics(api: Api, model_id: str, dataset_id: str) -> None:
+    for _ in range(2):
+        _submit(api, model_id, dataset_id)
+    text = api.client.get("/metrics").text
+    assert 'bitfactor_jobs{status="queued"} 2.0' in text
+    assert "bitfactor_queue_depth 2.0" in text
+    assert 'bitfactor_http_request_duration_seconds_count{method="POST",route="/v1/jobs"' in text
+
+
+def test_deleting_inputs_keeps_jobs(api: Api, model_id: str, dataset_id: str) -> None:
+    job_id = _submit(api, model_id, dataset_id).json()["id"]
+    assert api.client.delete(f"/v1/models/{model_id}", headers=api.headers()).status_code == 204
+    assert api.client.get(f"/v1/jobs/{job_id}", headers=api.headers()).status_code == 200
+    with _sessions(api)() as session:
+        assert session.get(Job, job_id) is not None
