@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "api.cli",
     "worker.cli",
     "bitfactor.client",
+    "engine.cli",
 )
 
 app = typer.Typer(

@@ -1,0 +1,90 @@
+"""Load a training/evaluation set from an ``.npz`` file safely; torch-free.
+
+The file holds ``x`` (N x input shape) and optionally ``y`` (N integer labels). Decisions:
+
+- ``x`` must be floating point. float32 is used as is; float16 and float64 are cast to
+  float32 (values are checked finite after the cast, so float64 values beyond float32's
+  range are refused). Integer ``x`` (e.g. uint8 images) is refused: the scaling a model
+  expects is not ours to guess.
+- ``y`` must be an integer array of shape ``(N,)`` with non-negative values; it is cast to
+  int64. Other keys are ignored.
+- Never ``allow_pickle``; sizes are checked from the archive's headers before any array is
+  decompressed (``max_bytes`` for the file and each member, ``max_elements`` for ``x``).
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+DEFAULT_MAX_ELEMENTS = 500_000_000
+
+
+def load_npz(
+    path: str | os.PathLike[str],
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(x, y)`` from an ``.npz`` file; ``y`` is None when the file has no labels.
+
+    ``input_shape`` (without the batch), when given, must equal ``x.shape[1:]``.
+    Raises ValueError naming what was expected and what was found.
+    """
+    p = Path(path)
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{p.name}: {size} bytes, more than the limit of {max_bytes}")
+    if not zipfile.is_zipfile(p):
+        raise ValueError(f"{p.name}: expected an .npz archive (numpy.savez), got another file")
+    with zipfile.ZipFile(p) as archive:
+        for info in archive.infolist():
+            if info.file_size > max_bytes:
+                raise ValueError(
+                    f"{p.name}: member {info.filename} unpacks to {info.file_size} bytes, "
+                    f"more than the limit of {max_bytes}"
+                )
+    try:
+        with np.load(p, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            if "x" not in keys:
+                raise ValueError(f"{p.name}: expected an array 'x', got keys {sorted(keys)}")
+            x = npz["x"]
+            y = npz["y"] if "y" in keys else None
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{p.name}: not a readable .npz archive ({exc})") from None
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise ValueError(
+                f"{p.name}: holds object arrays (pickles), which are refused; "
+                "expected numeric arrays"
+            ) from None
+        raise
+    if x.size > max_elements:
+        raise ValueError(f"{p.name}: x has {x.size} elements, more than the limit {max_elements}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"{p.name}: expected x of shape (N, ...) with N >= 1, got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{p.name}: expected x as float32 (or float16/float64), got {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{p.name}: x holds NaN or infinite values (after casting to float32)")
+    if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):
+        raise ValueError(
+            f"{p.name}: expected x of shape (N, {', '.join(map(str, input_shape))}) for this "
+            f"model, got {x.shape}"
+        )
+    if y is not None:
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{p.name}: expected y as int64 labels, got dtype {y.dtype}")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"{p.name}: expected y of shape ({x.shape[0]},), got {y.shape}")
+        if y.size and int(y.min()) < 0:
+            raise ValueError(f"{p.name}: labels must be >= 0, got {int(y.min())}")
+        y = y.astype(np.int64)
+    return x, y

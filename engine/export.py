@@ -1,0 +1,456 @@
+"""Export a converted (binary) ``GraphModule`` to a packed ``.bfm`` file.
+
+Walks the fx graph in order and emits the ops of ``docs/format.md``:
+
+- a binary twin becomes ``sign_pack`` (its threshold) then ``bconv2d``/``bconv1d``/
+  ``blinear`` with ``sign(W)`` packed channels-last and the output transform: the channel
+  scale ``alpha``, the XNOR-Net++ ``scale_h``/``scale_w`` (or ``scale_l``), the bias, and a
+  following batch norm (when the twin is its only reader) folded in;
+- a real ``Conv``/``Linear`` followed by a batch norm (its only reader) gets the batch norm
+  folded into its weight and bias; any other batch norm becomes a ``batchnorm`` op;
+- activations, pooling, ``add``/``mul``/``cat``, flatten and reshape map one to one; an
+  ``add``/``mul`` with a constant per-channel tensor becomes a ``batchnorm`` op.
+
+Anything else raises :class:`engine.errors.UserInputError` naming the node.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import operator
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from engine.errors import UserInputError
+from engine.layers import BinaryConv2d, BinaryLinear, BinaryMixin
+from engine.onnx_import import GlobalAvgPool
+from runtime.packing import pack_signs
+
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+def _f32(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().double().numpy()
+    return np.ascontiguousarray(t, dtype=np.float32)
+
+
+def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(g, h)`` with ``bn(x) = x * g + h`` per channel (eval mode)."""
+    assert isinstance(bn, _BN)
+    if bn.running_mean is None or bn.running_var is None:
+        raise UserInputError(f"batch norm without running statistics cannot be exported: {bn}")
+    g = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        g = g * bn.weight.detach().double()
+    h = -bn.running_mean.double() * g
+    if bn.bias is not None:
+        h = h + bn.bias.detach().double()
+    return g, h
+
+
+def _pair(v: Any, n: int) -> list[int]:
+    if isinstance(v, int):
+        return [v] * n
+    return [int(x) for x in v]
+
+
+class _Exporter:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.nodes: list[dict[str, Any]] = []
+        self.tensors: dict[str, np.ndarray] = {}
+        self.names: dict[fx.Node, str] = {}
+        self.counter = 0
+        self.folded: set[fx.Node] = set()
+
+    def fresh(self, base: str) -> str:
+        self.counter += 1
+        return f"{base}:{self.counter}"
+
+    def tensor(self, name: str, array: np.ndarray) -> str:
+        self.tensors[name] = array
+        return name
+
+    def emit(
+        self,
+        op: str,
+        name: str,
+        inputs: list[str],
+        *,
+        attrs: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        out: str | None = None,
+    ) -> str:
+        out = out or self.fresh("v")
+        node: dict[str, Any] = {"op": op, "name": name, "inputs": inputs, "outputs": [out]}
+        if attrs:
+            node["attrs"] = attrs
+        if params:
+            node["params"] = params
+        self.nodes.append(node)
+        return out
+
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        if meta is None:
+            raise UserInputError(f"export: no shape known for node {node.name}")
+        return tuple(int(s) for s in meta.shape)
+
+    def value(self, arg: Any, where: fx.Node) -> str:
+        if not isinstance(arg, fx.Node) or arg not in self.names:
+            raise UserInputError(f"export: node {where.name} reads {arg!r}, which is no value")
+        return self.names[arg]
+
+    def sole_bn_user(self, node: fx.Node) -> tuple[fx.Node, nn.Module] | None:
+        if len(node.users) != 1:
+            return None
+        (user,) = node.users
+        if user.op == "call_module":
+            mod = self.gm.get_submodule(str(user.target))
+            if isinstance(mod, _BN) and mod.running_mean is not None:
+                return user, mod
+        return None
+
+
+def _export_binary(ex: _Exporter, node: fx.Node, layer: Any) -> None:
+    name = str(node.target)
+    x_name = ex.value(node.args[0], node)
+    if not layer.input_sign.enabled or not layer.binary_weights:
+        raise UserInputError(f"export: binary layer {name} has binarization switched off")
+    threshold = ex.tensor(f"{name}.threshold", _f32(layer.input_sign.threshold))
+    bits = ex.emit("sign_pack", f"{name}.in", [x_name], params={"threshold": threshold})
+    with torch.no_grad():
+        w = layer.weight.detach().cpu()  # +/-1
+        scale = layer.channel_scale().detach().cpu().double()
+        bias = (
+            layer.bias.detach().cpu().double()
+            if layer.bias is not None
+            else torch.zeros_like(scale)
+        )
+        pos = [p.detach().cpu().double() for p in layer.pos_scales]
+    fused = ex.sole_bn_user(node)
+    if fused is not None:
+        bn_node, bn = fused
+        g, h = _bn_affine(bn)
+        scale, bias = scale * g, bias * g + h
+        ex.folded.add(bn_node)
+    params = {}
+    if isinstance(layer, BinaryLinear):
+        op = "blinear"
+        attrs: dict[str, Any] = {
+            "in_features": layer.in_features,
+            "out_features": layer.out_features,
+        }
+        packed = pack_signs(w.numpy())
+    else:
+        nsp = 2 if isinstance(layer, BinaryConv2d) else 1
+        op = "bconv2d" if nsp == 2 else "bconv1d"
+        attrs = {
+            "in_channels": layer.in_channels,
+            "out_channels": layer.out_channels,
+            "kernel_size": _pair(layer.kernel_size, nsp),
+            "stride": _pair(layer.stride, nsp),
+            "padding": _pair(layer.padding, nsp),
+            "dilation": _pair(layer.dilation, nsp),
+            "pad_mode": "zero",
+        }
+        perm = (0, 2, 3, 1) if nsp == 2 else (0, 2, 1)
+        packed = pack_signs(w.permute(*perm).contiguous().numpy())
+        if pos:
+            keys = ["scale_h", "scale_w"] if nsp == 2 else ["scale_l"]
+            for key, factor in zip(keys, pos, strict=True):
+                params[key] = ex.tensor(f"{name}.{key}", _f32(factor))
+    attrs.update({"activation": "none", "post_activation": "none", "output": "float"})
+    params["weight"] = ex.tensor(f"{name}.weight", packed)
+    params["scale"] = ex.tensor(f"{name}.scale", _f32(scale))
+    params["bias"] = ex.tensor(f"{name}.bias", _f32(bias))
+    out = ex.emit(op, name, [bits], attrs=attrs, params=params)
+    ex.names[node] = out
+    if fused is not None:
+        ex.names[fused[0]] = out
+
+
+def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
+    name = str(node.target)
+    x_name = ex.value(node.args[0], node)
+    weight = mod.weight.detach().cpu().double()  # type: ignore[operator]
+    bias_t = mod.bias
+    out_ch = weight.shape[0]
+    bias = (
+        bias_t.detach().cpu().double()
+        if isinstance(bias_t, torch.Tensor)
+        else torch.zeros(out_ch, dtype=torch.float64)
+    )
+    fused = ex.sole_bn_user(node)
+    if fused is not None:
+        g, h = _bn_affine(fused[1])
+        weight = weight * g.view((-1,) + (1,) * (weight.dim() - 1))
+        bias = bias * g + h
+        ex.folded.add(fused[0])
+    params = {
+        "weight": ex.tensor(f"{name}.weight", _f32(weight)),
+        "bias": ex.tensor(f"{name}.bias", _f32(bias)),
+    }
+    if isinstance(mod, nn.Linear):
+        out = ex.emit("linear", name, [x_name], params=params)
+    else:
+        assert isinstance(mod, nn.Conv1d | nn.Conv2d)
+        if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+            raise UserInputError(
+                f"export: convolution {name} uses padding {mod.padding!r}/"
+                f"{mod.padding_mode}; only numeric zero padding is supported"
+            )
+        nsp = 2 if isinstance(mod, nn.Conv2d) else 1
+        out = ex.emit(
+            f"conv{nsp}d",
+            name,
+            [x_name],
+            params=params,
+            attrs={
+                "stride": _pair(mod.stride, nsp),
+                "padding": _pair(mod.padding, nsp),
+                "dilation": _pair(mod.dilation, nsp),
+                "groups": mod.groups,
+            },
+        )
+    ex.names[node] = out
+    if fused is not None:
+        ex.names[fused[0]] = out
+
+
+def _pool_attrs(mod: Any, nsp: int, avg: bool) -> dict[str, Any]:
+    attrs = {
+        "kernel_size": _pair(mod.kernel_size, nsp),
+        "stride": _pair(mod.stride if mod.stride is not None else mod.kernel_size, nsp),
+        "padding": _pair(mod.padding, nsp),
+        "ceil_mode": bool(mod.ceil_mode),
+    }
+    if avg:
+        attrs["count_include_pad"] = bool(mod.count_include_pad)
+        if getattr(mod, "divisor_override", None):
+            raise UserInputError("export: avg pooling with divisor_override is not supported")
+    elif _pair(mod.dilation, nsp) != [1] * nsp:
+        raise UserInputError("export: dilated max pooling is not supported")
+    return attrs
+
+
+def _export_module(ex: _Exporter, node: fx.Node) -> None:
+    mod = ex.gm.get_submodule(str(node.target))
+    name = str(node.target)
+    if node in ex.folded:
+        return
+    if isinstance(mod, BinaryMixin):
+        _export_binary(ex, node, mod)
+        return
+    if type(mod) in (nn.Linear, nn.Conv1d, nn.Conv2d):
+        _export_real_layer(ex, node, mod)
+        return
+    x = ex.value(node.args[0], node)
+    shape = ex.shape(node)
+    if isinstance(mod, _BN):
+        g, h = _bn_affine(mod)
+        out = ex.emit(
+            "batchnorm",
+            name,
+            [x],
+            params={
+                "scale": ex.tensor(f"{name}.scale", _f32(g)),
+                "shift": ex.tensor(f"{name}.shift", _f32(h)),
+            },
+        )
+    elif isinstance(mod, nn.ReLU):
+        out = ex.emit("relu", name, [x])
+    elif isinstance(mod, nn.Hardtanh):  # includes ReLU6
+        out = ex.emit(
+            "hardtanh",
+            name,
+            [x],
+            attrs={"min_val": float(mod.min_val), "max_val": float(mod.max_val)},
+        )
+    elif isinstance(mod, nn.PReLU):
+        out = ex.emit(
+            "prelu",
+            name,
+            [x],
+            params={"slope": ex.tensor(f"{name}.slope", _f32(mod.weight.reshape(-1)))},
+        )
+    elif isinstance(mod, nn.LeakyReLU):
+        out = ex.emit("leaky_relu", name, [x], attrs={"negative_slope": float(mod.negative_slope)})
+    elif isinstance(mod, nn.Sigmoid):
+        out = ex.emit("sigmoid", name, [x])
+    elif isinstance(mod, nn.Tanh):
+        out = ex.emit("tanh", name, [x])
+    elif isinstance(mod, nn.Softmax):
+        dim = mod.dim if mod.dim is not None else 1
+        out = ex.emit("softmax", name, [x], attrs={"axis": dim % len(shape)})
+    elif isinstance(mod, nn.MaxPool2d | nn.MaxPool1d | nn.AvgPool2d | nn.AvgPool1d):
+        nsp = 2 if isinstance(mod, nn.MaxPool2d | nn.AvgPool2d) else 1
+        avg = isinstance(mod, nn.AvgPool2d | nn.AvgPool1d)
+        op = ("avgpool" if avg else "maxpool") + f"{nsp}d"
+        out = ex.emit(op, name, [x], attrs=_pool_attrs(mod, nsp, avg))
+    elif isinstance(mod, nn.AdaptiveAvgPool2d | nn.AdaptiveAvgPool1d | GlobalAvgPool):
+        if any(s != 1 for s in shape[2:]):
+            raise UserInputError(f"export: adaptive pooling {name} to {shape[2:]} (only 1)")
+        pooled = ex.emit("global_avgpool", name, [x])
+        out = ex.emit(
+            "reshape", f"{name}.keepdim", [pooled], attrs={"shape": [int(s) for s in shape[1:]]}
+        )
+    elif isinstance(mod, nn.Flatten):
+        if mod.start_dim != 1 or mod.end_dim != -1:
+            raise UserInputError(f"export: flatten {name} must flatten dims 1..-1")
+        out = ex.emit("flatten", name, [x])
+    elif isinstance(mod, nn.Dropout | nn.Identity):
+        out = x
+    else:
+        raise UserInputError(f"export: module {name} ({type(mod).__name__}) is not supported")
+    ex.names[node] = out
+
+
+def _export_const_affine(
+    ex: _Exporter, node: fx.Node, x_node: fx.Node, const: fx.Node, is_add: bool
+) -> str:
+    value: Any = ex.gm
+    for part in str(const.target).split("."):
+        value = getattr(value, part)
+    shape = ex.shape(x_node)
+    c = shape[1]
+    arr = value.detach().cpu().double().reshape(-1)
+    if arr.numel() == 1:
+        arr = arr.expand(c)
+    elif (
+        arr.numel() != c
+        or value.dim() > len(shape) - 1
+        or (value.dim() >= 1 and value.shape[0] != c and value.dim() == len(shape) - 1)
+    ):
+        raise UserInputError(f"export: {node.name} needs a scalar or per-channel constant")
+    one = torch.ones(c, dtype=torch.float64)
+    zero = torch.zeros(c, dtype=torch.float64)
+    scale, shift = (one, arr) if is_add else (arr, zero)
+    return ex.emit(
+        "batchnorm",
+        node.name,
+        [ex.value(x_node, node)],
+        params={
+            "scale": ex.tensor(f"{node.name}.scale", _f32(scale)),
+            "shift": ex.tensor(f"{node.name}.shift", _f32(shift)),
+        },
+    )
+
+
+def _export_function(ex: _Exporter, node: fx.Node) -> None:
+    target = node.target
+    args = node.args
+    if target in (operator.add, torch.add, operator.mul, torch.mul, "add", "mul"):
+        is_add = target in (operator.add, torch.add, "add")
+        a, b = args[0], args[1]
+        consts = [v for v in (a, b) if isinstance(v, fx.Node) and v.op == "get_attr"]
+        if consts:
+            other = b if a in consts else a
+            assert isinstance(other, fx.Node)
+            ex.names[node] = _export_const_affine(ex, node, other, consts[0], is_add)
+            return
+        if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
+            raise UserInputError(f"export: {node.name} combines a value with a Python number")
+        ex.names[node] = ex.emit(
+            "add" if is_add else "mul", node.name, [ex.value(a, node), ex.value(b, node)]
+        )
+    elif target in (torch.flatten, "flatten"):
+        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+        if start != 1 or node.kwargs.get("end_dim", -1) != -1 or (len(args) > 2 and args[2] != -1):
+            raise UserInputError(f"export: {node.name} must flatten dims 1..-1")
+        ex.names[node] = ex.emit("flatten", node.name, [ex.value(args[0], node)])
+    elif target in (torch.reshape, "view", "reshape"):
+        shape = ex.shape(node)
+        ex.names[node] = ex.emit(
+            "reshape", node.name, [ex.value(args[0], node)], attrs={"shape": list(shape[1:])}
+        )
+    elif target in (torch.cat, torch.concat):
+        parts = args[0]
+        dim = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
+        rank = len(ex.shape(node))
+        axis = int(dim) % rank  # type: ignore[arg-type]
+        ex.names[node] = ex.emit(
+            "concat",
+            node.name,
+            [ex.value(p, node) for p in parts],  # type: ignore[union-attr]
+            attrs={"axis": axis},
+        )
+    elif target in (F.relu, torch.relu, "relu"):
+        ex.names[node] = ex.emit("relu", node.name, [ex.value(args[0], node)])
+    elif target in (torch.sigmoid, "sigmoid"):
+        ex.names[node] = ex.emit("sigmoid", node.name, [ex.value(args[0], node)])
+    elif target in (torch.tanh, "tanh"):
+        ex.names[node] = ex.emit("tanh", node.name, [ex.value(args[0], node)])
+    else:
+        raise UserInputError(f"export: operation {node.name} ({target}) is not supported")
+
+
+def build_graph(
+    gm: fx.GraphModule, input_shape: tuple[int, ...]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The ``.bfm`` graph (a JSON-able dict) and tensors of a converted model."""
+    gm = gm.cpu().eval()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+    ex = _Exporter(gm)
+    outputs: list[dict[str, Any]] = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            ex.names[node] = "input"
+        elif node.op == "get_attr":
+            continue  # constants are consumed by the op that reads them
+        elif node.op == "call_module":
+            _export_module(ex, node)
+        elif node.op in ("call_function", "call_method"):
+            _export_function(ex, node)
+        elif node.op == "output":
+            result = node.args[0]
+            if not isinstance(result, fx.Node):
+                raise UserInputError("export: the model must return one tensor")
+            shape = ex.shape(result)
+            out_name = ex.value(result, node)
+            if out_name == "input":
+                raise UserInputError("export: the model returns its input")
+            outputs.append({"name": out_name, "shape": [None, *shape[1:]], "dtype": "float32"})
+    graph = {
+        "inputs": [{"name": "input", "shape": [None, *input_shape], "dtype": "float32"}],
+        "outputs": outputs,
+        "nodes": ex.nodes,
+    }
+    return graph, ex.tensors
+
+
+def export_bfm(
+    gm: fx.GraphModule,
+    input_shape: tuple[int, ...],
+    path: str | os.PathLike[str],
+    *,
+    provenance: dict[str, Any] | None = None,
+) -> str:
+    """Write the ``.bfm`` file of a converted model; returns the file's sha256."""
+    from runtime.bfm import write_bfm
+
+    graph, tensors = build_graph(gm, input_shape)
+    prov = {"created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    prov.update(provenance or {})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_bfm(path, graph=graph, tensors=tensors, provenance=prov)
+    return sha256_file(path)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

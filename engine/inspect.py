@@ -1,0 +1,36 @@
+"""``python -m engine.inspect PATH [--arch NAME] [--arch-kwargs JSON]``.
+
+Prints :func:`engine.importers.inspect_model` as JSON and exits 0; on bad input prints
+``{"error": "..."}`` and exits 2. The API runs this in a subprocess, so a hostile upload
+never touches the web process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m engine.inspect")
+    parser.add_argument("path")
+    parser.add_argument("--arch", default=None)
+    parser.add_argument("--arch-kwargs", default=None, help="JSON object")
+    args = parser.parse_args(argv)
+    try:
+        kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else None
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError("--arch-kwargs must be a JSON object")
+        from engine.importers import inspect_model
+
+        info = inspect_model(args.path, arch=args.arch, arch_kwargs=kwargs)
+    except (ValueError, OSError) as exc:  # UserInputError is a ValueError
+        print(json.dumps({"error": str(exc)}))
+        return 2
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

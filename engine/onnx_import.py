@@ -1,0 +1,297 @@
+"""A small ONNX -> ``torch.fx.GraphModule`` converter for CNN and MLP classifiers.
+
+Written here rather than taken from PyPI: ``onnx2torch`` is the maintained option, but it
+is not installed in this project's environment and the op set we need is small. The
+result is made of ordinary torch modules (``nn.Conv2d``, ``nn.Linear``,
+``nn.BatchNorm2d``, ...) and a few functions (``operator.add``, ``torch.flatten``,
+``torch.reshape``, ``torch.cat``), which is what the converter and the exporter
+understand. Tests compare its outputs with onnxruntime's.
+
+Supported: Conv (1D/2D), Gemm, MatMul (with a constant 2-D right operand),
+BatchNormalization, Relu, PRelu, LeakyRelu, Clip, Sigmoid, Tanh, MaxPool, AveragePool,
+GlobalAveragePool, Add, Mul, Flatten, Reshape, Concat, Identity, Dropout, Constant,
+Softmax. Models must have one input with a fixed shape except the batch dimension, and
+be self-contained (external data is refused).
+"""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from engine.errors import UserInputError
+
+MAX_ONNX_BYTES = 2 * 1024**3
+
+
+class GlobalAvgPool(nn.Module):
+    """ONNX GlobalAveragePool: mean over every spatial axis, keeping them as size 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _fail(node: Any, why: str) -> UserInputError:
+    return UserInputError(f"ONNX node {node.name or node.op_type} ({node.op_type}): {why}")
+
+
+def _sym_pads(node: Any, pads: list[int], nd: int) -> list[int]:
+    if not pads:
+        return [0] * nd
+    begin, end = pads[:nd], pads[nd:]
+    if begin != end:
+        raise _fail(node, f"asymmetric padding {pads} is not supported")
+    return list(begin)
+
+
+class _Builder:
+    def __init__(self, model: Any) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        self.onnx = onnx
+        self.model = model
+        self.graph = fx.Graph()
+        self.root = nn.Module()
+        self.values: dict[str, fx.Node] = {}
+        self.consts: dict[str, np.ndarray] = {
+            init.name: numpy_helper.to_array(init) for init in model.graph.initializer
+        }
+        self.shapes: dict[str, list[int | None]] = {}
+        self.count = 0
+
+    def module(self, base: str, module: nn.Module, *args: Any) -> fx.Node:
+        self.count += 1
+        name = f"{base}_{self.count}"
+        self.root.add_module(name, module)
+        return self.graph.call_module(name, args)
+
+    def const(self, name: str, node: Any) -> np.ndarray:
+        if name not in self.consts:
+            raise _fail(node, f"input {name!r} must be a constant (initializer or Constant)")
+        return self.consts[name]
+
+    def value(self, name: str, node: Any) -> Any:
+        if name in self.values:
+            return self.values[name]
+        if name in self.consts:
+            self.count += 1
+            attr = f"const_{self.count}"
+            self.root.register_buffer(attr, torch.from_numpy(np.array(self.consts[name])))
+            self.values[name] = self.graph.get_attr(attr)
+            return self.values[name]
+        raise _fail(node, f"unknown input {name!r}")
+
+    def rank(self, name: str) -> int | None:
+        shape = self.shapes.get(name)
+        return None if shape is None else len(shape)
+
+
+def _param(array: np.ndarray) -> nn.Parameter:
+    return nn.Parameter(torch.from_numpy(np.array(array, dtype=np.float32)))
+
+
+def _convert_node(b: _Builder, node: Any) -> None:
+    op = node.op_type
+    a = _attrs(node)
+    ins = list(node.input)
+    out = node.output[0]
+    if op == "Constant":
+        from onnx import numpy_helper
+
+        if "value" not in a:
+            raise _fail(node, "only tensor constants are supported")
+        b.consts[out] = numpy_helper.to_array(a["value"])
+        return
+    if op in {"Identity", "Dropout"}:
+        if ins[0] in b.consts:  # exporters deduplicate equal initializers through Identity
+            b.consts[out] = b.consts[ins[0]]
+        else:
+            b.values[out] = b.value(ins[0], node)
+        return
+    x = b.value(ins[0], node) if ins and ins[0] not in b.consts else None
+    if op == "Conv":
+        w = b.const(ins[1], node)
+        nd = w.ndim - 2
+        if nd not in (1, 2):
+            raise _fail(node, f"{nd}-D convolution is not supported")
+        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise _fail(node, "auto_pad is not supported; export with explicit pads")
+        cls: Any = nn.Conv1d if nd == 1 else nn.Conv2d
+        groups = int(a.get("group", 1))
+        conv = cls(
+            w.shape[1] * groups,
+            w.shape[0],
+            tuple(w.shape[2:]),
+            stride=tuple(a.get("strides", [1] * nd)),
+            padding=tuple(_sym_pads(node, list(a.get("pads", [])), nd)),
+            dilation=tuple(a.get("dilations", [1] * nd)),
+            groups=groups,
+            bias=len(ins) > 2 and bool(ins[2]),
+        )
+        conv.weight = _param(w)
+        if conv.bias is not None:
+            conv.bias = _param(b.const(ins[2], node))
+        b.values[out] = b.module("conv", conv, x)
+    elif op == "Gemm":
+        if a.get("transA", 0):
+            raise _fail(node, "transA is not supported")
+        w = b.const(ins[1], node) * float(a.get("alpha", 1.0))
+        if not a.get("transB", 0):
+            w = w.T
+        lin = nn.Linear(w.shape[1], w.shape[0], bias=len(ins) > 2 and bool(ins[2]))
+        lin.weight = _param(w)
+        if lin.bias is not None:
+            c = np.broadcast_to(b.const(ins[2], node) * float(a.get("beta", 1.0)), (w.shape[0],))
+            lin.bias = _param(c)
+        b.values[out] = b.module("linear", lin, x)
+    elif op == "MatMul":
+        w = b.const(ins[1], node)
+        if w.ndim != 2:
+            raise _fail(node, "MatMul needs a constant 2-D right operand")
+        lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
+        lin.weight = _param(w.T)
+        b.values[out] = b.module("linear", lin, x)
+    elif op == "BatchNormalization":
+        scale, bias, mean, var = (b.const(n, node) for n in ins[1:5])
+        rank = b.rank(ins[0])
+        cls_bn = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
+        bn = cls_bn(scale.shape[0], eps=float(a.get("epsilon", 1e-5)))
+        bn.weight = _param(scale)
+        bn.bias = _param(bias)
+        bn.running_mean = torch.from_numpy(np.array(mean, dtype=np.float32))
+        bn.running_var = torch.from_numpy(np.array(var, dtype=np.float32))
+        b.values[out] = b.module("bn", bn, x)
+    elif op == "Relu":
+        b.values[out] = b.module("relu", nn.ReLU(), x)
+    elif op == "Sigmoid":
+        b.values[out] = b.module("sigmoid", nn.Sigmoid(), x)
+    elif op == "Tanh":
+        b.values[out] = b.module("tanh", nn.Tanh(), x)
+    elif op == "LeakyRelu":
+        b.values[out] = b.module("leaky_relu", nn.LeakyReLU(float(a.get("alpha", 0.01))), x)
+    elif op == "PRelu":
+        slope = b.const(ins[1], node).reshape(-1)
+        prelu = nn.PReLU(slope.size)
+        prelu.weight = _param(slope)
+        b.values[out] = b.module("prelu", prelu, x)
+    elif op == "Clip":
+        lo = a.get("min", b.consts.get(ins[1]) if len(ins) > 1 and ins[1] else None)
+        hi = a.get("max", b.consts.get(ins[2]) if len(ins) > 2 and ins[2] else None)
+        lo_f = -np.inf if lo is None else float(np.asarray(lo))
+        hi_f = np.inf if hi is None else float(np.asarray(hi))
+        if lo_f == 0 and hi_f == np.inf:
+            b.values[out] = b.module("relu", nn.ReLU(), x)
+        elif np.isfinite(lo_f) and np.isfinite(hi_f):
+            b.values[out] = b.module("hardtanh", nn.Hardtanh(lo_f, hi_f), x)
+        else:
+            raise _fail(node, "Clip needs both bounds (or min 0, no max)")
+    elif op in {"MaxPool", "AveragePool"}:
+        k = list(a["kernel_shape"])
+        nd = len(k)
+        if nd not in (1, 2) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise _fail(node, "only 1-D/2-D pooling with explicit pads is supported")
+        if any(d != 1 for d in a.get("dilations", [1] * nd)):
+            raise _fail(node, "dilated pooling is not supported")
+        kw: dict[str, Any] = {
+            "kernel_size": tuple(k),
+            "stride": tuple(a.get("strides", [1] * nd)),
+            "padding": tuple(_sym_pads(node, list(a.get("pads", [])), nd)),
+            "ceil_mode": bool(a.get("ceil_mode", 0)),
+        }
+        if op == "MaxPool":
+            if len(node.output) > 1 and node.output[1]:
+                raise _fail(node, "MaxPool indices output is not supported")
+            pool: nn.Module = (nn.MaxPool1d if nd == 1 else nn.MaxPool2d)(**kw)
+        else:
+            kw["count_include_pad"] = bool(a.get("count_include_pad", 0))
+            pool = (nn.AvgPool1d if nd == 1 else nn.AvgPool2d)(**kw)
+        b.values[out] = b.module("pool", pool, x)
+    elif op == "GlobalAveragePool":
+        b.values[out] = b.module("gap", GlobalAvgPool(), x)
+    elif op in {"Add", "Mul"}:
+        fn = operator.add if op == "Add" else operator.mul
+        lhs, rhs = b.value(ins[0], node), b.value(ins[1], node)
+        b.values[out] = b.graph.call_function(fn, (lhs, rhs))
+    elif op == "Flatten":
+        axis = int(a.get("axis", 1))
+        if axis != 1:
+            raise _fail(node, f"Flatten axis {axis} is not supported (only 1)")
+        b.values[out] = b.graph.call_function(torch.flatten, (x, 1))
+    elif op == "Reshape":
+        shape = [int(s) for s in b.const(ins[1], node)]
+        in_shape = b.shapes.get(ins[0])
+        if a.get("allowzero", 0) or in_shape is None:
+            raise _fail(node, "Reshape needs a known input shape and allowzero=0")
+        dims = [in_shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *dims[1:])))
+    elif op == "Concat":
+        parts = [b.value(n, node) for n in ins]
+        b.values[out] = b.graph.call_function(torch.cat, (parts,), {"dim": int(a["axis"])})
+    elif op == "Softmax":
+        axis = int(a.get("axis", -1))
+        b.values[out] = b.module("softmax", nn.Softmax(dim=axis), x)
+    else:
+        raise _fail(node, "this operator is not supported")
+
+
+def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:
+    """The model of a self-contained ONNX file as a GraphModule, and its input shape."""
+    import onnx
+
+    p = Path(path)
+    if p.stat().st_size > MAX_ONNX_BYTES:
+        raise UserInputError(f"{p.name}: larger than {MAX_ONNX_BYTES} bytes")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise UserInputError(f"{p.name}: not a readable ONNX model ({exc})") from None
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            raise UserInputError(
+                f"{p.name}: tensor {init.name!r} lives in external data; upload one "
+                "self-contained file"
+            )
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        raise UserInputError(f"{p.name}: ONNX shape inference failed ({exc})") from None
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise UserInputError(
+            f"{p.name}: expected one input and one output, got {len(inputs)} and "
+            f"{len(model.graph.output)}"
+        )
+    b = _Builder(model)
+    for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        b.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    in_shape = b.shapes[inputs[0].name]
+    if len(in_shape) < 2 or any(d is None or d <= 0 for d in in_shape[1:]):
+        raise UserInputError(
+            f"{p.name}: the input needs a fixed shape except the batch, got {in_shape}"
+        )
+    b.values[inputs[0].name] = b.graph.placeholder("input")
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise _fail(node, f"operator domain {node.domain!r} is not supported")
+        _convert_node(b, node)
+    out_name = model.graph.output[0].name
+    if out_name not in b.values:
+        raise UserInputError(f"{p.name}: the output {out_name!r} is not computed from the input")
+    b.graph.output(b.values[out_name])
+    gm = fx.GraphModule(b.root, b.graph, class_name="OnnxModel")
+    gm.eval()
+    return gm, tuple(int(d) for d in in_shape[1:])  # type: ignore[arg-type]

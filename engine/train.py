@@ -1,0 +1,298 @@
+"""Knowledge-distillation fine-tuning of a binary twin, with exact resume.
+
+Loss: ``w * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - w) * CE(s, y)`` (Hinton et al.
+2015), ``w = distill_weight``; without labels only the KL term. The teacher's logits are
+computed once (no augmentation), so the teacher never runs inside the loop.
+
+Optimizer AdamW; the learning rate warms up linearly for ``warmup_fraction`` of the steps
+and then follows a cosine to zero. ``two_stage`` trains the first half of the epochs with
+binary activations and real (reconstructed) weights, then the second half with binary
+weights, each stage with its own warm-up and cosine.
+
+Determinism and resume: every epoch reseeds torch with ``(seed, epoch)`` and shuffles with
+its own generator, so an epoch depends only on the state at its start. A checkpoint
+(``epoch-NNNN.pt``, tensors and plain values only, read back with ``weights_only=True``)
+holds the model, the optimizer and the history; resuming from it reproduces an
+uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitfactor.jobconfig import BinarizeConfig, Progress
+from engine.convert import set_binary
+from engine.errors import JobCancelled
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from engine.errors import UserInputError
+
+        raise UserInputError("device 'cuda' requested but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA, nothing on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, x: torch.Tensor, device: torch.device, batch: int = 512
+) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) for ``x``, on the CPU in float32."""
+    was = model.training
+    model.eval()
+    outs = []
+    for i in range(0, x.shape[0], batch):
+        with autocast(device):
+            outs.append(model(x[i : i + batch].to(device)).float().cpu())
+    model.train(was)
+    return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor | None) -> float | None:
+    """Top-1 accuracy, or None without labels."""
+    if y is None or logits.numel() == 0:
+        return None
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Share of inputs on which two sets of logits pick the same class."""
+    return float((a.argmax(1) == b.argmax(1)).float().mean()) if a.numel() else 0.0
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """Linear warm-up then cosine decay, as a factor of the base learning rate."""
+    warm = int(total * warmup_fraction)
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor | None, config: BinarizeConfig
+) -> torch.Tensor:
+    """KD (KL on softened logits) plus cross-entropy on labels when given."""
+    t = config.distill_temperature
+    kd = F.kl_div(
+        F.log_softmax(student.float() / t, dim=1),
+        F.log_softmax(teacher.float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+    if y is None:
+        return kd
+    w = config.distill_weight
+    return w * kd + (1 - w) * F.cross_entropy(student.float(), y)
+
+
+@dataclass
+class TrainState:
+    """What training reports back."""
+
+    epochs_run: int = 0
+    resumed_from: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step_seconds: float | None = None
+
+
+def config_fingerprint(config: BinarizeConfig, extra: dict[str, Any]) -> str:
+    """A hash of everything a checkpoint must agree with to be resumed."""
+    data = config.model_dump(exclude={"epochs", "device"})
+    return hashlib.sha256(
+        json.dumps([data, extra], sort_keys=True, default=str).encode()
+    ).hexdigest()
+
+
+def _stage_of(epoch: int, config: BinarizeConfig) -> tuple[str, int, int]:
+    """(stage name, first epoch of the stage, epochs in the stage)."""
+    if config.two_stage and config.epochs >= 2:
+        first = config.epochs // 2
+        if epoch < first:
+            return "real_weights", 0, first
+        return "binary", first, config.epochs - first
+    return "binary", 0, config.epochs
+
+
+def _latest_checkpoint(directory: Path) -> Path | None:
+    found = sorted(
+        p for p in directory.glob("epoch-*.pt") if re.fullmatch(r"epoch-\d+\.pt", p.name)
+    )
+    return found[-1] if found else None
+
+
+def _save_checkpoint(directory: Path, payload: dict[str, Any], epoch: int) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".epoch-{epoch:04d}.pt.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, directory / f"epoch-{epoch:04d}.pt")
+
+
+def train(
+    student: nn.Module,
+    *,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    teacher_logits: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor | None,
+    teacher_val_logits: torch.Tensor,
+    config: BinarizeConfig,
+    device: torch.device,
+    fingerprint: str = "",
+    progress: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainState:
+    """Fine-tune ``student`` in place for ``config.epochs`` epochs (see the module doc)."""
+    state = TrainState()
+    n = x.shape[0]
+    steps_per_epoch = max(1, math.ceil(n / config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch = 0
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None and ckpt_dir.is_dir():
+        latest = _latest_checkpoint(ckpt_dir)
+        if latest is not None:
+            payload = torch.load(latest, map_location="cpu", weights_only=True)
+            if payload.get("fingerprint") == fingerprint:
+                student.load_state_dict(payload["model"])
+                optimizer.load_state_dict(payload["optimizer"])
+                start_epoch = int(payload["epoch"])
+                state.history = json.loads(payload["history"])
+                state.resumed_from = start_epoch
+                if log:
+                    log(f"resumed from {latest.name} (epoch {start_epoch})")
+            elif log:
+                log(f"ignored {latest.name}: it belongs to another job configuration")
+    student.to(device)
+    x_dev = x.to(device)
+    y_dev = y.to(device) if y is not None else None
+    t_dev = teacher_logits.to(device)
+    started = time.perf_counter()
+    steps_done = 0
+    step_time = 0.0
+    step_count = 0
+    for epoch in range(start_epoch, config.epochs):
+        stage, stage_first, stage_epochs = _stage_of(epoch, config)
+        set_binary(student, weights=stage == "binary", inputs=True)
+        if stage == "binary" and epoch == stage_first and stage_first > 0:
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        torch.manual_seed(config.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        order = torch.randperm(n, generator=gen).to(device)
+        student.train()
+        losses = []
+        stage_total = steps_per_epoch * stage_epochs
+        for step in range(steps_per_epoch):
+            if should_cancel is not None and should_cancel():
+                raise JobCancelled(f"cancelled at epoch {epoch + 1}, step {step + 1}")
+            t0 = time.perf_counter()
+            global_stage_step = (epoch - stage_first) * steps_per_epoch + step
+            factor = lr_factor(global_stage_step, stage_total, config.warmup_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * factor
+            idx = order[step * config.batch_size : (step + 1) * config.batch_size]
+            with autocast(device):
+                out = student(x_dev[idx])
+            loss = distillation_loss(
+                out, t_dev[idx], y_dev[idx] if y_dev is not None else None, config
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"the loss became {loss_value} at epoch {epoch + 1}")
+            losses.append(loss_value)
+            dt = time.perf_counter() - t0
+            if step > 0 or epoch > start_epoch:  # the first step warms caches up
+                step_time += dt
+                step_count += 1
+            steps_done += 1
+            if progress is not None and (step % max(1, steps_per_epoch // 10) == 0):
+                elapsed = time.perf_counter() - started
+                remaining = total_steps - (epoch * steps_per_epoch + step + 1)
+                progress(
+                    Progress(
+                        epoch=epoch + 1,
+                        epochs=config.epochs,
+                        step=epoch * steps_per_epoch + step + 1,
+                        total_steps=total_steps,
+                        loss=loss_value,
+                        eta_seconds=elapsed / steps_done * remaining,
+                        stage=stage,
+                    )
+                )
+        val_logits = predict(student, x_val, device)
+        metrics: dict[str, float] = {"train_loss": sum(losses) / len(losses)}
+        acc = accuracy(val_logits, y_val)
+        if acc is not None:
+            metrics["val_accuracy"] = acc
+        if teacher_val_logits.numel():
+            metrics["val_agreement"] = agreement(val_logits, teacher_val_logits)
+        state.history.append({"epoch": epoch + 1, "stage": stage, **metrics})
+        if log:
+            log(
+                f"epoch {epoch + 1}/{config.epochs} [{stage}] "
+                + " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            )
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            remaining = total_steps - (epoch + 1) * steps_per_epoch
+            progress(
+                Progress(
+                    epoch=epoch + 1,
+                    epochs=config.epochs,
+                    step=(epoch + 1) * steps_per_epoch,
+                    total_steps=total_steps,
+                    loss=metrics["train_loss"],
+                    metrics=metrics,
+                    eta_seconds=elapsed / max(1, steps_done) * remaining,
+                    stage=stage,
+                )
+            )
+        if ckpt_dir is not None:
+            _save_checkpoint(
+                ckpt_dir,
+                {
+                    "epoch": epoch + 1,
+                    "fingerprint": fingerprint,
+                    "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "history": json.dumps(state.history),
+                },
+                epoch + 1,
+            )
+        state.epochs_run = epoch + 1
+    state.epochs_run = max(state.epochs_run, start_epoch)
+    set_binary(student, weights=True, inputs=True)
+    state.step_seconds = step_time / step_count if step_count else None
+    return state
