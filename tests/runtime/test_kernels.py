@@ -1,0 +1,352 @@
+"""The XOR/popcount product, sign_pack and the binary convolution, kernel by kernel.
+
+Every ISA the CPU has is compared with the scalar kernel, and the scalar kernel with a
+float64 reference (numpy for the popcounts, torch's conv on +/-1 tensors for the
+convolution), exactly: the accumulations are integers and the transform is float32
+arithmetic in the documented order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import runtime
+from runtime import _native
+from runtime.ops import BinaryConv, sign_pack
+from runtime.packing import pack_signs, unpack_signs, words_for
+
+ISAS = runtime.supported_isas()
+SIMD_ISAS = [isa for isa in ISAS if isa != "scalar"]
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _popcount_reference(a: np.ndarray, b: np.ndarray, kw: int) -> np.ndarray:
+    x = a[:, None, :kw] ^ b[None, :, :kw]
+    bits = np.unpackbits(x.view(np.uint8).reshape(x.shape[0], x.shape[1], -1), axis=-1)
+    return bits.sum(axis=-1).astype(np.int32)
+
+
+def _gemm(a: np.ndarray, b: np.ndarray, m: int, n: int, kw: int, isa: str) -> np.ndarray:
+    c = np.full((m, n), -7, dtype=np.int32)
+    _native.xnor_gemm(a, b, c, m, n, kw, a.shape[1], b.shape[1], isa)
+    return c
+
+
+@FAST
+@given(
+    m=st.integers(1, 37),
+    n=st.integers(1, 37),
+    kw=st.integers(1, 140),
+    pad_a=st.integers(0, 3),
+    pad_b=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_xnor_gemm_every_isa_equals_scalar_equals_reference(
+    m: int, n: int, kw: int, pad_a: int, pad_b: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, (m, kw + pad_a), dtype=np.uint64, endpoint=False)
+    b = rng.integers(0, 2**64, (n, kw + pad_b), dtype=np.uint64, endpoint=False)
+    scalar = _gemm(a, b, m, n, kw, "scalar")
+    np.testing.assert_array_equal(scalar, _popcount_reference(a, b, kw))
+    for isa in SIMD_ISAS:
+        np.testing.assert_array_equal(_gemm(a, b, m, n, kw, isa), scalar, err_msg=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_gemm_long_rows_do_not_overflow_byte_counters(isa: str) -> None:
+    # all-ones xor all-zeros: every bit counts; 1000 words exceed any byte accumulator
+    m, n, kw = 3, 5, 1000
+    a = np.full((m, kw), np.uint64(2**64 - 1), dtype=np.uint64)
+    b = np.zeros((n, kw), dtype=np.uint64)
+    np.testing.assert_array_equal(_gemm(a, b, m, n, kw, isa), np.full((m, n), 64 * kw))
+
+
+def test_xnor_gemm_rejects_short_buffers() -> None:
+    a = np.zeros((2, 4), dtype=np.uint64)
+    c = np.zeros((2, 2), dtype=np.int32)
+    with pytest.raises(ValueError, match="b has"):
+        _native.xnor_gemm(a, a[:1], c, 2, 2, 4, 4, 4)
+    with pytest.raises(ValueError, match="lda"):
+        _native.xnor_gemm(a, a, c, 2, 2, 4, 3, 4)
+
+
+@FAST
+@given(
+    n=st.integers(1, 3),
+    c=st.integers(1, 150),
+    s=st.integers(1, 40),
+    with_threshold=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sign_pack_every_isa_matches_numpy_packing(
+    n: int, c: int, s: int, with_threshold: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, s)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = 0.0
+    x[rng.random(x.shape) < 0.02] = np.nan
+    threshold = rng.standard_normal(c).astype(np.float32) if with_threshold else None
+    expected = pack_signs(x.transpose(0, 2, 1), threshold=0.0 if threshold is None else threshold)
+    for isa in ISAS:
+        out = np.full((n, s, words_for(c)), np.uint64(0xDEAD), dtype=np.uint64)
+        sign_pack(x, out, threshold=threshold, isa=isa)
+        np.testing.assert_array_equal(out, expected, err_msg=isa)
+
+
+def test_sign_pack_one_hot_pins_bit_order() -> None:
+    c = 130
+    for index in (0, 1, 63, 64, 65, 129):
+        x = np.ones((1, c, 1), dtype=np.float32)
+        x[0, index, 0] = -1.0
+        out = np.empty((1, 1, 3), dtype=np.uint64)
+        sign_pack(x, out)
+        expected = np.zeros(3, dtype=np.uint64)
+        expected[index // 64] = np.uint64(1) << np.uint64(index % 64)
+        np.testing.assert_array_equal(out[0, 0], expected)
+
+
+# -- binary convolution -----------------------------------------------------------------
+
+
+def _pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return np.where(rng.random(shape) < 0.5, -1.0, 1.0)
+
+
+def reference_acc(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    pad_mode: str,
+) -> np.ndarray:
+    """Integer accumulators of a float64 torch conv of +/-1 tensors."""
+    xt = torch.from_numpy(x).double()
+    if pad_mode == "one":
+        xt = F.pad(xt, (padding[1], padding[1], padding[0], padding[0]), value=1.0)
+        padding = (0, 0)
+    out = F.conv2d(
+        xt, torch.from_numpy(w).double(), stride=stride, padding=padding, dilation=dilation
+    )
+    return out.numpy()
+
+
+def reference_transform(
+    acc: np.ndarray, op: BinaryConv, residual: np.ndarray | None = None
+) -> np.ndarray:
+    """The documented float32 output transform, in numpy."""
+    y = acc.astype(np.float32) * op.scale[None, :, None, None]
+    if op.scale_h is not None and op.scale_w is not None:
+        y = y * (op.scale_h[:, None] * op.scale_w[None, :])[None, None]
+    if op.bias is not None:
+        y = y + op.bias[None, :, None, None]
+    if op.activation == "relu":
+        y = np.maximum(y, np.float32(0))
+    elif op.activation == "prelu":
+        assert op.slope is not None
+        y = np.where(y >= 0, y, y * op.slope[None, :, None, None])
+    elif op.activation == "hardtanh":
+        y = np.clip(y, np.float32(op.min_val), np.float32(op.max_val))
+    if residual is not None:
+        y = y + residual
+    if op.post_relu:
+        y = np.maximum(y, np.float32(0))
+    return y.astype(np.float32)
+
+
+conv_cases = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 3),
+        "cin": st.sampled_from([1, 2, 3, 5, 7, 31, 63, 64, 65, 97, 128, 131, 200]),
+        "cout": st.integers(1, 70),
+        "h": st.integers(1, 11),
+        "w": st.integers(1, 11),
+        "kh": st.integers(1, 4),
+        "kw": st.integers(1, 4),
+        "sh": st.integers(1, 3),
+        "sw": st.integers(1, 3),
+        "ph": st.integers(0, 2),
+        "pw": st.integers(0, 2),
+        "dh": st.integers(1, 3),
+        "dw": st.integers(1, 3),
+        "pad_mode": st.sampled_from(["zero", "one"]),
+        "seed": st.integers(0, 2**32 - 1),
+    }
+)
+
+
+@FAST
+@given(case=conv_cases)
+def test_bconv_scalar_equals_float64_reference_and_every_isa_equals_scalar(
+    case: dict[str, int],
+) -> None:
+    n, cin, cout, h, w = (case[k] for k in ("n", "cin", "cout", "h", "w"))
+    kh, kw, sh, sw = (case[k] for k in ("kh", "kw", "sh", "sw"))
+    ph, pw, dh, dw = (case[k] for k in ("ph", "pw", "dh", "dw"))
+    assume(h + 2 * ph >= dh * (kh - 1) + 1 and w + 2 * pw >= dw * (kw - 1) + 1)
+    rng = np.random.default_rng(case["seed"])
+    x = _pm1(rng, (n, cin, h, w))
+    wt = _pm1(rng, (cout, cin, kh, kw))
+    op = BinaryConv.create(
+        pack_signs(wt.transpose(0, 2, 3, 1)),
+        in_channels=cin,
+        scale=np.ones(cout, dtype=np.float32),
+        stride=(sh, sw),
+        padding=(ph, pw),
+        dilation=(dh, dw),
+        pad_mode=str(case["pad_mode"]),
+    )
+    xb = pack_signs(x.transpose(0, 2, 3, 1))
+    expected = reference_acc(x, wt, (sh, sw), (ph, pw), (dh, dw), str(case["pad_mode"]))
+    outputs = {}
+    for isa in ISAS:
+        for threads in (1, 3):
+            out = np.full(op.output_shape(n, h, w), np.nan, dtype=np.float32)
+            op(xb, out, np.empty(op.scratch_bytes(threads), np.uint8), threads=threads, isa=isa)
+            outputs[isa, threads] = out
+    np.testing.assert_array_equal(outputs["scalar", 1], expected)
+    for key, out in outputs.items():
+        np.testing.assert_array_equal(out, outputs["scalar", 1], err_msg=str(key))
+
+
+transform_cases = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 2),
+        "cin": st.sampled_from([3, 64, 70]),
+        "cout": st.sampled_from([1, 5, 64, 65, 130]),
+        "hw": st.integers(2, 7),
+        "activation": st.sampled_from(["none", "relu", "prelu", "hardtanh"]),
+        "post_activation": st.sampled_from(["none", "relu"]),
+        "output": st.sampled_from(["float", "bits"]),
+        "bias": st.booleans(),
+        "positions": st.booleans(),
+        "residual": st.booleans(),
+        "threshold": st.booleans(),
+        "pad_mode": st.sampled_from(["zero", "one"]),
+        "seed": st.integers(0, 2**32 - 1),
+    }
+)
+
+
+@FAST
+@given(case=transform_cases)
+def test_bconv_output_transform_matches_reference(case: dict[str, object]) -> None:
+    rng = np.random.default_rng(int(case["seed"]))  # type: ignore[call-overload]
+    n, cin, cout, hw = (int(case[k]) for k in ("n", "cin", "cout", "hw"))  # type: ignore[call-overload]
+    x = _pm1(rng, (n, cin, hw, hw))
+    wt = _pm1(rng, (cout, cin, 3, 3))
+
+    def vec(size: int) -> np.ndarray:
+        return rng.standard_normal(size).astype(np.float32)
+
+    scale = vec(cout)  # negative scales included
+    output = str(case["output"])
+    op = BinaryConv.create(
+        pack_signs(wt.transpose(0, 2, 3, 1)),
+        in_channels=cin,
+        scale=scale,
+        padding=(1, 1),
+        pad_mode=str(case["pad_mode"]),
+        bias=vec(cout) if case["bias"] else None,
+        scale_h=vec(hw) if case["positions"] else None,
+        scale_w=vec(hw) if case["positions"] else None,
+        slope=vec(cout) if case["activation"] == "prelu" else None,
+        out_threshold=vec(cout) if case["threshold"] and output == "bits" else None,
+        activation=str(case["activation"]),
+        min_val=-0.5,
+        max_val=2.0,
+        post_activation=str(case["post_activation"]),
+        output=output,
+    )
+    residual = (
+        rng.standard_normal((n, cout, hw, hw)).astype(np.float32) if case["residual"] else None
+    )
+    acc = reference_acc(x, wt, (1, 1), (1, 1), (1, 1), str(case["pad_mode"]))
+    y = reference_transform(acc, op, residual)
+    if output == "bits":
+        threshold = op.out_threshold if op.out_threshold is not None else 0.0
+        expected = pack_signs(y.transpose(0, 2, 3, 1), threshold=threshold)
+        dtype: type = np.uint64
+    else:
+        expected = y
+        dtype = np.float32
+    xb = pack_signs(x.transpose(0, 2, 3, 1))
+    for isa in ISAS:
+        out: np.ndarray = np.zeros(op.output_shape(n, hw, hw), dtype=dtype)
+        op(xb, out, np.empty(op.scratch_bytes(2), np.uint8), residual=residual, threads=2, isa=isa)
+        np.testing.assert_array_equal(out, expected, err_msg=isa)
+
+
+def test_bits_output_chains_into_the_next_layer() -> None:
+    """Packed output of one layer is the packed sign of its float output."""
+    rng = np.random.default_rng(3)
+    x = _pm1(rng, (2, 70, 6, 5))
+    w1, w2 = _pm1(rng, (67, 70, 3, 3)), _pm1(rng, (9, 67, 3, 3))
+    scale = rng.standard_normal(67).astype(np.float32)
+    kwargs: dict[str, Any] = {"in_channels": 70, "scale": scale, "padding": (1, 1)}
+    as_bits = BinaryConv.create(pack_signs(w1.transpose(0, 2, 3, 1)), output="bits", **kwargs)
+    as_float = BinaryConv.create(pack_signs(w1.transpose(0, 2, 3, 1)), **kwargs)
+    xb = pack_signs(x.transpose(0, 2, 3, 1))
+    bits = np.empty(as_bits.output_shape(2, 6, 5), np.uint64)
+    floats = np.empty(as_float.output_shape(2, 6, 5), np.float32)
+    scratch = np.empty(as_bits.scratch_bytes(1), np.uint8)
+    as_bits(xb, bits, scratch)
+    as_float(xb, floats, scratch)
+    np.testing.assert_array_equal(bits, pack_signs(floats.transpose(0, 2, 3, 1)))
+    second = BinaryConv.create(
+        pack_signs(w2.transpose(0, 2, 3, 1)),
+        in_channels=67,
+        scale=np.ones(9, np.float32),
+        padding=(1, 1),
+    )
+    out = np.empty(second.output_shape(2, 6, 5), np.float32)
+    second(bits, out, np.empty(second.scratch_bytes(1), np.uint8))
+    signs = unpack_signs(bits, 67).transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(out, reference_acc(signs, w2, (1, 1), (1, 1), (1, 1), "zero"))
+
+
+def test_bconv_rejects_undersized_buffers() -> None:
+    op = BinaryConv.create(
+        np.zeros((4, 3, 3, 1), np.uint64), in_channels=8, scale=np.ones(4, np.float32)
+    )
+    x = np.zeros((1, 5, 5, 1), np.uint64)
+    out = np.empty((1, 4, 2, 2), np.float32)  # needs 3x3
+    with pytest.raises(ValueError, match="out has"):
+        op(x, out, np.empty(op.scratch_bytes(1), np.uint8))
+    with pytest.raises(ValueError, match="scratch has"):
+        op(x, np.empty((1, 4, 3, 3), np.float32), np.empty(8, np.uint8))
+
+
+@pytest.mark.skipif("avx512" in ISAS, reason="this CPU runs the AVX-512 kernels")
+def test_avx512_is_not_offered_without_cpu_support() -> None:
+    with pytest.raises(ValueError, match="not supported"):
+        _gemm(np.zeros((1, 1), np.uint64), np.zeros((1, 1), np.uint64), 1, 1, 1, "avx512")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_large_layer_splits_over_threads_and_matches_reference(isa: str) -> None:
+    rng = np.random.default_rng(11)
+    x = _pm1(rng, (2, 128, 28, 27))
+    wt = _pm1(rng, (128, 128, 3, 3))
+    op = BinaryConv.create(
+        pack_signs(wt.transpose(0, 2, 3, 1)),
+        in_channels=128,
+        scale=np.ones(128, np.float32),
+        padding=(1, 1),
+    )
+    xb = pack_signs(x.transpose(0, 2, 3, 1))
+    out = np.empty(op.output_shape(2, 28, 27), np.float32)
+    used = op(xb, out, np.empty(op.scratch_bytes(3), np.uint8), threads=3, isa=isa)
+    assert used == 3
+    np.testing.assert_array_equal(out, reference_acc(x, wt, (1, 1), (1, 1), (1, 1), "zero"))
+    single = np.empty_like(out)
+    assert op(xb, single, np.empty(op.scratch_bytes(1), np.uint8), threads=1, isa=isa) == 1
+    np.testing.assert_array_equal(single, out)
