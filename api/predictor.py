@@ -39,7 +39,6 @@ class LoadedModel:
         self.model = model
         self.inputs = [_spec(i) for i in model.inputs]
         self.outputs = [_spec(o) for o in model.outputs]
-        self._lock = threading.Lock()
 
     @property
     def input(self) -> TensorSpec:
@@ -73,8 +72,7 @@ class LoadedModel:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run a checked batch; returns every output by name."""
-        with self._lock:
-            raw = self.model.run(x)
+        raw = self.model.run(x)  # runtime.Model is safe to share between threads
         if isinstance(raw, dict):
             return {str(k): np.asarray(v) for k, v in raw.items()}
         if isinstance(raw, list | tuple):

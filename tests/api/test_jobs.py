@@ -6,46 +6,15 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from db import repo
-from db.models import Job, ModelFile, new_id
+from db.models import Job
 from db.session import connect, session_factory
-from db.storage import LocalArtifactStore
 
-from .conftest import Api
+from .conftest import Api, finish_with_artifact
 
 
 def _sessions(api: Api):
     return session_factory(connect(api.settings.resolved_database_url))
-
-
-@pytest.fixture
-def model_id(api: Api, tmp_path: Path) -> str:
-    """A stored model row (upload validation itself is tested in test_models.py)."""
-    store = LocalArtifactStore(api.settings.resolved_artifacts_dir)
-    source = tmp_path / "m.onnx"
-    source.write_bytes(b"model bytes")
-    row_id = new_id()
-    key = f"models/{row_id}/model.onnx"
-    sha, size = store.put_file(key, source)
-    with _sessions(api)() as session:
-        tenant = repo.get_or_create_tenant(session, name="alice")
-        session.add(
-            ModelFile(
-                id=row_id,
-                tenant_id=tenant.id,
-                name="m",
-                format="onnx",
-                sha256=sha,
-                size_bytes=size,
-                input_shape=[4],
-                storage_key=key,
-            )
-        )
-        session.commit()
-    return row_id
 
 
 def _submit(api: Api, model_id: str, dataset_id: str, key: str | None = None, **config):
@@ -150,48 +119,6 @@ def test_cancel(api: Api, model_id: str, dataset_id: str) -> None:
     assert response.json()["status"] == "canceling"
 
 
-def _finish_with_artifact(api: Api, job_id: str, tmp_path: Path) -> tuple[str, bytes]:
-    from runtime import write_bfm
-
-    rng = np.random.default_rng(1)
-    path = tmp_path / "out.bfm"
-    write_bfm(
-        path,
-        graph={
-            "inputs": [{"name": "input", "shape": [None, 4], "dtype": "float32"}],
-            "outputs": [{"name": "logits", "shape": [None, 3], "dtype": "float32"}],
-            "nodes": [
-                {
-                    "op": "linear",
-                    "name": "fc",
-                    "inputs": ["input"],
-                    "outputs": ["logits"],
-                    "params": {"weight": "fc.weight", "bias": "fc.bias"},
-                }
-            ],
-        },
-        tensors={
-            "fc.weight": rng.normal(size=(3, 4)).astype(np.float32),
-            "fc.bias": rng.normal(size=3).astype(np.float32),
-        },
-        provenance={},
-    )
-    data = path.read_bytes()
-    store = LocalArtifactStore(api.settings.resolved_artifacts_dir)
-    key = f"jobs/{job_id}/model.bfm"
-    sha, size = store.put_file(key, path)
-    with _sessions(api)() as session:
-        repo.claim_job(session, job_id=job_id, worker_id="w", max_attempts=3)
-        repo.finish_job(
-            session,
-            job_id=job_id,
-            status="succeeded",
-            result={"binary_accuracy": 0.5},
-            artifact=(key, sha, size),
-        )
-    return sha, data
-
-
 def test_artifact_download_etag_and_corruption(
     api: Api, model_id: str, dataset_id: str, tmp_path: Path
 ) -> None:
@@ -199,7 +126,7 @@ def test_artifact_download_etag_and_corruption(
     early = api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers())
     assert early.status_code == 409
     assert early.json()["type"].endswith("/job-not-finished")
-    sha, data = _finish_with_artifact(api, job_id, tmp_path)
+    sha, data = finish_with_artifact(api, job_id, tmp_path)
     response = api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers())
     assert response.status_code == 200
     assert response.content == data

@@ -1,0 +1,158 @@
+"""Predict through ``runtime`` in the API process: ``/v1`` and the KServe v2 protocol.
+
+The packed model is a real ``.bfm`` (written by ``runtime.write_bfm``); outputs are
+compared with a float64 numpy reference. The v2 tests drive a real uvicorn server with
+``tritonclient[http]``, in JSON and in binary tensor mode.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+
+from runtime import read_bfm
+
+from .conftest import Api, finish_with_artifact, submit
+
+
+@pytest.fixture
+def served(
+    api: Api, model_id: str, dataset_id: str, tmp_path: Path
+) -> tuple[str, np.ndarray, np.ndarray]:
+    job_id = submit(api, model_id, dataset_id)
+    _, data = finish_with_artifact(api, job_id, tmp_path)
+    _, tensors, _ = read_bfm(data)
+    return job_id, tensors["fc.weight"].astype(np.float64), tensors["fc.bias"].astype(np.float64)
+
+
+def _reference(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64) @ w.T + b
+
+
+def test_v1_predict_matches_reference(api: Api, served: tuple[str, np.ndarray, np.ndarray]) -> None:
+    job_id, w, b = served
+    x = np.random.default_rng(5).normal(size=(6, 4)).astype(np.float32)
+    response = api.client.post(
+        f"/v1/jobs/{job_id}/predict", headers=api.headers(), json={"inputs": x.tolist(), "top_k": 2}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    want = _reference(x, w, b)
+    np.testing.assert_allclose(np.array(body["outputs"]), want, rtol=1e-5, atol=1e-5)
+    assert body["output_name"] == "logits"
+    for row, top in zip(want, body["top_k"], strict=True):
+        assert top["indices"] == list(np.argsort(-row)[:2])
+    assert len(api.app_state().models) == 1
+
+
+@pytest.mark.parametrize(
+    ("inputs", "fragment"),
+    [
+        ([[1.0, 2.0, 3.0]], "shape [N, 4]"),
+        ([1.0, 2.0, 3.0, 4.0], "dimensions"),
+        ([[1.0, 2.0], [1.0, 2.0, 3.0, 4.0]], "rectangular"),
+        ([["a", "b", "c", "d"]], "rectangular"),
+        ([[1e39, 0, 0, 0]], "finite"),
+        ([[0.0] * 4] * 3000, "limit"),
+    ],
+)
+def test_v1_bad_inputs_are_422(
+    api: Api, served: tuple[str, np.ndarray, np.ndarray], inputs: list, fragment: str
+) -> None:
+    api.settings.predict_max_elements = 10_000
+    job_id = served[0]
+    response = api.client.post(
+        f"/v1/jobs/{job_id}/predict", headers=api.headers(), json={"inputs": inputs}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith(("/invalid-input", "/validation-error"))
+    assert fragment in response.json()["detail"]
+
+
+def test_v1_predict_needs_a_finished_job_of_the_caller(
+    api: Api, model_id: str, dataset_id: str, served: tuple[str, np.ndarray, np.ndarray]
+) -> None:
+    queued = submit(api, model_id, dataset_id)
+    body = {"inputs": [[0.0] * 4]}
+    response = api.client.post(f"/v1/jobs/{queued}/predict", headers=api.headers(), json=body)
+    assert response.status_code == 409
+    other = api.client.post(f"/v1/jobs/{served[0]}/predict", headers=api.headers("bob"), json=body)
+    assert other.status_code == 404
+
+
+@pytest.fixture
+def live_server(api: Api) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(api.client.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_v2_with_tritonclient(
+    api: Api, served: tuple[str, np.ndarray, np.ndarray], live_server: str, binary: bool
+) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    job_id, w, b = served
+    client = httpclient.InferenceServerClient(url=live_server)
+    headers = api.headers()
+    try:
+        assert client.is_server_live()
+        assert client.is_server_ready()
+        assert client.is_model_ready(job_id, headers=headers)
+        meta = client.get_model_metadata(job_id, headers=headers)
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}]
+        assert meta["outputs"][0]["name"] == "logits"
+        x = np.random.default_rng(7).normal(size=(3, 4)).astype(np.float32)
+        infer_input = httpclient.InferInput("input", list(x.shape), "FP32")
+        infer_input.set_data_from_numpy(x, binary_data=binary)
+        wanted = httpclient.InferRequestedOutput("logits", binary_data=binary)
+        result = client.infer(job_id, [infer_input], outputs=[wanted], headers=headers)
+        np.testing.assert_allclose(
+            result.as_numpy("logits"), _reference(x, w, b), rtol=1e-5, atol=1e-5
+        )
+        bad = httpclient.InferInput("input", [3, 5], "FP32")
+        bad.set_data_from_numpy(np.zeros((3, 5), np.float32), binary_data=binary)
+        with pytest.raises(InferenceServerException, match="shape"):
+            client.infer(job_id, [bad], headers=headers)
+        with pytest.raises(InferenceServerException, match="no model"):
+            client.get_model_metadata("nope", headers=headers)
+        with pytest.raises(InferenceServerException):
+            client.get_model_metadata(job_id, headers=api.headers("bob"))
+    finally:
+        client.close()
+
+
+def test_v2_errors_keep_the_protocol_body(
+    api: Api, served: tuple[str, np.ndarray, np.ndarray]
+) -> None:
+    job_id = served[0]
+    url = f"/v2/models/{job_id}/infer"
+    for body in (b"not json", b'{"inputs": 3}', b'{"inputs": [{"name": "input"}]}'):
+        response = api.client.post(url, headers=api.headers(), content=body)
+        assert response.status_code == 400, response.text
+        assert set(response.json()) == {"error"}
+    missing = api.client.get("/v2/models/nope/ready", headers=api.headers())
+    assert missing.status_code == 404
+    assert set(missing.json()) == {"error"}
+    assert api.client.get("/v2/health/live").json() == {"live": True}
