@@ -1,0 +1,140 @@
+"""Data access (keys, pagination, job claims) and the local artifact store."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy.orm import Session
+
+from db import repo
+from db.models import Job, Tenant, utcnow
+from db.session import connect, session_factory, upgrade
+from db.storage import LocalArtifactStore, StorageError, TooLarge
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Session:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    return session_factory(connect(url))()
+
+
+def _job(session: Session, tenant: Tenant, **values: object) -> Job:
+    job = Job(tenant_id=tenant.id, model_id="m", dataset_id="d", config={}, **values)
+    session.add(job)
+    session.commit()
+    return job
+
+
+def test_api_keys_are_stored_hashed(session: Session) -> None:
+    tenant = repo.get_or_create_tenant(session, name="acme")
+    key = repo.create_api_key(session, tenant=tenant, secret="s" * 20)
+    session.commit()
+    assert key.startswith("bf_")
+    assert len(key) > 40
+    from db.models import ApiKey
+
+    stored = session.query(ApiKey).one()
+    assert key not in (stored.digest, stored.prefix + "x")
+    assert stored.digest != hashlib.sha256(key.encode()).hexdigest()  # keyed, not plain
+    assert repo.tenant_for_key(session, key=key, secret="s" * 20) == tenant
+    assert repo.tenant_for_key(session, key=key, secret="t" * 20) is None
+    assert repo.tenant_for_key(session, key=key + "x", secret="s" * 20) is None
+    stored.revoked_at = utcnow()
+    session.commit()
+    assert repo.tenant_for_key(session, key=key, secret="s" * 20) is None
+    assert repo.get_or_create_tenant(session, name="acme").id == tenant.id
+
+
+def test_pagination_with_equal_timestamps(session: Session) -> None:
+    tenant = repo.get_or_create_tenant(session, name="t")
+    stamp = utcnow()
+    ids = {_job(session, tenant, created_at=stamp).id for _ in range(5)}
+    _job(session, tenant, created_at=stamp - timedelta(seconds=1))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        rows, cursor = repo.page(session, Job, tenant_id=tenant.id, limit=2, cursor=cursor)
+        seen += [r.id for r in rows]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 6
+    assert set(seen[:5]) == ids  # the five newest first, ties broken by id
+    with pytest.raises(repo.InvalidCursor):
+        repo.page(session, Job, tenant_id=tenant.id, limit=2, cursor="bm9wZQ")
+
+
+def test_claims(session: Session) -> None:
+    tenant = repo.get_or_create_tenant(session, name="t")
+    job = _job(session, tenant)
+    assert repo.claim_job(session, job_id=job.id, worker_id="w1", max_attempts=2) == "run"
+    session.refresh(job)
+    assert (job.status, job.worker_id, job.attempts) == ("running", "w1", 1)
+    assert job.heartbeat_at is not None
+    assert job.started_at is not None
+    # Redelivered after the worker was lost: taken over, counted.
+    assert repo.claim_job(session, job_id=job.id, worker_id="w2", max_attempts=2) == "run"
+    session.refresh(job)
+    assert (job.worker_id, job.attempts) == ("w2", 2)
+    # Once more: over the cap, the job fails with a readable error.
+    assert repo.claim_job(session, job_id=job.id, worker_id="w3", max_attempts=2) == "exhausted"
+    session.refresh(job)
+    assert job.status == "failed"
+    assert "2 times" in (job.error or "")
+    assert repo.claim_job(session, job_id=job.id, worker_id="w4", max_attempts=9) == "skip"
+    assert repo.claim_job(session, job_id="missing", worker_id="w", max_attempts=9) == "skip"
+
+    canceled = _job(session, tenant, status="canceling")
+    assert repo.claim_job(session, job_id=canceled.id, worker_id="w", max_attempts=3) == "canceled"
+    session.refresh(canceled)
+    assert canceled.status == "canceled"
+    assert repo.job_counts(session) == {"failed": 1, "canceled": 1}
+
+
+def test_store_round_trip_and_checksums(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "a")
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"hello" * 1000)
+    sha, size = store.put_file("jobs/x/model.bfm", source)
+    assert not source.exists()  # moved, not copied
+    assert size == 5000
+    assert sha == hashlib.sha256(b"hello" * 1000).hexdigest()
+    path = store.verified_path("jobs/x/model.bfm", sha)
+    assert path.read_bytes() == b"hello" * 1000
+    path.write_bytes(b"hellO" * 1000)
+    with pytest.raises(StorageError, match="corrupted"):
+        store.verified_path("jobs/x/model.bfm", sha)
+    with pytest.raises(StorageError, match="missing"):
+        store.verified_path("jobs/y/model.bfm", sha)
+    store.delete("jobs/x/model.bfm")
+    store.delete("jobs/x/model.bfm")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("key", ["../escape", "/abs", "a/../../b", "a//b", "", "a/b c"])
+def test_store_refuses_odd_keys(tmp_path: Path, key: str) -> None:
+    with pytest.raises(StorageError):
+        LocalArtifactStore(tmp_path).local_path(key)
+
+
+@settings(max_examples=25, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=300), max_size=8), cap=st.integers(0, 1200))
+def test_put_stream_is_all_or_nothing(
+    tmp_path_factory: pytest.TempPathFactory, chunks: list[bytes], cap: int
+) -> None:
+    store = LocalArtifactStore(tmp_path_factory.mktemp("s"))
+    data = b"".join(chunks)
+    if len(data) > cap:
+        with pytest.raises(TooLarge):
+            store.put_stream("k/v", iter(chunks), max_bytes=cap)
+        assert not store.local_path("k/v").exists()
+    else:
+        sha, size = store.put_stream("k/v", iter(chunks), max_bytes=cap)
+        assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
+        assert store.local_path("k/v").read_bytes() == data
+    assert list((store.root / "tmp").iterdir()) == []
