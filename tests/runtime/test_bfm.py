@@ -1,0 +1,251 @@
+"""The .bfm reader and writer: round trip, and malformed files rejected with clear errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import runtime
+from runtime import FormatError, read_bfm, write_bfm
+from runtime.packing import pack_signs
+
+
+def small_model() -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    graph = {
+        "inputs": [{"name": "input", "shape": [None, 3, 8, 8], "dtype": "float32"}],
+        "outputs": [{"name": "y", "shape": [None, 5, 8, 8], "dtype": "float32"}],
+        "nodes": [
+            {
+                "op": "conv2d",
+                "name": "stem",
+                "inputs": ["input"],
+                "outputs": ["t0"],
+                "attrs": {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1},
+                "params": {"weight": "stem.weight", "bias": "stem.bias"},
+            },
+            {"op": "sign_pack", "name": "b1.in", "inputs": ["t0"], "outputs": ["t0_bits"]},
+            {
+                "op": "bconv2d",
+                "name": "b1",
+                "inputs": ["t0_bits"],
+                "outputs": ["y"],
+                "attrs": {
+                    "in_channels": 70,
+                    "out_channels": 5,
+                    "kernel_size": [3, 3],
+                    "stride": [1, 1],
+                    "padding": [1, 1],
+                    "dilation": [1, 1],
+                    "pad_mode": "zero",
+                    "activation": "none",
+                    "post_activation": "none",
+                    "output": "float",
+                },
+                "params": {"weight": "b1.weight", "scale": "b1.scale"},
+            },
+        ],
+    }
+    tensors = {
+        "stem.weight": rng.standard_normal((70, 3, 3, 3)).astype(np.float32),
+        "stem.bias": rng.standard_normal(70).astype(np.float32),
+        "b1.weight": pack_signs(rng.standard_normal((5, 3, 3, 70))),
+        "b1.scale": np.ones(5, np.float32),
+    }
+    return graph, tensors
+
+
+@pytest.fixture
+def good_file(tmp_path: Path) -> Path:
+    graph, tensors = small_model()
+    path = tmp_path / "m.bfm"
+    write_bfm(path, graph=graph, tensors=tensors, provenance={"source_sha256": "ab" * 32})
+    return path
+
+
+def test_round_trip(good_file: Path) -> None:
+    graph, tensors, metadata = read_bfm(good_file)
+    expected_graph, expected_tensors = small_model()
+    assert graph == expected_graph
+    assert set(tensors) == set(expected_tensors)
+    for name, array in expected_tensors.items():
+        assert tensors[name].dtype == array.dtype
+        np.testing.assert_array_equal(tensors[name], array)
+    assert metadata == {
+        "format": "bitfactor.bfm",
+        "version": "1",
+        "provenance": {"source_sha256": "ab" * 32},
+    }
+    # bytes work as well as paths, and the file is plain safetensors
+    assert read_bfm(good_file.read_bytes())[0] == graph
+    from safetensors.numpy import load_file
+
+    assert set(load_file(str(good_file))) == set(tensors)
+
+
+def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]), data[8 + n :]
+
+
+def _join(header: dict[str, Any], body: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + body
+
+
+def _with_metadata(data: bytes, **changes: str) -> bytes:
+    header, body = _split(data)
+    header["__metadata__"].update(changes)
+    return _join(header, body)
+
+
+def _with_graph(data: bytes, edit: Any) -> bytes:
+    header, body = _split(data)
+    graph = json.loads(header["__metadata__"]["graph"])
+    edit(graph)
+    header["__metadata__"]["graph"] = json.dumps(graph)
+    return _join(header, body)
+
+
+def _reject(data: bytes, match: str) -> None:
+    with pytest.raises(FormatError, match=match):
+        read_bfm(data)
+    with pytest.raises(ValueError, match=match):  # FormatError is a ValueError
+        runtime.load(data)
+
+
+def test_truncated_files(good_file: Path) -> None:
+    data = good_file.read_bytes()
+    _reject(data[:4], "truncated")
+    _reject(data[:20], "truncated")
+    _reject(data[:-1], "truncated")
+
+
+def test_wrong_format_and_version(good_file: Path) -> None:
+    data = good_file.read_bytes()
+    _reject(_with_metadata(data, version="2"), "unsupported version '2'")
+    _reject(_with_metadata(data, format="something.else"), "format")
+    header, body = _split(data)
+    del header["__metadata__"]
+    _reject(_join(header, body), "metadata: missing")
+    _reject(_with_metadata(data, graph="{not json"), "graph.*not valid JSON")
+    _reject(_with_metadata(data, provenance="[1, 2]"), "provenance")
+
+
+def test_huge_declared_sizes(good_file: Path) -> None:
+    data = good_file.read_bytes()
+    _reject(struct.pack("<Q", 2**63) + data[8:], "exceeds the limit")
+    header, body = _split(data)
+    header["b1.scale"]["shape"] = [2**40]
+    _reject(_join(header, body), "exceed the limit")
+
+
+def test_shape_inconsistent_with_bytes(good_file: Path) -> None:
+    header, body = _split(good_file.read_bytes())
+    header["b1.scale"]["shape"] = [6]
+    _reject(_join(header, body), "b1.scale.*needs 24 bytes")
+    header, body = _split(good_file.read_bytes())
+    header["b1.weight"]["dtype"] = "F16"
+    _reject(_join(header, body), "F16")
+
+
+def test_tensor_shape_not_what_the_op_needs(tmp_path: Path) -> None:
+    graph, tensors = small_model()
+    tensors["b1.scale"] = np.ones(4, np.float32)
+    with pytest.raises(FormatError, match=r"b1.scale.*shape \(4,\), expected \(5,\)"):
+        write_bfm(tmp_path / "x.bfm", graph=graph, tensors=tensors, provenance={})
+    graph, tensors = small_model()
+    tensors["b1.weight"] = tensors["b1.weight"][:, :, :1].copy()
+    with pytest.raises(FormatError, match=r"b1\.weight"):
+        write_bfm(tmp_path / "x.bfm", graph=graph, tensors=tensors, provenance={})
+    assert not (tmp_path / "x.bfm").exists()
+
+
+def test_padding_bits_of_weights_must_be_clear(tmp_path: Path) -> None:
+    graph, tensors = small_model()
+    tensors["b1.weight"] = tensors["b1.weight"].copy()
+    tensors["b1.weight"][0, 0, 0, 1] |= np.uint64(1) << np.uint64(63)  # channel 127 of 70
+    with pytest.raises(FormatError, match="padding bits"):
+        write_bfm(tmp_path / "x.bfm", graph=graph, tensors=tensors, provenance={})
+
+
+def _edited(edit: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    graph, tensors = small_model()
+    graph = copy.deepcopy(graph)
+    edit(graph, tensors)
+    return graph, tensors
+
+
+GRAPH_ERRORS = [
+    (lambda g, t: g["nodes"][2]["params"].update(weight="nope"), "missing tensor 'nope'"),
+    (lambda g, t: t.update(extra=np.ones(1, np.float32)), "not referenced.*extra"),
+    (lambda g, t: g["nodes"][1].update(op="sign_unpack"), "unknown op 'sign_unpack'"),
+    (lambda g, t: g["nodes"][2]["attrs"].update(stride=[1, "2"]), r"stride.*\[1\]"),
+    (lambda g, t: g["nodes"][2]["attrs"].update(pad_mode="reflect"), "pad_mode"),
+    (lambda g, t: g["nodes"][2]["attrs"].update(in_channels=71), "in_channels 71"),
+    (lambda g, t: g["nodes"][2]["attrs"].update(colour="red"), "unknown attrs.*colour"),
+    (lambda g, t: g["nodes"][2].update(inputs=["t0"]), "t0.*is float"),
+    (lambda g, t: g["nodes"][1].update(inputs=["later"]), "'later' is not defined"),
+    (lambda g, t: g["nodes"][1].update(outputs=["t0"]), "produced twice"),
+    (lambda g, t: g["nodes"][1].update(name="stem"), "node name used twice"),
+    (lambda g, t: g["outputs"][0].update(shape=[None, 5, 8, 9]), "declared float"),
+    (lambda g, t: g["outputs"][0].update(name="t0_bits"), "t0_bits.*is bits"),
+    (lambda g, t: g["inputs"][0].update(shape=[1, 3, 8, 8]), "first null"),
+    (lambda g, t: g["nodes"][2]["attrs"].update(kernel_size=[11, 3]), "kernel extent 11"),
+    (lambda g, t: g["nodes"][2].update(inputs=["t0_bits", "t0"]), "residual 't0'"),
+    (lambda g, t: g["nodes"][2]["attrs"].update(activation="prelu"), "missing param 'slope'"),
+    (lambda g, t: g.update(nodes=[]), "graph.nodes"),
+    (lambda g, t: g.update(edges=[]), "unknown keys"),
+]
+
+
+@pytest.mark.parametrize(("edit", "match"), GRAPH_ERRORS)
+def test_graph_errors_name_the_problem(tmp_path: Path, edit: Any, match: str) -> None:
+    graph, tensors = _edited(edit)
+    with pytest.raises(FormatError, match=match):
+        write_bfm(tmp_path / "x.bfm", graph=graph, tensors=tensors, provenance={})
+
+
+def test_reader_checks_the_graph_too(good_file: Path) -> None:
+    def edit(graph: dict[str, Any]) -> None:
+        graph["nodes"][2]["attrs"]["out_channels"] = 6
+
+    _reject(_with_graph(good_file.read_bytes(), edit), "b1.weight")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_corrupted_bytes_are_rejected_cleanly_or_read(data: st.DataObject) -> None:
+    graph, tensors = small_model()
+    from safetensors.numpy import save
+
+    original = save(
+        tensors,
+        metadata={
+            "format": "bitfactor.bfm",
+            "version": "1",
+            "graph": json.dumps(graph),
+            "provenance": "{}",
+        },
+    )
+    raw = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 8))):
+        index = data.draw(st.integers(0, len(raw) - 1))
+        raw[index] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    try:
+        model = runtime.load(bytes(raw[:cut]) if data.draw(st.booleans()) else bytes(raw))
+    except FormatError:
+        return
+    # a mutation inside tensor data leaves a valid model: it must run
+    out = model.run(np.zeros((1, 3, 8, 8), np.float32))
+    assert isinstance(out, np.ndarray)
+    assert out.shape == (1, 5, 8, 8)
