@@ -1,0 +1,637 @@
+"""Whole .bfm graphs, written here from numpy, run by runtime.load and compared with an
+independent torch reference interpreter of the same graph (float64 for the +/-1
+convolutions, float32 elsewhere): chained bit-packed layers, residual adds, real layers.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import runtime
+from runtime import write_bfm
+from runtime.packing import pack_signs, unpack_signs
+
+# -- a reference interpreter in torch ------------------------------------------------------
+
+
+def _t(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array, dtype=np.float32))
+
+
+def _sign(x: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
+    t = torch.zeros(()) if threshold is None else threshold.view(1, -1, *([1] * (x.dim() - 2)))
+    return torch.where(x < t, -1.0, 1.0).double()
+
+
+def _binary(node: dict[str, Any], tensors: dict[str, np.ndarray], ins: list[Any]) -> Any:
+    a, p, op = node.get("attrs", {}), node.get("params", {}), node["op"]
+    x = ins[0]
+    words = tensors[p["weight"]]
+    cin = a["in_features"] if op == "blinear" else a["in_channels"]
+    w = torch.from_numpy(unpack_signs(words, cin)).double()  # (cout, *k, cin)
+    if op == "blinear":
+        acc = F.linear(x, w)
+    else:
+        w = w.movedim(-1, 1)
+        pad = list(a.get("padding", [0] * (w.dim() - 2)))
+        if a.get("pad_mode", "zero") == "one":
+            widths = [v for q in reversed(pad) for v in (q, q)]
+            x = F.pad(x, widths, value=1.0)
+            pad = [0] * len(pad)
+        conv = F.conv2d if op == "bconv2d" else F.conv1d
+        acc = conv(x, w, stride=a.get("stride", 1), padding=pad, dilation=a.get("dilation", 1))
+    shape = (1, -1) + (1,) * (acc.dim() - 2)
+    y = acc.float() * _t(tensors[p["scale"]]).view(shape)
+    if "scale_h" in p:
+        y = y * (_t(tensors[p["scale_h"]])[:, None] * _t(tensors[p["scale_w"]])[None, :])
+    if "scale_l" in p:
+        y = y * _t(tensors[p["scale_l"]])
+    if "bias" in p:
+        y = y + _t(tensors[p["bias"]]).view(shape)
+    act = a.get("activation", "none")
+    if act == "relu":
+        y = F.relu(y)
+    elif act == "prelu":
+        slope = _t(tensors[p["slope"]]).view(shape)
+        y = torch.where(y >= 0, y, y * slope)
+    elif act == "hardtanh":
+        y = F.hardtanh(y, a.get("min_val", -1.0), a.get("max_val", 1.0))
+    if len(ins) > 1:
+        y = y + ins[1]
+    if a.get("post_activation", "none") == "relu":
+        y = F.relu(y)
+    if a.get("output", "float") == "bits":
+        thr = _t(tensors[p["out_threshold"]]) if "out_threshold" in p else None
+        return _sign(y, thr)
+    return y
+
+
+def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    env: dict[str, Any] = {graph["inputs"][0]["name"]: torch.from_numpy(x)}
+    for node in graph["nodes"]:
+        op, a, p = node["op"], node.get("attrs", {}), node.get("params", {})
+        ins = [env[v] for v in node["inputs"]]
+        x0 = ins[0]
+
+        def param(role: str) -> torch.Tensor | None:
+            return _t(tensors[p[role]]) if role in p else None  # noqa: B023
+
+        def chan(v: torch.Tensor) -> torch.Tensor:
+            return v.view(1, -1, *([1] * (x0.dim() - 2)))  # noqa: B023
+
+        if op == "sign_pack":
+            y = _sign(x0, param("threshold"))
+        elif op in ("bconv2d", "bconv1d", "blinear"):
+            y = _binary(node, tensors, ins)
+        elif op in ("conv2d", "conv1d"):
+            conv = F.conv2d if op == "conv2d" else F.conv1d
+            y = conv(
+                x0,
+                param("weight"),
+                param("bias"),
+                stride=a.get("stride", 1),
+                padding=a.get("padding", 0),
+                dilation=a.get("dilation", 1),
+                groups=a.get("groups", 1),
+            )
+        elif op == "linear":
+            y = F.linear(x0, param("weight"), param("bias"))
+        elif op == "batchnorm":
+            y = x0 * chan(param("scale")) + chan(param("shift"))  # type: ignore[arg-type]
+        elif op == "relu":
+            y = F.relu(x0)
+        elif op == "sigmoid":
+            y = torch.sigmoid(x0)
+        elif op == "tanh":
+            y = torch.tanh(x0)
+        elif op == "prelu":
+            y = F.prelu(x0, param("slope"))  # type: ignore[arg-type]
+        elif op == "leaky_relu":
+            y = F.leaky_relu(x0, a.get("negative_slope", 0.01))
+        elif op == "hardtanh":
+            y = F.hardtanh(x0, a.get("min_val", -1.0), a.get("max_val", 1.0))
+        elif op in ("maxpool2d", "maxpool1d"):
+            pool = F.max_pool2d if op.endswith("2d") else F.max_pool1d
+            y = pool(
+                x0,
+                a["kernel_size"],
+                a.get("stride"),
+                a.get("padding", 0),
+                1,
+                a.get("ceil_mode", False),
+            )
+        elif op in ("avgpool2d", "avgpool1d"):
+            pool2 = F.avg_pool2d if op.endswith("2d") else F.avg_pool1d
+            y = pool2(
+                x0,
+                a["kernel_size"],
+                a.get("stride"),
+                a.get("padding", 0),
+                a.get("ceil_mode", False),
+                a.get("count_include_pad", True),
+            )
+        elif op == "global_avgpool":
+            y = x0.flatten(2).mean(2)
+        elif op in ("add", "mul"):
+            b = ins[1]
+            if b.dim() < x0.dim():
+                b = b.view(*b.shape, *([1] * (x0.dim() - b.dim())))
+            y = x0 + b if op == "add" else x0 * b
+        elif op == "flatten":
+            y = x0.flatten(1)
+        elif op == "reshape":
+            y = x0.reshape(x0.shape[0], *a["shape"])
+        elif op == "concat":
+            y = torch.cat(ins, dim=a.get("axis", 1))
+        elif op == "softmax":
+            y = torch.softmax(x0, dim=a.get("axis", 1))
+        else:  # pragma: no cover
+            raise AssertionError(op)
+        env[node["outputs"][0]] = y
+    return env[graph["outputs"][0]["name"]].float().numpy()
+
+
+# -- graph builders ------------------------------------------------------------------------
+
+
+class Builder:
+    """Writes a graph and its tensors the way an exporter would."""
+
+    def __init__(self, seed: int, name: str, shape: list[int | None]) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.graph: dict[str, Any] = {
+            "inputs": [{"name": name, "shape": shape, "dtype": "float32"}],
+            "outputs": [],
+            "nodes": [],
+        }
+        self.tensors: dict[str, np.ndarray] = {}
+
+    def tensor(self, name: str, array: np.ndarray) -> str:
+        self.tensors[name] = array
+        return name
+
+    def vec(self, name: str, size: int, *, positive: bool = False) -> str:
+        v = self.rng.standard_normal(size).astype(np.float32)
+        return self.tensor(name, np.abs(v) + 0.1 if positive else v)
+
+    def node(
+        self,
+        op: str,
+        name: str,
+        inputs: list[str],
+        attrs: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> str:
+        node: dict[str, Any] = {"op": op, "name": name, "inputs": inputs, "outputs": [name]}
+        if attrs:
+            node["attrs"] = attrs
+        if params:
+            node["params"] = params
+        self.graph["nodes"].append(node)
+        return name
+
+    def binary_weight(self, name: str, cout: int, kernel: tuple[int, ...], cin: int) -> str:
+        signs = self.rng.standard_normal((cout, *kernel, cin))
+        return self.tensor(name, pack_signs(signs))
+
+    def output(self, name: str, shape: list[int | None]) -> None:
+        self.graph["outputs"].append({"name": name, "shape": shape, "dtype": "float32"})
+
+
+def resnet_like() -> Builder:
+    """Real stem, binary blocks with bit-packed hand-off and residuals, real shortcut, heads."""
+    b = Builder(1, "image", [None, 3, 13, 13])
+    r = b.rng
+    stem = b.node(
+        "conv2d",
+        "stem",
+        ["image"],
+        {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1},
+        {
+            "weight": b.tensor("stem.w", r.standard_normal((16, 3, 3, 3)).astype(np.float32)),
+            "bias": b.vec("stem.b", 16),
+        },
+    )
+    bn = b.node(
+        "batchnorm", "bn", [stem], params={"scale": b.vec("bn.s", 16), "shift": b.vec("bn.t", 16)}
+    )
+    act = b.node("relu", "act", [bn])
+    f0 = b.node(
+        "maxpool2d",
+        "pool",
+        [act],
+        {"kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1], "ceil_mode": False},
+    )
+    bits0 = b.node("sign_pack", "in1", [f0], params={"threshold": b.vec("in1.t", 16)})
+    common = {
+        "in_channels": 16,
+        "out_channels": 16,
+        "kernel_size": [3, 3],
+        "stride": [1, 1],
+        "padding": [1, 1],
+        "dilation": [1, 1],
+    }
+    bits1 = b.node(
+        "bconv2d",
+        "c1",
+        [bits0],
+        {**common, "pad_mode": "zero", "activation": "prelu", "output": "bits"},
+        {
+            "weight": b.binary_weight("c1.w", 16, (3, 3), 16),
+            "scale": b.vec("c1.s", 16),
+            "bias": b.vec("c1.b", 16),
+            "slope": b.vec("c1.slope", 16),
+            "out_threshold": b.vec("c1.t", 16),
+        },
+    )
+    f1 = b.node(
+        "bconv2d",
+        "c2",
+        [bits1, f0],
+        {
+            **common,
+            "pad_mode": "one",
+            "activation": "hardtanh",
+            "min_val": -2.0,
+            "max_val": 3.0,
+            "post_activation": "relu",
+        },
+        {
+            "weight": b.binary_weight("c2.w", 16, (3, 3), 16),
+            "scale": b.vec("c2.s", 16),
+            "bias": b.vec("c2.b", 16),
+        },
+    )
+    bits2 = b.node(
+        "sign_pack", "in3", [f1], params={"threshold": b.vec("in3.t", 16, positive=True)}
+    )
+    f2 = b.node(
+        "bconv2d",
+        "c3",
+        [bits2],
+        {**common, "out_channels": 70, "stride": [2, 2], "pad_mode": "zero"},
+        {
+            "weight": b.binary_weight("c3.w", 70, (3, 3), 16),
+            "scale": b.vec("c3.s", 70),
+            "scale_h": b.vec("c3.sh", 4),
+            "scale_w": b.vec("c3.sw", 4),
+        },
+    )
+    down = b.node(
+        "conv2d",
+        "down",
+        [f1],
+        {"stride": [2, 2], "padding": [0, 0], "dilation": [1, 1], "groups": 1},
+        {"weight": b.tensor("down.w", r.standard_normal((70, 16, 1, 1)).astype(np.float32))},
+    )
+    f3 = b.node("add", "sum", [f2, down])
+    bits3 = b.node("sign_pack", "in4", [f3])
+    f4 = b.node(
+        "bconv2d",
+        "c4",
+        [bits3, f3],
+        {**common, "in_channels": 70, "out_channels": 70, "pad_mode": "zero", "activation": "relu"},
+        {"weight": b.binary_weight("c4.w", 70, (3, 3), 70), "scale": b.vec("c4.s", 70)},
+    )
+    g = b.node("global_avgpool", "gap", [f4])
+    gbits = b.node("sign_pack", "in5", [g])
+    l1 = b.node(
+        "blinear",
+        "fc_bin",
+        [gbits],
+        {"in_features": 70, "out_features": 10},
+        {
+            "weight": b.binary_weight("fc_bin.w", 10, (), 70),
+            "scale": b.vec("fc_bin.s", 10),
+            "bias": b.vec("fc_bin.b", 10),
+        },
+    )
+    l2 = b.node(
+        "linear",
+        "fc",
+        [g],
+        params={
+            "weight": b.tensor("fc.w", r.standard_normal((10, 70)).astype(np.float32)),
+            "bias": b.vec("fc.b", 10),
+        },
+    )
+    logits = b.node("add", "logits", [l1, l2])
+    b.node("softmax", "probs", [logits], {"axis": 1})
+    b.output("probs", [None, 10])
+    return b
+
+
+def sequence_model() -> Builder:
+    """1-d: real conv, binary conv1d chain with bits output and position scales, pools."""
+    b = Builder(2, "signal", [None, 5, 17])
+    r = b.rng
+    c0 = b.node(
+        "conv1d",
+        "c0",
+        ["signal"],
+        {"stride": [1], "padding": [1], "dilation": [1], "groups": 1},
+        {"weight": b.tensor("c0.w", r.standard_normal((8, 5, 3)).astype(np.float32))},
+    )
+    bits = b.node("sign_pack", "p0", [c0])
+    b1 = b.node(
+        "bconv1d",
+        "b1",
+        [bits],
+        {
+            "in_channels": 8,
+            "out_channels": 70,
+            "kernel_size": [3],
+            "stride": [2],
+            "padding": [2],
+            "dilation": [2],
+            "pad_mode": "zero",
+            "output": "bits",
+        },
+        {
+            "weight": b.binary_weight("b1.w", 70, (3,), 8),
+            "scale": b.vec("b1.s", 70),
+            "scale_l": b.vec("b1.sl", 9),
+            "bias": b.vec("b1.b", 70),
+        },
+    )
+    b2 = b.node(
+        "bconv1d",
+        "b2",
+        [b1],
+        {
+            "in_channels": 70,
+            "out_channels": 9,
+            "kernel_size": [1],
+            "stride": [1],
+            "padding": [0],
+            "dilation": [1],
+            "pad_mode": "one",
+        },
+        {"weight": b.binary_weight("b2.w", 9, (1,), 70), "scale": b.vec("b2.s", 9)},
+    )
+    m = b.node(
+        "maxpool1d",
+        "mp",
+        [b2],
+        {"kernel_size": [2], "stride": [2], "padding": [0], "ceil_mode": True},
+    )
+    a = b.node(
+        "avgpool1d",
+        "ap",
+        [m],
+        {
+            "kernel_size": [3],
+            "stride": [1],
+            "padding": [1],
+            "ceil_mode": False,
+            "count_include_pad": False,
+        },
+    )
+    flat = b.node("flatten", "flat", [a])
+    lin = b.node(
+        "linear",
+        "lin",
+        [flat],
+        params={"weight": b.tensor("lin.w", r.standard_normal((4, 45)).astype(np.float32))},
+    )
+    b.node("tanh", "out", [lin])
+    b.output("out", [None, 4])
+    return b
+
+
+def real_ops_model() -> Builder:
+    """Every real op the format lists, in one graph."""
+    b = Builder(3, "x", [None, 4, 7, 6])
+    r = b.rng
+    conv = b.node(
+        "conv2d",
+        "gconv",
+        ["x"],
+        {"stride": [1, 2], "padding": [2, 1], "dilation": [2, 1], "groups": 2},
+        {
+            "weight": b.tensor("g.w", r.standard_normal((6, 2, 3, 3)).astype(np.float32)),
+            "bias": b.vec("g.b", 6),
+        },
+    )
+    pr = b.node("prelu", "pr", [conv], params={"slope": b.vec("pr.s", 6)})
+    lr = b.node("leaky_relu", "lr", [pr], {"negative_slope": 0.2})
+    ht = b.node("hardtanh", "ht", [lr], {"min_val": -0.5, "max_val": 1.5})
+    avg = b.node(
+        "avgpool2d",
+        "avg",
+        [ht],
+        {
+            "kernel_size": [3, 3],
+            "stride": [2, 2],
+            "padding": [1, 1],
+            "ceil_mode": True,
+            "count_include_pad": True,
+        },
+    )
+    mx = b.node(
+        "maxpool2d",
+        "mx",
+        [ht],
+        {"kernel_size": [2, 2], "stride": [2, 2], "padding": [1, 1], "ceil_mode": True},
+    )
+    cat = b.node("concat", "cat", [avg, mx], {"axis": 1})
+    gate = b.node("sigmoid", "gate", [b.node("global_avgpool", "squeeze", [cat])])
+    scaled = b.node("mul", "excite", [cat, gate])
+    flat = b.node("reshape", "rs", [scaled], {"shape": [3, -1]})
+    b.node("softmax", "sm", [flat], {"axis": 2})
+    b.output("sm", [None, 3, 32])
+    return b
+
+
+def pure_binary_chain() -> Builder:
+    """sign_pack then 4 binary layers handing off bits: integer-exact end to end."""
+    b = Builder(4, "x", [None, 67, 9, 8])
+    prev = b.node("sign_pack", "pack", ["x"])
+    cin = 67
+    for i, (cout, stride, mode) in enumerate([(64, 1, "zero"), (65, 2, "one"), (130, 1, "zero")]):
+        prev = b.node(
+            "bconv2d",
+            f"l{i}",
+            [prev],
+            {
+                "in_channels": cin,
+                "out_channels": cout,
+                "kernel_size": [3, 3],
+                "stride": [stride, stride],
+                "padding": [1, 1],
+                "dilation": [1, 1],
+                "pad_mode": mode,
+                "output": "bits",
+            },
+            {
+                "weight": b.binary_weight(f"l{i}.w", cout, (3, 3), cin),
+                "scale": b.tensor(f"l{i}.s", np.ones(cout, np.float32)),
+                "out_threshold": b.tensor(f"l{i}.t", np.full(cout, 0.5 + i, np.float32)),
+            },
+        )
+        cin = cout
+    b.node(
+        "bconv2d",
+        "last",
+        [prev],
+        {
+            "in_channels": cin,
+            "out_channels": 7,
+            "kernel_size": [2, 2],
+            "stride": [1, 1],
+            "padding": [0, 0],
+            "dilation": [1, 1],
+        },
+        {
+            "weight": b.binary_weight("last.w", 7, (2, 2), cin),
+            "scale": b.tensor("last.s", np.ones(7, np.float32)),
+        },
+    )
+    b.output("last", [None, 7, 4, 3])
+    return b
+
+
+MODELS = {
+    "resnet_like": resnet_like,
+    "sequence": sequence_model,
+    "real_ops": real_ops_model,
+    "binary_chain": pure_binary_chain,
+}
+
+
+def _load(builder: Builder, tmp_path: Path, **kwargs: Any) -> runtime.Model:
+    path = tmp_path / "model.bfm"
+    write_bfm(path, graph=builder.graph, tensors=builder.tensors, provenance={"test": True})
+    return runtime.load(path, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_graph_matches_torch_reference(name: str, batch: int, tmp_path: Path) -> None:
+    builder = MODELS[name]()
+    model = _load(builder, tmp_path)
+    shape = builder.graph["inputs"][0]["shape"]
+    x = np.random.default_rng(batch).standard_normal((batch, *shape[1:])).astype(np.float32)
+    out = model.run(x)
+    assert isinstance(out, np.ndarray)
+    expected = reference(builder.graph, builder.tensors, x)
+    assert out.shape == expected.shape
+    if name == "binary_chain":
+        np.testing.assert_array_equal(out, expected)
+    else:
+        np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    # a second run reuses the plan and gives the same answer
+    np.testing.assert_array_equal(model.run(x), out)
+
+
+def test_every_isa_and_thread_count_give_the_same_outputs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    builder = resnet_like()
+    path = tmp_path / "model.bfm"
+    write_bfm(path, graph=builder.graph, tensors=builder.tensors, provenance={})
+    x = np.random.default_rng(5).standard_normal((2, 3, 13, 13)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    code = (
+        "import sys, numpy as np, runtime;"
+        "m = runtime.load(sys.argv[1], threads=int(sys.argv[2]));"
+        "assert runtime.isa() == sys.argv[3], runtime.isa();"
+        "np.save(sys.argv[4], m.run(np.load(sys.argv[5])))"
+    )
+    results = {}
+    for isa in runtime.supported_isas():
+        for threads in (1, 2):
+            out = tmp_path / f"{isa}-{threads}.npy"
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    str(path),
+                    str(threads),
+                    isa,
+                    str(out),
+                    str(tmp_path / "x.npy"),
+                ],
+                check=True,
+                env={**__import__("os").environ, "BITFACTOR_ISA": isa},
+                timeout=120,
+            )
+            results[isa, threads] = np.load(out)
+    first = next(iter(results.values()))
+    for key, value in results.items():
+        np.testing.assert_array_equal(value, first, err_msg=str(key))
+
+
+def test_concurrent_callers_share_one_model(tmp_path: Path) -> None:
+    builder = resnet_like()
+    model = _load(builder, tmp_path, threads=2)
+    rng = np.random.default_rng(9)
+    inputs = [rng.standard_normal((1 + i % 3, 3, 13, 13)).astype(np.float32) for i in range(8)]
+    expected = [model.run(x) for x in inputs]
+    errors: list[BaseException] = []
+
+    def worker(offset: int) -> None:
+        try:
+            for step in range(20):
+                i = (offset + step) % len(inputs)
+                np.testing.assert_array_equal(model.run(inputs[i]), expected[i])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_plan_is_built_once_per_shape_and_reuses_buffers(tmp_path: Path) -> None:
+    builder = resnet_like()
+    model = _load(builder, tmp_path, threads=1)
+    x = np.zeros((2, 3, 13, 13), np.float32)
+    model.run(x)
+    plan = model._plan(2)
+    values_before = dict(plan.values)
+    model.run(x + 1)
+    assert model._plan(2) is plan
+    assert all(plan.values[k] is v for k, v in values_before.items())
+    distinct = {id(v.base if v.base is not None else v) for v in plan.values.values()}
+    assert len(distinct) < len(plan.values)  # dead values' buffers were reused
+
+
+def test_model_interface(tmp_path: Path) -> None:
+    builder = resnet_like()
+    model = _load(builder, tmp_path, threads=1)
+    assert [s.name for s in model.inputs] == ["image"]
+    assert model.inputs[0].shape == (None, 3, 13, 13)
+    assert model.outputs[0].shape == (None, 10)
+    assert model.metadata["format"] == "bitfactor.bfm"
+    assert model.metadata["provenance"] == {"test": True}
+    assert model.threads == 1
+    model.threads = 3
+    assert model.threads == 3
+    with pytest.raises(ValueError, match="threads"):
+        model.threads = 0
+    assert (
+        runtime.load(b"".join([(tmp_path / "model.bfm").read_bytes()])).threads
+        == runtime.default_threads()
+    )
+    with pytest.raises(ValueError, match=r"expected shape \(batch, 3, 13, 13\)"):
+        model.run(np.zeros((1, 3, 13, 12), np.float32))
+    with pytest.raises(ValueError, match="at least one"):
+        model.run(np.zeros((0, 3, 13, 13), np.float32))
+    with pytest.raises(ValueError, match="missing inputs"):
+        model.run({"other": np.zeros((1, 3, 13, 13), np.float32)})
+    # float64 and dict inputs are accepted
+    x = np.random.default_rng(0).standard_normal((1, 3, 13, 13))
+    np.testing.assert_array_equal(model.run({"image": x}), model.run(x.astype(np.float32)))
