@@ -94,7 +94,7 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             conv = F.conv2d if op == "conv2d" else F.conv1d
             y = conv(
                 x0,
-                param("weight"),
+                _t(tensors[p["weight"]]),
                 param("bias"),
                 stride=a.get("stride", 1),
                 padding=a.get("padding", 0),
@@ -102,7 +102,7 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
                 groups=a.get("groups", 1),
             )
         elif op == "linear":
-            y = F.linear(x0, param("weight"), param("bias"))
+            y = F.linear(x0, _t(tensors[p["weight"]]), param("bias"))
         elif op == "batchnorm":
             y = x0 * chan(param("scale")) + chan(param("shift"))  # type: ignore[arg-type]
         elif op == "relu":
