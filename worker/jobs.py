@@ -166,6 +166,7 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         key = f"{prefix}/model.bfm"
         sha, size = store.put_file(key, tmp_out)
         summary = _result_dict(result)
+        summary.pop("out_path", None)  # a temp path of the worker, meaningless to clients
         summary["sha256"] = sha
         summary["packed_bytes"] = size
         reporter.line(f"succeeded: {size} bytes, sha256 {sha}")
