@@ -138,9 +138,8 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         data_path = store.verified_path(data_key, data_sha)
         config = BinarizeConfig.model_validate(config_data)
 
-        from engine.pipeline import binarize
-
         from engine.errors import JobCancelled, UserInputError
+        from engine.pipeline import binarize
 
         try:
             result = binarize(
