@@ -34,6 +34,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "invalid-model": (422, "The uploaded model is not usable"),
     "invalid-dataset": (422, "The uploaded dataset is not usable"),
     "invalid-reference": (422, "A referenced resource does not exist"),
+    "incompatible-dataset": (422, "The dataset does not fit the model"),
     "idempotency-conflict": (422, "Idempotency-Key reused with a different request"),
     "invalid-input": (422, "The inputs do not fit the model"),
     "broker-unavailable": (503, "The job queue is unavailable"),

@@ -57,8 +57,10 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(
         default=3, ge=1, description="Deliveries of one job before it fails (worker lost)."
     )
-    worker_queues: str = Field(
-        default="gpu", description="Comma-separated Celery queues a worker consumes."
+    job_queue: str = Field(
+        default="gpu",
+        pattern=r"^[A-Za-z0-9_.-]{1,100}$",
+        description="Celery queue of training jobs (the API sends there; workers consume it).",
     )
     predict_max_elements: int = Field(
         default=4_000_000, gt=0, description="Largest predict input (number of values)."

@@ -14,7 +14,6 @@ from celery import Celery
 from bitfactor.settings import Settings, get_settings
 
 TASK_BINARIZE = "bitfactor.binarize"
-QUEUE_GPU = "gpu"
 
 
 def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
@@ -42,8 +41,8 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE_GPU,
-        task_routes={TASK_BINARIZE: {"queue": QUEUE_GPU}},
+        task_default_queue=settings.job_queue,
+        task_routes={TASK_BINARIZE: {"queue": settings.job_queue}},
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -68,5 +67,5 @@ def get_celery() -> Celery:
 
 
 def enqueue_job(app: Celery, job_id: str) -> None:
-    """Send the binarization task for ``job_id`` (only the id travels)."""
-    app.send_task(TASK_BINARIZE, args=[job_id], queue=QUEUE_GPU)
+    """Send the binarization task for ``job_id`` (only the id travels) to the job queue."""
+    app.send_task(TASK_BINARIZE, args=[job_id], queue=app.conf.task_default_queue)

@@ -10,7 +10,7 @@ import typer
 
 def worker(
     queues: str = typer.Option(
-        None, "--queues", "-Q", help="Comma-separated queues (default: BITFACTOR_WORKER_QUEUES)."
+        None, "--queues", "-Q", help="Comma-separated queues (default: BITFACTOR_JOB_QUEUE, gpu)."
     ),
     data_dir: Path = typer.Option(
         None, "--data-dir", help="Data directory (default: BITFACTOR_DATA_DIR)."
@@ -40,7 +40,7 @@ def worker(
             "--pool=prefork",
             "--concurrency=1",
             "--max-tasks-per-child=1",
-            f"--queues={queues or settings.worker_queues}",
+            f"--queues={queues or settings.job_queue}",
             f"--loglevel={loglevel}",
             f"--hostname={name}",
             "--without-gossip",

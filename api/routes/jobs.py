@@ -69,13 +69,26 @@ def create_job(
         if job is not None:
             response.headers["Location"] = f"/v1/jobs/{job.id}"
             return job
-    missing = []
-    if repo.get_owned(session, ModelFile, tenant_id=tenant.id, row_id=body.model_id) is None:
-        missing.append(f"model {body.model_id}")
-    if repo.get_owned(session, Dataset, tenant_id=tenant.id, row_id=body.dataset_id) is None:
-        missing.append(f"dataset {body.dataset_id}")
+    model = repo.get_owned(session, ModelFile, tenant_id=tenant.id, row_id=body.model_id)
+    dataset = repo.get_owned(session, Dataset, tenant_id=tenant.id, row_id=body.dataset_id)
+    missing = [
+        f"{kind} {row_id}"
+        for kind, row_id, row in (
+            ("model", body.model_id, model),
+            ("dataset", body.dataset_id, dataset),
+        )
+        if row is None
+    ]
     if missing:
         raise Problem("invalid-reference", "no " + " and no ".join(missing))
+    assert model is not None
+    assert dataset is not None
+    if model.input_shape is not None and list(dataset.x_shape[1:]) != list(model.input_shape):
+        raise Problem(
+            "incompatible-dataset",
+            f"the model takes inputs of shape {model.input_shape} (without the batch); the "
+            f"dataset's x has shape {dataset.x_shape}",
+        )
     job = Job(
         id=new_id(),
         tenant_id=tenant.id,

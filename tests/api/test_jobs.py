@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 from db import repo
 from db.models import Job
 from db.session import connect, session_factory
 
-from .conftest import Api, finish_with_artifact
+from .conftest import Api, finish_with_artifact, npz_bytes
 
 
 def _sessions(api: Api):
@@ -178,3 +180,14 @@ def test_deleting_inputs_keeps_jobs(api: Api, model_id: str, dataset_id: str) ->
     assert api.client.get(f"/v1/jobs/{job_id}", headers=api.headers()).status_code == 200
     with _sessions(api)() as session:
         assert session.get(Job, job_id) is not None
+
+
+def test_dataset_must_fit_the_model(api: Api, model_id: str) -> None:
+    data = npz_bytes(x=np.ones((5, 7), dtype=np.float32))
+    uploaded = api.client.post(
+        "/v1/datasets", headers=api.headers(), files={"file": ("d.npz", data)}
+    ).json()
+    response = _submit(api, model_id, uploaded["id"])
+    assert response.status_code == 422
+    assert response.json()["type"].endswith("/incompatible-dataset")
+    assert "[4]" in response.json()["detail"]
