@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from .bfm import FormatError, ValueInfo, infer_graph, read_bfm
+from .blas import set_blas_threads
 from .ops import BinaryConv, sign_pack
 from .packing import words_for
 
@@ -236,15 +236,15 @@ class _Step:
                     xp[:, :, ph : ph + h, pw : pw + w] = x
                 else:
                     xp = x
-                s = xp.strides
-                windows = as_strided(
-                    xp,
-                    shape=(n, cin, kh, kw, ho, wo),
-                    strides=(s[0], s[1], s[2] * dh, s[3] * dw, s[2] * sh, s[3] * sw),
-                    writeable=False,
-                )
                 cols = self.temp(plan, "cols", (n, groups, k, ho * wo))
-                np.copyto(cols.reshape(n, cin, kh, kw, ho, wo), windows)
+                cols6 = cols.reshape(n, cin, kh, kw, ho, wo)
+                for ky in range(kh):
+                    y0 = ky * dh
+                    for kx in range(kw):
+                        x0 = kx * dw
+                        cols6[:, :, ky, kx] = xp[
+                            :, :, y0 : y0 + sh * (ho - 1) + 1 : sh, x0 : x0 + sw * (wo - 1) + 1 : sw
+                        ]
                 np.matmul(w_groups, cols, out=out3.reshape(n, groups, cout // groups, ho * wo))
             if bias_col is not None:
                 np.add(out3, bias_col, out=out3)
@@ -296,18 +296,18 @@ class _Step:
                 xp[:, :, ph : ph + h, pw : pw + w] = x
             else:
                 xp = x
-            s = xp.strides
-            windows = as_strided(
-                xp,
-                shape=(n, c, ho, wo, kh, kw),
-                strides=(s[0], s[1], s[2] * sh, s[3] * sw, s[2], s[3]),
-                writeable=False,
-            )
             out4 = out.reshape(n, c, ho, wo)
-            if is_max:
-                np.max(windows, axis=(4, 5), out=out4)
-            else:
-                np.sum(windows, axis=(4, 5), out=out4)
+            combine = np.maximum if is_max else np.add
+            for ky in range(kh):
+                for kx in range(kw):
+                    window = xp[
+                        :, :, ky : ky + sh * (ho - 1) + 1 : sh, kx : kx + sw * (wo - 1) + 1 : sw
+                    ]
+                    if ky == 0 and kx == 0:
+                        np.copyto(out4, window)
+                    else:
+                        combine(out4, window, out=out4)
+            if not is_max:
                 np.multiply(out4, inv, out=out4)
 
         return run_pool
@@ -548,6 +548,7 @@ class Model:
         feeds = self._feeds(x)
         n = next(iter(feeds.values())).shape[0]
         plan = self._plan(n)
+        set_blas_threads(plan.threads)
         for name, arr in feeds.items():
             np.copyto(plan.values[name], arr, casting="unsafe")
         values = plan.values

@@ -15,7 +15,7 @@ static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 static size_t tile_a_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t tile_c_bytes(void) { return round_up(MT * NT * sizeof(int32_t), BF_ALIGN); }
 static size_t per_thread_bytes(size_t kpad) {
-    return tile_a_bytes(kpad) + tile_c_bytes() + BF_OVERREAD_BYTES;
+    return tile_a_bytes(kpad) + 2 * tile_c_bytes() + BF_OVERREAD_BYTES;
 }
 
 size_t bf_bconv_scratch_bytes(size_t kpad, int threads) {
@@ -107,83 +107,103 @@ static void zero_pad_correction(const bf_bconv_args *g, size_t p, size_t co0, si
     }
 }
 
-static inline float activate(const bf_bconv_args *g, float y, size_t co) {
-    switch (g->activation) {
-    case BF_ACT_RELU: return y > 0.0f ? y : 0.0f;
-    case BF_ACT_PRELU: return y >= 0.0f ? y : y * g->slope[co];
-    case BF_ACT_HARDTANH: return y < g->min_val ? g->min_val : (y > g->max_val ? g->max_val : y);
-    default: return y;
-    }
-}
-
-/* Output transform of an mt x nt tile of popcounts `c` (row stride NT). */
+/*
+ * Output transform of an mt x nt tile of popcounts `c` (row stride NT), in two passes:
+ * per pixel, over contiguous channels, the integer accumulator becomes
+ * y = acc * scale * pos + bias followed by the activation (in place, as float); then
+ * the tile is written out: transposed into NCHW float runs (adding the residual and the
+ * post-activation), or packed against the thresholds.
+ */
 static void transform(const bf_bconv_args *g, size_t p0, size_t mt, size_t co0, size_t nt,
-                      int32_t *c) {
+                      int32_t *BF_RESTRICT c, float *BF_RESTRICT y_tile) {
     const int32_t k_total = (int32_t)(g->cin * g->kh * g->kw);
-    const size_t hw = g->ho * g->wo;
+    const size_t hw = g->ho * g->wo, wo = g->wo, cout = g->cout;
+    const float *BF_RESTRICT scale = g->scale + co0;
+    const float *BF_RESTRICT bias = g->bias ? g->bias + co0 : NULL;
+    const float *BF_RESTRICT slope = g->slope ? g->slope + co0 : NULL;
+    const float *BF_RESTRICT pos_h = g->pos_h, *BF_RESTRICT pos_w = g->pos_w;
+    const float *BF_RESTRICT residual = g->residual;
+    const int activation = g->activation, post_relu = g->post_relu;
+    const float lo = g->min_val, hi = g->max_val;
     for (size_t i = 0; i < mt; i++) {
-        int32_t *ci = c + i * NT;
+        int32_t *BF_RESTRICT ci = c + i * NT;
         for (size_t j = 0; j < nt; j++) ci[j] = k_total - 2 * ci[j];
         if (g->pad_zero && pixel_on_border(g, p0 + i)) zero_pad_correction(g, p0 + i, co0, nt, ci);
+        float *BF_RESTRICT yi = y_tile + i * NT;
+        if (pos_h) {
+            const size_t r = (p0 + i) % hw;
+            const float pos = pos_h[r / wo] * pos_w[r % wo];
+            for (size_t j = 0; j < nt; j++) yi[j] = ((float)ci[j] * scale[j]) * pos;
+        } else {
+            for (size_t j = 0; j < nt; j++) yi[j] = (float)ci[j] * scale[j];
+        }
+        if (bias)
+            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] + bias[j];
+        switch (activation) {
+        case BF_ACT_RELU:
+            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] > 0.0f ? yi[j] : 0.0f;
+            break;
+        case BF_ACT_PRELU:
+            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] >= 0.0f ? yi[j] : yi[j] * slope[j];
+            break;
+        case BF_ACT_HARDTANH:
+            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] < lo ? lo : (yi[j] > hi ? hi : yi[j]);
+            break;
+        default: break;
+        }
     }
-    const int simple = g->activation == BF_ACT_NONE || g->activation == BF_ACT_RELU;
-    const int relu = g->activation == BF_ACT_RELU;
+    const float *BF_RESTRICT y = y_tile;
     if (!g->out_bits) {
+        float *BF_RESTRICT out = (float *)g->out;
         /* runs of pixels of one image: each channel's outputs are contiguous there */
         for (size_t i0 = 0; i0 < mt;) {
             const size_t p = p0 + i0, b = p / hw, r0 = p % hw;
             size_t len = hw - r0;
             if (len > mt - i0) len = mt - i0;
-            const int32_t *cs = c + i0 * NT;
+            const float *BF_RESTRICT ys = y + i0 * NT;
             for (size_t j = 0; j < nt; j++) {
-                const size_t co = co0 + j;
-                const float sc = g->scale[co], bi = g->bias ? g->bias[co] : 0.0f;
-                float *o = (float *)g->out + (b * g->cout + co) * hw + r0;
-                const float *res = g->residual ? g->residual + (b * g->cout + co) * hw + r0 : NULL;
-                if (simple && !g->pos_h && !res && !g->post_relu) {
-                    if (relu)
+                const size_t at = (b * cout + co0 + j) * hw + r0;
+                float *BF_RESTRICT o = out + at;
+                if (residual) {
+                    const float *BF_RESTRICT res = residual + at;
+                    if (post_relu)
                         for (size_t i = 0; i < len; i++) {
-                            const float y = (float)cs[i * NT + j] * sc + bi;
-                            o[i] = y > 0.0f ? y : 0.0f;
+                            const float v = ys[i * NT + j] + res[i];
+                            o[i] = v > 0.0f ? v : 0.0f;
                         }
                     else
-                        for (size_t i = 0; i < len; i++) o[i] = (float)cs[i * NT + j] * sc + bi;
-                    continue;
-                }
-                for (size_t i = 0; i < len; i++) {
-                    float y = (float)cs[i * NT + j] * sc;
-                    if (g->pos_h) {
-                        const size_t r = r0 + i;
-                        y = y * (g->pos_h[r / g->wo] * g->pos_w[r % g->wo]);
+                        for (size_t i = 0; i < len; i++) o[i] = ys[i * NT + j] + res[i];
+                } else if (post_relu) {
+                    for (size_t i = 0; i < len; i++) {
+                        const float v = ys[i * NT + j];
+                        o[i] = v > 0.0f ? v : 0.0f;
                     }
-                    y = activate(g, y + bi, co);
-                    if (res) y = y + res[i];
-                    if (g->post_relu) y = y > 0.0f ? y : 0.0f;
-                    o[i] = y;
+                } else {
+                    for (size_t i = 0; i < len; i++) o[i] = ys[i * NT + j];
                 }
             }
             i0 += len;
         }
         return;
     }
-    const size_t cout_w = BF_WORDS_FOR(g->cout);
+    const size_t cout_w = BF_WORDS_FOR(cout);
+    const float *BF_RESTRICT thr = g->out_threshold ? g->out_threshold + co0 : NULL;
+    bf_word *BF_RESTRICT out = (bf_word *)g->out;
     for (size_t i = 0; i < mt; i++) {
-        const size_t p = p0 + i, b = p / hw, r = p % hw;
-        const float pos = g->pos_h ? g->pos_h[r / g->wo] * g->pos_w[r % g->wo] : 1.0f;
-        const int32_t *ci = c + i * NT;
-        bf_word bits = 0;
-        for (size_t j = 0; j < nt; j++) {
-            const size_t co = co0 + j;
-            float y = (float)ci[j] * g->scale[co];
-            if (g->pos_h) y = y * pos;
-            if (g->bias) y = y + g->bias[co];
-            y = activate(g, y, co);
-            if (g->residual) y = y + g->residual[(b * g->cout + co) * hw + r];
-            if (g->post_relu) y = y > 0.0f ? y : 0.0f;
-            const float t = g->out_threshold ? g->out_threshold[co] : 0.0f;
-            bits |= (bf_word)(y < t) << j;
+        const size_t p = p0 + i;
+        float *BF_RESTRICT yi = y_tile + i * NT;
+        if (residual) {
+            const size_t b = p / hw, r = p % hw;
+            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] + residual[(b * cout + co0 + j) * hw + r];
         }
-        ((bf_word *)g->out)[p * cout_w + co0 / BF_WORD_BITS] = bits;
+        if (post_relu)
+            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] > 0.0f ? yi[j] : 0.0f;
+        bf_word bits = 0;
+        if (thr)
+            for (size_t j = 0; j < nt; j++) bits |= (bf_word)(yi[j] < thr[j]) << j;
+        else
+            for (size_t j = 0; j < nt; j++) bits |= (bf_word)(yi[j] < 0.0f) << j;
+        out[p * cout_w + co0 / BF_WORD_BITS] = bits;
     }
 }
 
@@ -200,6 +220,7 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
                  (size_t)thread_index * per_thread_bytes(kpad);
     bf_word *a_tile = (bf_word *)base;
     int32_t *c_tile = (int32_t *)(base + tile_a_bytes(kpad));
+    float *y_tile = (float *)(base + tile_a_bytes(kpad) + tile_c_bytes());
     const int direct = direct_input(g);
     size_t built = (size_t)-1;
     for (size_t item = begin; item < end; item++) {
@@ -223,7 +244,7 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
             kw = kpad;
         }
         g->gemm(mt, nt, kw, a, lda, g->weight + co0 * kpad, kpad, c_tile, NT);
-        transform(g, p0, mt, co0, nt, c_tile);
+        transform(g, p0, mt, co0, nt, c_tile, y_tile);
     }
 }
 

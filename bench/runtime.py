@@ -1,0 +1,461 @@
+"""The runtime's binary convolution and a whole binary ResNet-18 against torch float32.
+
+    python bench/runtime.py                    # ResNet-18 3x3 layer shapes, every ISA
+    python bench/runtime.py --json             # the same as a JSON list of rows
+    python bench/runtime.py --model resnet18   # whole network vs torch and onnxruntime
+    python bench/runtime.py --model resnet18 --json [--threads N]
+
+Layer mode times the runtime's fused binary conv (packed input, float output, zero
+padding) and torch's float32 ``conv2d`` on the same shapes at batch 1, single thread first,
+then all cores, for every ISA this CPU runs (``--isa`` picks one). It also times a chain of
+8 binary 3x3 layers (256ch@14x14) handing off bits, against the XOR/popcount kernel alone
+on the same data, and prints the packed/float32 weight size ratio. JSON rows carry
+``shape``, ``isa``, ``threads``, ``ms_binary``, ``ms_torch``, ``speedup`` and
+``bmacs_per_s`` (binary MACs per second).
+
+Model mode builds a binary ResNet-18 ``.bfm`` directly (random weights; real 7x7 stem
+and final Linear, binary 3x3 convs handing off bits inside each block, real 1x1
+downsample shortcuts), and times it at batch 1, 224x224, against torch float32 ResNet-18
+and onnxruntime float32 with the same thread count. Timings are medians; report ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import runtime
+from runtime import _native
+from runtime.ops import BinaryConv
+from runtime.packing import pack_signs, words_for
+
+LAYERS = [(64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1), (128, 28, 2)]
+
+
+def median_ms(fn: Callable[[], Any], *, repeat: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+# -- layers ------------------------------------------------------------------------------
+
+
+def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list[dict[str, Any]]:
+    import torch
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for isa in isas:
+            for c, hw, stride in LAYERS:
+                x = _pm1(rng, (1, c, hw, hw))
+                w = _pm1(rng, (c, c, 3, 3))
+                op = BinaryConv.create(
+                    pack_signs(w.transpose(0, 2, 3, 1)),
+                    in_channels=c,
+                    scale=np.ones(c, np.float32),
+                    stride=(stride, stride),
+                    padding=(1, 1),
+                )
+                xb = pack_signs(x.transpose(0, 2, 3, 1))
+                out = np.empty(op.output_shape(1, hw, hw), np.float32)
+                scratch = np.empty(op.scratch_bytes(threads), np.uint8)
+                xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+                ho = out.shape[2]
+                macs = c * c * 9 * ho * ho
+                with torch.inference_mode():
+                    ms_torch = median_ms(
+                        lambda xt=xt, wt=wt, s=stride: torch.nn.functional.conv2d(
+                            xt, wt, stride=s, padding=1
+                        ),
+                        repeat=repeat,
+                    )
+                ms_binary = median_ms(
+                    lambda op=op, xb=xb, out=out, scratch=scratch, isa=isa: op(
+                        xb, out, scratch, threads=threads, isa=isa
+                    ),
+                    repeat=repeat,
+                )
+                rows.append(
+                    {
+                        "shape": f"{c}x{hw}x{hw}-s{stride}",
+                        "isa": isa,
+                        "threads": threads,
+                        "macs": macs,
+                        "ms_binary": round(ms_binary, 4),
+                        "ms_torch": round(ms_torch, 4),
+                        "speedup": round(ms_torch / ms_binary, 2),
+                        "bmacs_per_s": round(macs / (ms_binary * 1e-3), 1),
+                    }
+                )
+    return rows
+
+
+def bench_chain(isa: str, repeat: int) -> dict[str, float]:
+    """8 binary 3x3 layers 256ch@14x14 with bit hand-off vs the XOR/popcount kernel alone."""
+    rng = np.random.default_rng(1)
+    c, hw, depth = 256, 14, 8
+    ops = [
+        BinaryConv.create(
+            pack_signs(_pm1(rng, (c, 3, 3, c))),
+            in_channels=c,
+            scale=rng.standard_normal(c).astype(np.float32),
+            bias=rng.standard_normal(c).astype(np.float32),
+            padding=(1, 1),
+            output="bits" if i < depth - 1 else "float",
+        )
+        for i in range(depth)
+    ]
+    x = pack_signs(rng.standard_normal((1, hw, hw, c)))
+    bufs = [
+        np.empty(op.output_shape(1, hw, hw), np.uint64 if op.out_bits else np.float32) for op in ops
+    ]
+    scratch = np.empty(ops[0].scratch_bytes(1), np.uint8)
+
+    def chain() -> None:
+        src = x
+        for op, dst in zip(ops, bufs, strict=True):
+            op(src, dst, scratch, threads=1, isa=isa)
+            src = dst
+
+    # the inner loop alone: the same popcount products on ready-made im2col rows
+    kpad = ops[0].kpad
+    a = rng.integers(0, 2**63, (hw * hw, kpad), dtype=np.uint64)
+    cmat = np.empty((hw * hw, c), np.int32)
+
+    def kernels_only() -> None:
+        for op in ops:
+            _native.xnor_gemm(a, op.weight_rows, cmat, hw * hw, c, kpad, kpad, kpad, isa)
+
+    ms_chain = median_ms(chain, repeat=repeat)
+    ms_kernel = median_ms(kernels_only, repeat=repeat)
+    w_packed = ops[0].weight_rows[:, : 9 * words_for(c)].nbytes
+    return {
+        "ms_chain": ms_chain,
+        "ms_kernel": ms_kernel,
+        "overhead_fraction": max(0.0, 1 - ms_kernel / ms_chain),
+        "weight_ratio": c * c * 9 * 4 / w_packed,
+    }
+
+
+def print_layers(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"{'shape':<14} {'isa':<7} {'thr':>3} {'MMACs':>7} {'ms binary':>10} "
+        f"{'ms torch':>9} {'GMAC/s':>8} {'x torch':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['shape']:<14} {r['isa']:<7} {r['threads']:>3} {r['macs'] / 1e6:7.1f} "
+            f"{r['ms_binary']:10.3f} {r['ms_torch']:9.3f} {r['bmacs_per_s'] / 1e9:8.0f} "
+            f"{r['speedup']:8.1f}"
+        )
+    for isa in sorted({r["isa"] for r in rows}):
+        for threads in sorted({r["threads"] for r in rows}):
+            sel = [r["speedup"] for r in rows if r["isa"] == isa and r["threads"] == threads]
+            print(f"median speedup {isa}, {threads} thread(s): {statistics.median(sel):.1f}x")
+
+
+# -- whole network -----------------------------------------------------------------------
+
+
+class _Net:
+    """Random ResNet-18 weights shared by the .bfm, torch and ONNX versions."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def real(self, *shape: int) -> np.ndarray:
+        fan_in = int(np.prod(shape[1:]))
+        return (self.rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    def vec(self, n: int, *, positive: bool = False) -> np.ndarray:
+        v = self.rng.standard_normal(n).astype(np.float32) * 0.1
+        return np.abs(v) + 0.05 if positive else v
+
+
+STAGES = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
+
+
+def build_resnet18(net: _Net) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """The binary ResNet-18 graph, its tensors, and float weights for the torch twin."""
+    nodes: list[dict[str, Any]] = []
+    tensors: dict[str, np.ndarray] = {}
+    twin: dict[str, Any] = {"blocks": []}
+
+    def add(
+        op: str,
+        name: str,
+        inputs: list[str],
+        attrs: dict[str, Any] | None = None,
+        **params: np.ndarray,
+    ) -> str:
+        node: dict[str, Any] = {"op": op, "name": name, "inputs": inputs, "outputs": [name]}
+        if attrs:
+            node["attrs"] = attrs
+        if params:
+            node["params"] = {}
+            for role, array in params.items():
+                tensors[f"{name}.{role}"] = array
+                node["params"][role] = f"{name}.{role}"
+        nodes.append(node)
+        return name
+
+    stem_w, stem_b = net.real(64, 3, 7, 7), net.vec(64)
+    twin["stem"] = (stem_w, stem_b)
+    x = add(
+        "conv2d",
+        "stem",
+        ["input"],
+        {"stride": [2, 2], "padding": [3, 3], "dilation": [1, 1], "groups": 1},
+        weight=stem_w,
+        bias=stem_b,
+    )
+    x = add("relu", "stem.relu", [x])
+    x = add(
+        "maxpool2d",
+        "stem.pool",
+        [x],
+        {"kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1], "ceil_mode": False},
+    )
+    for si, (cin, cout, stride) in enumerate(STAGES):
+        for bi in range(2):
+            name = f"layer{si + 1}.{bi}"
+            s = stride if bi == 0 else 1
+            c_in = cin if bi == 0 else cout
+            w1 = np.where(net.rng.random((cout, c_in, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+            w2 = np.where(net.rng.random((cout, cout, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+            s1, b1 = net.vec(cout, positive=True), net.vec(cout)
+            s2, b2 = net.vec(cout, positive=True), net.vec(cout)
+            bits = add("sign_pack", f"{name}.in", [x])
+            conv = {
+                "kernel_size": [3, 3],
+                "padding": [1, 1],
+                "dilation": [1, 1],
+                "pad_mode": "zero",
+            }
+            h = add(
+                "bconv2d",
+                f"{name}.conv1",
+                [bits],
+                {
+                    **conv,
+                    "in_channels": c_in,
+                    "out_channels": cout,
+                    "stride": [s, s],
+                    "activation": "relu",
+                    "output": "bits",
+                },
+                weight=pack_signs(w1.transpose(0, 2, 3, 1)),
+                scale=s1,
+                bias=b1,
+                out_threshold=np.full(cout, 0.05, np.float32),
+            )
+            shortcut = x
+            down = None
+            if s != 1 or c_in != cout:
+                dw, db = net.real(cout, c_in, 1, 1), net.vec(cout)
+                down = (dw, db)
+                shortcut = add(
+                    "conv2d",
+                    f"{name}.down",
+                    [x],
+                    {"stride": [s, s], "padding": [0, 0], "dilation": [1, 1], "groups": 1},
+                    weight=dw,
+                    bias=db,
+                )
+            x = add(
+                "bconv2d",
+                f"{name}.conv2",
+                [h, shortcut],
+                {
+                    **conv,
+                    "in_channels": cout,
+                    "out_channels": cout,
+                    "stride": [1, 1],
+                    "post_activation": "relu",
+                },
+                weight=pack_signs(w2.transpose(0, 2, 3, 1)),
+                scale=s2,
+                bias=b2,
+            )
+            twin["blocks"].append((w1, w2, s, down))
+    x = add("global_avgpool", "pool", [x])
+    fc_w, fc_b = net.real(1000, 512), net.vec(1000)
+    twin["fc"] = (fc_w, fc_b)
+    add("linear", "fc", [x], weight=fc_w, bias=fc_b)
+    graph = {
+        "inputs": [{"name": "input", "shape": [None, 3, 224, 224], "dtype": "float32"}],
+        "outputs": [{"name": "fc", "shape": [None, 1000], "dtype": "float32"}],
+        "nodes": nodes,
+    }
+    return graph, tensors, twin
+
+
+def torch_resnet18(twin: dict[str, Any]) -> Any:
+    """The float32 ResNet-18 (conv-BN-ReLU blocks) with the same shapes, for timing."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, down: bool) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.down = (
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                if down
+                else None
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.bn1(self.conv1(x)))
+            y = self.bn2(self.conv2(y))
+            return torch.relu(y + (self.down(x) if self.down is not None else x))
+
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    blocks = iter(twin["blocks"])
+    for cin, cout, stride in STAGES:
+        for bi in range(2):
+            w1, w2, s, down = next(blocks)
+            block = Block(cin if bi == 0 else cout, cout, s, down is not None)
+            with torch.no_grad():
+                block.conv1.weight.copy_(torch.from_numpy(w1) * 0.05)
+                block.conv2.weight.copy_(torch.from_numpy(w2) * 0.05)
+            layers.append(block)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000)]
+    return nn.Sequential(*layers).eval()
+
+
+def bench_model(threads: int, repeat: int) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+
+    net = _Net(0)
+    graph, tensors, twin = build_resnet18(net)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "resnet18.bfm"
+        runtime.write_bfm(path, graph=graph, tensors=tensors, provenance={"source_format": "bench"})
+        file_bytes = path.stat().st_size
+        model = runtime.load(path, threads=threads)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    ms_binary = median_ms(lambda: model.run(x), repeat=repeat)
+
+    torch.set_num_threads(threads)
+    tmodel = torch_resnet18(twin)
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        ms_torch = median_ms(lambda: tmodel(xt), repeat=repeat)
+        float_bytes = sum(p.numel() * 4 for p in tmodel.parameters())
+
+    buf = io.BytesIO()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(tmodel, (xt,), buf, dynamo=False, input_names=["input"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    ms_ort = median_ms(lambda: session.run(None, {"input": x}), repeat=repeat)
+    return {
+        "model": "resnet18",
+        "threads": threads,
+        "isa": runtime.isa(),
+        "ms_binary": round(ms_binary, 3),
+        "ms_torch": round(ms_torch, 3),
+        "ms_onnxruntime": round(ms_ort, 3),
+        "speedup": round(ms_torch / ms_binary, 2),
+        "speedup_onnxruntime": round(ms_ort / ms_binary, 2),
+        "file_bytes": file_bytes,
+        "float32_bytes": float_bytes,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--model", choices=["resnet18"], help="time a whole network")
+    parser.add_argument("--isa", help="one ISA (default: every ISA this CPU runs)")
+    parser.add_argument("--threads", type=int, help="one thread count (default: 1, then all cores)")
+    parser.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
+    args = parser.parse_args()
+    cores = runtime.default_threads()
+
+    if args.model:
+        counts = [args.threads] if args.threads else ([1] if args.json else sorted({1, cores}))
+        results = [bench_model(t, args.repeat) for t in counts]
+        if args.json:
+            print(json.dumps(results[0] if len(results) == 1 else results))
+            return
+        print(f"binary ResNet-18, batch 1, 224x224, isa {runtime.isa()}")
+        print(
+            f"{'threads':>7} {'ms binary':>10} {'ms torch':>9} {'ms onnxrt':>10} {'x torch':>8} {'x onnxrt':>9}"
+        )
+        for r in results:
+            print(
+                f"{r['threads']:>7} {r['ms_binary']:10.2f} {r['ms_torch']:9.2f} "
+                f"{r['ms_onnxruntime']:10.2f} {r['speedup']:8.1f} {r['speedup_onnxruntime']:9.1f}"
+            )
+        r = results[0]
+        print(
+            f"file {r['file_bytes'] / 1e6:.2f} MB (float32 parameters {r['float32_bytes'] / 1e6:.1f} MB)"
+        )
+        return
+
+    isas = [args.isa] if args.isa else runtime.supported_isas()[::-1]
+    counts = [args.threads] if args.threads else sorted({1, cores})
+    rows = bench_layers(isas, counts, args.repeat)
+    if args.json:
+        keys = ("shape", "isa", "threads", "ms_binary", "ms_torch", "speedup", "bmacs_per_s")
+        print(json.dumps([{k: r[k] for k in keys} for r in rows]))
+        return
+    print(f"binary 3x3 conv vs torch float32 conv2d, batch 1 ({os.cpu_count()} cores)")
+    print_layers(rows)
+    for isa in isas:
+        chain = bench_chain(isa, args.repeat)
+        print(
+            f"chain of 8 binary 3x3 layers 256ch@14x14, {isa}, 1 thread: {chain['ms_chain']:.3f} ms, "
+            f"XOR/popcount kernel alone {chain['ms_kernel']:.3f} ms -> everything else "
+            f"{100 * chain['overhead_fraction']:.0f}% of the time"
+        )
+    print(
+        f"packed binary weights are {bench_chain(isas[0], 1)['weight_ratio']:.1f}x smaller than float32"
+    )
+
+
+if __name__ == "__main__":
+    main()
