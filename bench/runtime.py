@@ -95,8 +95,8 @@ def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list
                         repeat=repeat,
                     )
                 ms_binary = median_ms(
-                    lambda op=op, xb=xb, out=out, scratch=scratch, isa=isa: op(
-                        xb, out, scratch, threads=threads, isa=isa
+                    lambda op=op, xb=xb, out=out, scratch=scratch, isa=isa, t=threads: op(
+                        xb, out, scratch, threads=t, isa=isa
                     ),
                     repeat=repeat,
                 )
@@ -345,7 +345,7 @@ def torch_resnet18(twin: dict[str, Any]) -> Any:
         nn.MaxPool2d(3, 2, 1),
     ]
     blocks = iter(twin["blocks"])
-    for cin, cout, stride in STAGES:
+    for cin, cout, _ in STAGES:
         for bi in range(2):
             w1, w2, s, down = next(blocks)
             block = Block(cin if bi == 0 else cout, cout, s, down is not None)
@@ -423,7 +423,8 @@ def main() -> None:
             return
         print(f"binary ResNet-18, batch 1, 224x224, isa {runtime.isa()}")
         print(
-            f"{'threads':>7} {'ms binary':>10} {'ms torch':>9} {'ms onnxrt':>10} {'x torch':>8} {'x onnxrt':>9}"
+            f"{'threads':>7} {'ms binary':>10} {'ms torch':>9} {'ms onnxrt':>10} "
+            f"{'x torch':>8} {'x onnxrt':>9}"
         )
         for r in results:
             print(
@@ -432,7 +433,8 @@ def main() -> None:
             )
         r = results[0]
         print(
-            f"file {r['file_bytes'] / 1e6:.2f} MB (float32 parameters {r['float32_bytes'] / 1e6:.1f} MB)"
+            f"file {r['file_bytes'] / 1e6:.2f} MB "
+            f"(float32 parameters {r['float32_bytes'] / 1e6:.1f} MB)"
         )
         return
 
@@ -448,13 +450,13 @@ def main() -> None:
     for isa in isas:
         chain = bench_chain(isa, args.repeat)
         print(
-            f"chain of 8 binary 3x3 layers 256ch@14x14, {isa}, 1 thread: {chain['ms_chain']:.3f} ms, "
+            f"chain of 8 binary 3x3 layers 256ch@14x14, {isa}, 1 thread: "
+            f"{chain['ms_chain']:.3f} ms, "
             f"XOR/popcount kernel alone {chain['ms_kernel']:.3f} ms -> everything else "
             f"{100 * chain['overhead_fraction']:.0f}% of the time"
         )
-    print(
-        f"packed binary weights are {bench_chain(isas[0], 1)['weight_ratio']:.1f}x smaller than float32"
-    )
+    ratio = bench_chain(isas[0], 1)["weight_ratio"]
+    print(f"packed binary weights are {ratio:.1f}x smaller than float32")
 
 
 if __name__ == "__main__":

@@ -229,7 +229,8 @@ class _Step:
             x = ins[0].reshape(n, cin, h, w)
             out3 = out.reshape(n, cout, ho * wo)
             if pointwise:
-                np.matmul(w_groups[0], x.reshape(n, cin, h * w), out=out3)
+                for b in range(n):
+                    np.dot(w_groups[0], x[b].reshape(cin, h * w), out=out3[b])
             else:
                 if ph or pw:
                     xp = self.temp(plan, "pad", (n, cin, h + 2 * ph, w + 2 * pw))
@@ -245,7 +246,10 @@ class _Step:
                         cols6[:, :, ky, kx] = xp[
                             :, :, y0 : y0 + sh * (ho - 1) + 1 : sh, x0 : x0 + sw * (wo - 1) + 1 : sw
                         ]
-                np.matmul(w_groups, cols, out=out3.reshape(n, groups, cout // groups, ho * wo))
+                out4 = out3.reshape(n, groups, cout // groups, ho * wo)
+                for b in range(n):  # 2-d products go straight to BLAS
+                    for gi in range(groups):
+                        np.dot(w_groups[gi], cols[b, gi], out=out4[b, gi])
             if bias_col is not None:
                 np.add(out3, bias_col, out=out3)
 
