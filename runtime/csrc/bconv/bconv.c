@@ -5,17 +5,31 @@
 
 #include "../bf_parallel.h"
 
-#define MT BF_BCONV_TILE_M
+/* Pixels per tile: long runs of each channel's float outputs (few pages touched per
+ * tile), while the im2col tile stays near 32 KiB. */
+static size_t tile_m(size_t kpad) {
+    size_t mt = ((size_t)32768 / (kpad * sizeof(bf_word))) & ~(size_t)7;
+    if (mt < BF_BCONV_TILE_M) mt = BF_BCONV_TILE_M;
+    if (mt > 256) mt = 256;
+    return mt;
+}
+#define MT tile_m(g->kpad)
 #define NT BF_BCONV_TILE_N
 /* Word-pairs (xor + popcount of 64 bits) that justify one more thread. */
 #define BF_WORK_PER_THREAD ((size_t)1 << 19)
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-static size_t tile_a_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(bf_word), BF_ALIGN); }
-static size_t tile_c_bytes(void) { return round_up(MT * NT * sizeof(int32_t), BF_ALIGN); }
+static size_t tile_a_bytes(size_t kpad) {
+    return round_up(tile_m(kpad) * kpad * sizeof(bf_word), BF_ALIGN);
+}
+static size_t tile_c_bytes(size_t kpad) {
+    return round_up(tile_m(kpad) * NT * sizeof(int32_t), BF_ALIGN);
+}
+static size_t row_bytes(size_t kpad) { return round_up(tile_m(kpad) * sizeof(bf_word), BF_ALIGN); }
 static size_t per_thread_bytes(size_t kpad) {
-    return tile_a_bytes(kpad) + 2 * tile_c_bytes() + BF_OVERREAD_BYTES;
+    /* im2col tile, padded-tap list (taps <= kpad), popcounts, three pixel rows */
+    return 2 * tile_a_bytes(kpad) + tile_c_bytes(kpad) + 3 * row_bytes(kpad) + BF_OVERREAD_BYTES;
 }
 
 size_t bf_bconv_scratch_bytes(size_t kpad, int threads) {
@@ -91,119 +105,106 @@ static int pixel_on_border(const bf_bconv_args *g, size_t p) {
     return y0 < 0 || y1 >= (long)g->h || x0 < 0 || x1 >= (long)g->w;
 }
 
-/* Subtract the +1 contributions of out-of-bounds taps of pixel p (zero padding). */
-static void zero_pad_correction(const bf_bconv_args *g, size_t p, size_t co0, size_t nt,
-                                int32_t *acc) {
-    const size_t hw = g->ho * g->wo, r = p % hw, oy = r / g->wo, ox = r % g->wo;
-    for (size_t ky = 0; ky < g->kh; ky++) {
-        const long iy = (long)(oy * g->sh + ky * g->dh) - (long)g->ph;
-        const int row_out = iy < 0 || iy >= (long)g->h;
-        for (size_t kx = 0; kx < g->kw; kx++) {
-            const long ix = (long)(ox * g->sw + kx * g->dw) - (long)g->pw;
-            if (!row_out && ix >= 0 && ix < (long)g->w) continue;
-            const int32_t *ws = g->wsum + (ky * g->kw + kx) * g->cout + co0;
-            for (size_t j = 0; j < nt; j++) acc[j] -= ws[j];
+/* List the out-of-bounds taps of the tile's pixels as (pixel index << 32 | tap) entries
+ * (zero padding); returns their number. */
+static size_t list_padded_taps(const bf_bconv_args *g, size_t p0, size_t mt, uint64_t *list) {
+    const size_t hw = g->ho * g->wo;
+    size_t count = 0;
+    for (size_t i = 0; i < mt; i++) {
+        if (!pixel_on_border(g, p0 + i)) continue;
+        const size_t r = (p0 + i) % hw, oy = r / g->wo, ox = r % g->wo;
+        for (size_t ky = 0; ky < g->kh; ky++) {
+            const long iy = (long)(oy * g->sh + ky * g->dh) - (long)g->ph;
+            const int row_out = iy < 0 || iy >= (long)g->h;
+            for (size_t kx = 0; kx < g->kw; kx++) {
+                const long ix = (long)(ox * g->sw + kx * g->dw) - (long)g->pw;
+                if (row_out || ix < 0 || ix >= (long)g->w)
+                    list[count++] = ((uint64_t)i << 32) | (uint64_t)(ky * g->kw + kx);
+            }
         }
     }
+    return count;
 }
 
+static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
+
 /*
- * Output transform of an mt x nt tile of popcounts `c` (row stride NT), in two passes:
- * per pixel, over contiguous channels, the integer accumulator becomes
- * y = acc * scale * pos + bias followed by the activation (in place, as float); then
- * the tile is written out: transposed into NCHW float runs (adding the residual and the
- * post-activation), or packed against the thresholds.
+ * Output transform of a tile of popcounts `c`: channel-major, nt rows (channels co0...)
+ * of mt pixels (p0...), row stride ldc. Every loop runs over contiguous pixels:
+ * y = ((acc * scale) * pos) + bias, activation, then float NCHW runs (+ residual,
+ * post-activation) or bits packed against the thresholds, 64 channels per word.
  */
 static void transform(const bf_bconv_args *g, size_t p0, size_t mt, size_t co0, size_t nt,
-                      int32_t *BF_RESTRICT c, float *BF_RESTRICT y_tile) {
+                      int32_t *BF_RESTRICT c, size_t ldc, float *BF_RESTRICT y,
+                      float *BF_RESTRICT pos, bf_word *BF_RESTRICT bits,
+                      const uint64_t *BF_RESTRICT padded, size_t n_padded) {
     const int32_t k_total = (int32_t)(g->cin * g->kh * g->kw);
     const size_t hw = g->ho * g->wo, wo = g->wo, cout = g->cout;
-    const float *BF_RESTRICT scale = g->scale + co0;
-    const float *BF_RESTRICT bias = g->bias ? g->bias + co0 : NULL;
-    const float *BF_RESTRICT slope = g->slope ? g->slope + co0 : NULL;
-    const float *BF_RESTRICT pos_h = g->pos_h, *BF_RESTRICT pos_w = g->pos_w;
-    const float *BF_RESTRICT residual = g->residual;
-    const int activation = g->activation, post_relu = g->post_relu;
-    const float lo = g->min_val, hi = g->max_val;
-    for (size_t i = 0; i < mt; i++) {
-        int32_t *BF_RESTRICT ci = c + i * NT;
-        for (size_t j = 0; j < nt; j++) ci[j] = k_total - 2 * ci[j];
-        if (g->pad_zero && pixel_on_border(g, p0 + i)) zero_pad_correction(g, p0 + i, co0, nt, ci);
-        float *BF_RESTRICT yi = y_tile + i * NT;
-        if (pos_h) {
-            const size_t r = (p0 + i) % hw;
-            const float pos = pos_h[r / wo] * pos_w[r % wo];
-            for (size_t j = 0; j < nt; j++) yi[j] = ((float)ci[j] * scale[j]) * pos;
-        } else {
-            for (size_t j = 0; j < nt; j++) yi[j] = (float)ci[j] * scale[j];
-        }
-        if (bias)
-            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] + bias[j];
-        switch (activation) {
-        case BF_ACT_RELU:
-            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] > 0.0f ? yi[j] : 0.0f;
-            break;
-        case BF_ACT_PRELU:
-            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] >= 0.0f ? yi[j] : yi[j] * slope[j];
-            break;
-        case BF_ACT_HARDTANH:
-            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] < lo ? lo : (yi[j] > hi ? hi : yi[j]);
-            break;
-        default: break;
-        }
+    for (size_t j = 0; j < nt; j++) { /* popcounts -> +/-1 dot products, in place */
+        int32_t *BF_RESTRICT cj = c + j * ldc;
+        for (size_t i = 0; i < mt; i++) cj[i] = k_total - 2 * cj[i];
     }
-    const float *BF_RESTRICT y = y_tile;
-    if (!g->out_bits) {
-        float *BF_RESTRICT out = (float *)g->out;
-        /* runs of pixels of one image: each channel's outputs are contiguous there */
+    /* zero padding: take out what the out-of-bounds taps (read as +1) added */
+    for (size_t j = 0; j < nt && n_padded; j++) {
+        int32_t *BF_RESTRICT cj = c + j * ldc;
+        const int32_t *BF_RESTRICT ws = g->wsum + co0 + j;
+        for (size_t e = 0; e < n_padded; e++)
+            cj[padded[e] >> 32] -= ws[(padded[e] & 0xffffffffu) * cout];
+    }
+    if (g->pos_h)
+        for (size_t i = 0; i < mt; i++) {
+            const size_t r = (p0 + i) % hw;
+            pos[i] = g->pos_h[r / wo] * g->pos_w[r % wo];
+        }
+    const int activation = g->activation, post_relu = g->post_relu, out_bits = g->out_bits;
+    const float lo = g->min_val, hi = g->max_val;
+    if (out_bits)
+        for (size_t i = 0; i < mt; i++) bits[i] = 0;
+    for (size_t j = 0; j < nt; j++) {
+        const size_t co = co0 + j;
+        const int32_t *BF_RESTRICT cj = c + j * ldc;
+        const float sc = g->scale[co], bi = g->bias ? g->bias[co] : 0.0f;
+        if (g->pos_h)
+            for (size_t i = 0; i < mt; i++) y[i] = ((float)cj[i] * sc) * pos[i] + bi;
+        else
+            for (size_t i = 0; i < mt; i++) y[i] = (float)cj[i] * sc + bi;
+        if (activation == BF_ACT_RELU) {
+            for (size_t i = 0; i < mt; i++) y[i] = relu(y[i]);
+        } else if (activation == BF_ACT_PRELU) {
+            const float sl = g->slope[co];
+            for (size_t i = 0; i < mt; i++) y[i] = y[i] >= 0.0f ? y[i] : y[i] * sl;
+        } else if (activation == BF_ACT_HARDTANH) {
+            for (size_t i = 0; i < mt; i++) y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
+        }
+        /* pixels [p0, p0 + mt) may span images: write per run of one image */
         for (size_t i0 = 0; i0 < mt;) {
             const size_t p = p0 + i0, b = p / hw, r0 = p % hw;
             size_t len = hw - r0;
             if (len > mt - i0) len = mt - i0;
-            const float *BF_RESTRICT ys = y + i0 * NT;
-            for (size_t j = 0; j < nt; j++) {
-                const size_t at = (b * cout + co0 + j) * hw + r0;
-                float *BF_RESTRICT o = out + at;
-                if (residual) {
-                    const float *BF_RESTRICT res = residual + at;
-                    if (post_relu)
-                        for (size_t i = 0; i < len; i++) {
-                            const float v = ys[i * NT + j] + res[i];
-                            o[i] = v > 0.0f ? v : 0.0f;
-                        }
-                    else
-                        for (size_t i = 0; i < len; i++) o[i] = ys[i * NT + j] + res[i];
-                } else if (post_relu) {
-                    for (size_t i = 0; i < len; i++) {
-                        const float v = ys[i * NT + j];
-                        o[i] = v > 0.0f ? v : 0.0f;
-                    }
-                } else {
-                    for (size_t i = 0; i < len; i++) o[i] = ys[i * NT + j];
-                }
+            const size_t at = (b * cout + co) * hw + r0;
+            float *BF_RESTRICT yr = y + i0;
+            if (g->residual) {
+                const float *BF_RESTRICT res = g->residual + at;
+                for (size_t i = 0; i < len; i++) yr[i] = yr[i] + res[i];
+            }
+            if (post_relu)
+                for (size_t i = 0; i < len; i++) yr[i] = relu(yr[i]);
+            if (!out_bits) {
+                float *BF_RESTRICT o = (float *)g->out + at;
+                for (size_t i = 0; i < len; i++) o[i] = yr[i];
             }
             i0 += len;
         }
-        return;
-    }
-    const size_t cout_w = BF_WORDS_FOR(cout);
-    const float *BF_RESTRICT thr = g->out_threshold ? g->out_threshold + co0 : NULL;
-    bf_word *BF_RESTRICT out = (bf_word *)g->out;
-    for (size_t i = 0; i < mt; i++) {
-        const size_t p = p0 + i;
-        float *BF_RESTRICT yi = y_tile + i * NT;
-        if (residual) {
-            const size_t b = p / hw, r = p % hw;
-            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] + residual[(b * cout + co0 + j) * hw + r];
+        if (out_bits) {
+            const float t = g->out_threshold ? g->out_threshold[co] : 0.0f;
+            const unsigned shift = (unsigned)(co % BF_WORD_BITS);
+            for (size_t i = 0; i < mt; i++) bits[i] |= (bf_word)(y[i] < t) << shift;
         }
-        if (post_relu)
-            for (size_t j = 0; j < nt; j++) yi[j] = yi[j] > 0.0f ? yi[j] : 0.0f;
-        bf_word bits = 0;
-        if (thr)
-            for (size_t j = 0; j < nt; j++) bits |= (bf_word)(yi[j] < thr[j]) << j;
-        else
-            for (size_t j = 0; j < nt; j++) bits |= (bf_word)(yi[j] < 0.0f) << j;
-        out[p * cout_w + co0 / BF_WORD_BITS] = bits;
+    }
+    if (out_bits) {
+        const size_t cout_w = BF_WORDS_FOR(cout);
+        bf_word *BF_RESTRICT out = (bf_word *)g->out;
+        for (size_t i = 0; i < mt; i++) out[(p0 + i) * cout_w + co0 / BF_WORD_BITS] = bits[i];
     }
 }
 
@@ -219,8 +220,13 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     char *base = (char *)round_up((size_t)g->scratch, BF_ALIGN) +
                  (size_t)thread_index * per_thread_bytes(kpad);
     bf_word *a_tile = (bf_word *)base;
-    int32_t *c_tile = (int32_t *)(base + tile_a_bytes(kpad));
-    float *y_tile = (float *)(base + tile_a_bytes(kpad) + tile_c_bytes());
+    uint64_t *padded = (uint64_t *)(base + tile_a_bytes(kpad));
+    size_t n_padded = 0;
+    int32_t *c_tile = (int32_t *)(base + 2 * tile_a_bytes(kpad));
+    char *rows = base + 2 * tile_a_bytes(kpad) + tile_c_bytes(kpad);
+    float *y_row = (float *)rows;
+    float *pos_row = (float *)(rows + row_bytes(kpad));
+    bf_word *bits_row = (bf_word *)(rows + 2 * row_bytes(kpad));
     const int direct = direct_input(g);
     size_t built = (size_t)-1;
     for (size_t item = begin; item < end; item++) {
@@ -237,14 +243,16 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
         } else {
             if (built != mi) {
                 build_tile(g, p0, mt, a_tile);
+                n_padded = g->pad_zero ? list_padded_taps(g, p0, mt, padded) : 0;
                 built = mi;
             }
             a = a_tile;
             lda = kpad;
             kw = kpad;
         }
-        g->gemm(mt, nt, kw, a, lda, g->weight + co0 * kpad, kpad, c_tile, NT);
-        transform(g, p0, mt, co0, nt, c_tile, y_tile);
+        /* channel-major product: rows are this chunk's channels, columns the pixels */
+        g->gemm(nt, mt, kw, g->weight + co0 * kpad, kpad, a, lda, c_tile, mt);
+        transform(g, p0, mt, co0, nt, c_tile, mt, y_row, pos_row, bits_row, padded, n_padded);
     }
 }
 
@@ -253,6 +261,6 @@ void bf_bconv(const bf_bconv_args *g, int threads) {
     job.g = g;
     job.pixels = g->n * g->ho * g->wo;
     job.n_chunks = (g->cout + NT - 1) / NT;
-    const size_t items = ((job.pixels + MT - 1) / MT) * job.n_chunks;
+    const size_t items = ((job.pixels + tile_m(g->kpad) - 1) / tile_m(g->kpad)) * job.n_chunks;
     bf_parallel_for(threads, items, run_range, &job);
 }

@@ -20,7 +20,7 @@
 #include "../bf_common.h"
 #include "../xnor_gemm/xnor_gemm.h"
 
-#define BF_BCONV_TILE_M 32
+#define BF_BCONV_TILE_M 32 /* at least; up to 256 pixels while the im2col tile fits 32 KiB */
 #define BF_BCONV_TILE_N 64
 
 enum { BF_ACT_NONE = 0, BF_ACT_RELU = 1, BF_ACT_PRELU = 2, BF_ACT_HARDTANH = 3 };

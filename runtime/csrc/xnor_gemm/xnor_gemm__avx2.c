@@ -49,17 +49,17 @@ BF_AVX2_INLINE void tile(const int MR, const int NR, size_t kw, const bf_word *a
     const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
-    int32_t total[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    int32_t total[4][4] = {{0}};
     size_t k = 0;
     const size_t k4 = kw & ~(size_t)3;
     do {
-        __m256i acc[2][4];
+        __m256i acc[4][4];
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_si256();
         size_t end = k + 4 * CHUNK_STEPS;
         if (end > k4) end = k4;
         for (; k < end; k += 4) {
-            __m256i av[2];
+            __m256i av[4];
             for (int i = 0; i < MR; i++) av[i] = _mm256_loadu_si256((const __m256i *)(a + i * lda + k));
             for (int j = 0; j < NR; j++) {
                 const __m256i bv = _mm256_loadu_si256((const __m256i *)(b + j * ldb + k));
@@ -69,7 +69,7 @@ BF_AVX2_INLINE void tile(const int MR, const int NR, size_t kw, const bf_word *a
             }
         }
         if (k == k4 && k + 2 <= kw) { /* the half step fits: chunks hold at most 30 steps */
-            __m256i av[2];
+            __m256i av[4];
             for (int i = 0; i < MR; i++) av[i] = load_half(a + i * lda + k);
             for (int j = 0; j < NR; j++) {
                 const __m256i bv = load_half(b + j * ldb + k);
