@@ -7,7 +7,7 @@ static const bf_kernels bf_table_scalar = {BF_ISA_SCALAR, bf_popcount__scalar,
 /* The same scalar code compiled with the POPCNT instruction, used when the CPU has it. */
 static const bf_kernels bf_table_scalar_popcnt = {
     BF_ISA_SCALAR, bf_popcount__scalar, bf_xnor_gemm_2x2__scalar_popcnt, bf_sign_pack__scalar};
-static const bf_kernels bf_table_avx2 = {BF_ISA_AVX2, bf_popcount__avx2, bf_xnor_gemm_2x4__avx2,
+static const bf_kernels bf_table_avx2 = {BF_ISA_AVX2, bf_popcount__avx2, bf_xnor_gemm_2x5__avx2,
                                          bf_sign_pack__avx2};
 static const bf_kernels bf_table_avx512 = {BF_ISA_AVX512, bf_popcount__avx512vpopcnt,
                                            bf_xnor_gemm_4x4__avx512vpopcnt, bf_sign_pack__avx2};

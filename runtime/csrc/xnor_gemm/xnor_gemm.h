@@ -24,7 +24,7 @@ void bf_xnor_gemm_2x2__scalar(size_t m, size_t n, size_t kw, const bf_word *a, s
 void bf_xnor_gemm_2x2__scalar_popcnt(size_t m, size_t n, size_t kw, const bf_word *a,
                                      size_t lda, const bf_word *b, size_t ldb, int32_t *c,
                                      size_t ldc);
-void bf_xnor_gemm_2x4__avx2(size_t m, size_t n, size_t kw, const bf_word *a, size_t lda,
+void bf_xnor_gemm_2x5__avx2(size_t m, size_t n, size_t kw, const bf_word *a, size_t lda,
                             const bf_word *b, size_t ldb, int32_t *c, size_t ldc);
 void bf_xnor_gemm_4x4__avx512vpopcnt(size_t m, size_t n, size_t kw, const bf_word *a,
                                      size_t lda, const bf_word *b, size_t ldb, int32_t *c,
