@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,19 @@ from runtime.packing import pack_signs, words_for
 LAYERS = [(64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1), (128, 28, 2)]
 
 
-def median_ms(fn: Callable[[], Any], *, repeat: int, warmup: int = 3) -> float:
+def interleaved_ms(fns: list[Callable[[], Any]], *, repeat: int, warmup: int = 3) -> list[float]:
+    """Median milliseconds of each function, timed in turns so they share the machine's
+    load (other processes) alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        for fn, bucket in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(bucket) * 1e3 for bucket in times]
 
 
 def _pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -87,19 +92,22 @@ def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list
                 xt, wt = torch.from_numpy(x), torch.from_numpy(w)
                 ho = out.shape[2]
                 macs = c * c * 9 * ho * ho
-                with torch.inference_mode():
-                    ms_torch = median_ms(
-                        lambda xt=xt, wt=wt, s=stride: torch.nn.functional.conv2d(
-                            xt, wt, stride=s, padding=1
-                        ),
-                        repeat=repeat,
-                    )
-                ms_binary = median_ms(
-                    lambda op=op, xb=xb, out=out, scratch=scratch, isa=isa, t=threads: op(
-                        xb, out, scratch, threads=t, isa=isa
-                    ),
-                    repeat=repeat,
-                )
+
+                def run_torch(xt: Any = xt, wt: Any = wt, s: int = stride) -> None:
+                    with torch.inference_mode():
+                        torch.nn.functional.conv2d(xt, wt, stride=s, padding=1)
+
+                def run_binary(
+                    op: BinaryConv = op,
+                    xb: Any = xb,
+                    out: Any = out,
+                    scr: Any = scratch,
+                    t: int = threads,
+                    isa: str = isa,
+                ) -> None:
+                    op(xb, out, scr, threads=t, isa=isa)
+
+                ms_torch, ms_binary = interleaved_ms([run_torch, run_binary], repeat=repeat)
                 rows.append(
                     {
                         "shape": f"{c}x{hw}x{hw}-s{stride}",
@@ -151,8 +159,7 @@ def bench_chain(isa: str, repeat: int) -> dict[str, float]:
         for op in ops:
             _native.xnor_gemm(a, op.weight_rows, cmat, hw * hw, c, kpad, kpad, kpad, isa)
 
-    ms_chain = median_ms(chain, repeat=repeat)
-    ms_kernel = median_ms(kernels_only, repeat=repeat)
+    ms_chain, ms_kernel = interleaved_ms([chain, kernels_only], repeat=repeat)
     w_packed = ops[0].weight_rows[:, : 9 * words_for(c)].nbytes
     return {
         "ms_chain": ms_chain,
@@ -369,18 +376,11 @@ def bench_model(threads: int, repeat: int) -> dict[str, Any]:
         file_bytes = path.stat().st_size
         model = runtime.load(path, threads=threads)
     x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    ms_binary = median_ms(lambda: model.run(x), repeat=repeat)
-
     torch.set_num_threads(threads)
     tmodel = torch_resnet18(twin)
     xt = torch.from_numpy(x)
-    with torch.inference_mode():
-        ms_torch = median_ms(lambda: tmodel(xt), repeat=repeat)
-        float_bytes = sum(p.numel() * 4 for p in tmodel.parameters())
-
+    float_bytes = sum(p.numel() * 4 for p in tmodel.parameters())
     buf = io.BytesIO()
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(tmodel, (xt,), buf, dynamo=False, input_names=["input"])
@@ -388,7 +388,15 @@ def bench_model(threads: int, repeat: int) -> dict[str, Any]:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-    ms_ort = median_ms(lambda: session.run(None, {"input": x}), repeat=repeat)
+
+    def run_torch() -> None:
+        with torch.inference_mode():
+            tmodel(xt)
+
+    ms_binary, ms_torch, ms_ort = interleaved_ms(
+        [lambda: model.run(x), run_torch, lambda: session.run(None, {"input": x})],
+        repeat=repeat,
+    )
     return {
         "model": "resnet18",
         "threads": threads,
