@@ -126,6 +126,8 @@ class JobOut(BaseModel):
                     "result": None,
                     "error": None,
                     "attempts": 1,
+                    "worker_id": "gpu-node-1:4242",
+                    "heartbeat_at": "2026-01-01T12:00:30Z",
                     "created_at": "2026-01-01T12:00:00Z",
                     "started_at": "2026-01-01T12:00:01Z",
                     "finished_at": None,
@@ -142,7 +144,9 @@ class JobOut(BaseModel):
     progress: Progress | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
-    attempts: int
+    attempts: int = Field(description="Deliveries to a worker so far (redelivered if one dies).")
+    worker_id: str | None = Field(default=None, description="host:pid of the worker's process.")
+    heartbeat_at: datetime | None = None
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
