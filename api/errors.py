@@ -38,7 +38,6 @@ KINDS: dict[str, tuple[int, str]] = {
     "idempotency-conflict": (422, "Idempotency-Key reused with a different request"),
     "invalid-input": (422, "The inputs do not fit the model"),
     "broker-unavailable": (503, "The job queue is unavailable"),
-    "validation-unavailable": (503, "Model validation is unavailable on this server"),
     "artifact-corrupted": (500, "A stored file failed its checksum"),
     "internal-error": (500, "Internal server error"),
 }

@@ -35,10 +35,15 @@ class ModelInfo:
 
 
 def inspect_model(
-    path: Path, *, arch: str | None, arch_kwargs: dict[str, Any] | None, timeout: float
+    path: Path,
+    *,
+    arch: str | None,
+    arch_kwargs: dict[str, Any] | None,
+    timeout: float,
+    module: str = "engine.inspect",
 ) -> ModelInfo:
     """Validate a model file by importing it in a fresh interpreter (``engine.inspect``)."""
-    cmd = [sys.executable, "-m", "engine.inspect", str(path)]
+    cmd = [sys.executable, "-m", module, str(path)]
     if arch:
         cmd += ["--arch", arch]
     if arch_kwargs:
@@ -63,7 +68,9 @@ def inspect_model(
     if proc.returncode != 0 or data is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         if "No module named" in tail:
-            raise RuntimeError(f"model validation is unavailable on this server: {tail}")
+            # An API without the engine extra (the torch-free image): check the format
+            # here; the worker imports the model fully when the job runs.
+            return _format_only(path, arch=arch)
         raise InvalidUpload(f"the model could not be imported ({tail})")
     shape = data.get("input_shape")
     return ModelInfo(
@@ -72,6 +79,18 @@ def inspect_model(
         num_params=int(data["num_params"]) if data.get("num_params") is not None else None,
         num_outputs=int(data["num_outputs"]) if data.get("num_outputs") is not None else None,
     )
+
+
+def _format_only(path: Path, *, arch: str | None) -> ModelInfo:
+    from bitfactor.modelformat import detect_format
+
+    try:
+        fmt = detect_format(path)
+    except ValueError as exc:
+        raise InvalidUpload(str(exc).replace(f"{path.name}: ", "")) from exc
+    if fmt != "onnx" and not arch:
+        raise InvalidUpload(f"a {fmt} state dict needs an architecture name (arch)")
+    return ModelInfo(format=fmt, input_shape=None, num_params=None, num_outputs=None)
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,6 @@ async def upload_model(
             )
         except InvalidUpload as exc:
             raise Problem("invalid-model", str(exc)) from exc
-        except RuntimeError as exc:
-            raise Problem("validation-unavailable", str(exc)) from exc
         model_id = new_id()
         key = f"models/{model_id}/model{EXTENSIONS.get(info.format, '.bin')}"
         state.store.put_file(key, tmp)

@@ -84,3 +84,25 @@ def test_garbage_and_pickles_are_refused(api: Api, tmp_path: Path) -> None:
     assert response.json()["type"].endswith("/invalid-model")
     assert api.client.get("/v1/models", headers=api.headers()).json()["items"] == []
     assert list((api.settings.resolved_artifacts_dir / "tmp").iterdir()) == []
+
+
+def test_without_the_engine_the_format_is_still_checked(
+    model_files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The torch-free API image: the inspector cannot import, detect_format decides."""
+    from api.validation import InvalidUpload, inspect_model
+
+    def check(path: Path) -> object:
+        return inspect_model(
+            path, arch=None, arch_kwargs=None, timeout=60, module="bitfactor_no_engine.inspect"
+        )
+
+    info = check(model_files["onnx"])
+    assert info.format == "onnx"  # type: ignore[attr-defined]
+    assert info.input_shape is None  # type: ignore[attr-defined]
+    with pytest.raises(InvalidUpload, match="architecture"):
+        check(model_files["safetensors"])
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x80\x04pickle")
+    with pytest.raises(InvalidUpload, match="pickle"):
+        check(junk)
