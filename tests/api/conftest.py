@@ -77,10 +77,10 @@ def dataset_id(api: Api) -> str:
 WEIGHT_SEED = 1
 
 
-def finish_with_artifact(api: Api, job_id: str, tmp_path: Path) -> tuple[str, bytes]:
+def finish_with_artifact(api: Api, job_id: str, tmp_path: Path, seed: int = 1) -> tuple[str, bytes]:
     from runtime import write_bfm
 
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     path = tmp_path / "out.bfm"
     write_bfm(
         path,

@@ -156,3 +156,73 @@ def test_v2_errors_keep_the_protocol_body(
     assert missing.status_code == 404
     assert set(missing.json()) == {"error"}
     assert api.client.get("/v2/health/live").json() == {"live": True}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"inputs": []},
+        {"inputs": [[]]},
+        {"inputs": [[[[0.0] * 4]]]},
+        {"inputs": [[0.0] * 4], "top_k": -1},
+        {"inputs": [[0.0] * 4], "extra": 1},
+        {"inputs": [[None, 1, 2, 3]]},
+        {"inputs": "abcd"},
+        [1, 2, 3],
+        None,
+    ],
+)
+def test_odd_predict_bodies_are_4xx(
+    api: Api, served: tuple[str, np.ndarray, np.ndarray], body: object
+) -> None:
+    response = api.client.post(f"/v1/jobs/{served[0]}/predict", headers=api.headers(), json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"name": "input", "shape": [1, 4], "datatype": "FP32"},
+        {"name": "input", "shape": [1, -4], "datatype": "FP32", "data": [0.0] * 4},
+        {"name": "input", "shape": [100000, 100000], "datatype": "FP32", "data": [0.0]},
+        {"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": ["a"] * 4},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["x"] * 4},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 3},
+        {
+            "name": "input",
+            "shape": [1, 4],
+            "datatype": "FP32",
+            "parameters": {"binary_data_size": 16},
+        },
+        "not an object",
+    ],
+)
+def test_odd_v2_tensors_are_400(
+    api: Api, served: tuple[str, np.ndarray, np.ndarray], tensor: object
+) -> None:
+    response = api.client.post(
+        f"/v2/models/{served[0]}/infer", headers=api.headers(), json={"inputs": [tensor]}
+    )
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}
+
+
+def test_model_cache_is_a_bounded_lru(
+    api: Api, model_id: str, dataset_id: str, tmp_path: Path
+) -> None:
+    state = api.app_state()
+    assert state.models.capacity == 2
+    jobs = []
+    for i in range(3):
+        job_id = submit(api, model_id, dataset_id)
+        out = tmp_path / str(i)
+        out.mkdir()
+        finish_with_artifact(api, job_id, out, seed=i)
+        jobs.append(job_id)
+    for job_id in jobs:
+        response = api.client.post(
+            f"/v1/jobs/{job_id}/predict", headers=api.headers(), json={"inputs": [[1.0] * 4]}
+        )
+        assert response.status_code == 200
+    assert len(state.models) == 2
