@@ -385,3 +385,54 @@ def test_lost_worker_redelivers_and_resumes(deployment: Deployment) -> None:
         logs = client.logs(job_id)
         assert "attempt 1" in logs
         assert "attempt 2" in logs
+
+
+@pytest.mark.parametrize("deployment", ["embedded"], indirect=True)
+def test_client_cli(deployment: Deployment, tmp_path: Path) -> None:
+    """``bitfactor client ...`` verbs against the server, as a shell user runs them."""
+    import json
+
+    dep = deployment
+    env = {
+        **os.environ,
+        "BITFACTOR_URL": dep.service.url,
+        "BITFACTOR_API_KEY": dep.service.key,
+    }
+
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "bitfactor", "client", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    model = json.loads(cli("upload", str(dep.files["mlp"]), "--name", "cli").stdout)
+    dataset = json.loads(cli("dataset", str(dep.files["train"])).stdout)
+    job = json.loads(cli("submit", model["id"], dataset["id"], "--config", '{"epochs": 1}').stdout)
+    watched = cli("status", job["id"], "--watch")
+    assert json.loads(watched.stdout)["status"] == "succeeded"
+    assert "[" in watched.stderr  # the progress bar
+    out = tmp_path / "cli.bfm"
+    downloaded = cli("download", job["id"], "-o", str(out))
+    assert hashlib.sha256(out.read_bytes()).hexdigest() in downloaded.stdout
+    batch = tmp_path / "batch.npy"
+    np.save(batch, dep.x_test[:4])
+    predicted = json.loads(cli("predict", job["id"], "--inputs", f"@{batch}").stdout)
+    assert len(predicted["outputs"]) == 4
+    bad = cli("submit", model["id"], "nope", check=False)
+    assert bad.returncode == 1
+    assert "HTTP 422" in bad.stderr
+    wrong_key = subprocess.run(
+        [sys.executable, "-m", "bitfactor", "client", "--key", "nope", "status", job["id"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong_key.returncode == 1
+    assert "HTTP 401" in wrong_key.stderr
