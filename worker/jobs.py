@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 import traceback
 from functools import lru_cache
@@ -157,6 +158,7 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         except JobCancelled:
             reporter.line("canceled")
             finish(status="canceled")
+            shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
             return "canceled"
         except UserInputError as exc:
             reporter.line(f"failed: {exc}")
@@ -170,6 +172,7 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         summary["packed_bytes"] = size
         reporter.line(f"succeeded: {size} bytes, sha256 {sha}")
         finish(status="succeeded", result=summary, artifact=(key, sha, size))
+        shutil.rmtree(job_dir / "checkpoints", ignore_errors=True)
         return "succeeded"
     except SoftTimeLimitExceeded:
         reporter.line("failed: time limit")
