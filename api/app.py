@@ -15,6 +15,7 @@ from starlette.routing import Match
 
 from api import errors, metrics
 from api.routes import datasets, jobs, models, ops, predict, v2
+from api.schemas import ProblemOut
 from api.state import AppState
 from bitfactor import __version__
 from bitfactor.settings import Settings, get_settings
@@ -61,7 +62,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.bitfactor = state
     metrics.JOBS.sessions = state.sessions
     errors.install(app)
-    for module in (models, datasets, jobs, predict, v2, ops):
+    problem = {
+        "model": ProblemOut,
+        "content": {"application/problem+json": {}},
+        "description": "An RFC 9457 problem (see docs/api.md for every type).",
+    }
+    for module in (models, datasets, jobs, predict):
+        app.include_router(module.router, responses={"4XX": problem, "5XX": problem})
+    for module in (v2, ops):
         app.include_router(module.router)
 
     @app.middleware("http")

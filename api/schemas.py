@@ -195,3 +195,28 @@ class PredictResponse(BaseModel):
     outputs: list[Any]
     top_k: list[TopK]
     output_name: str
+
+
+class ProblemOut(BaseModel):
+    """An RFC 9457 problem (``application/problem+json``), the body of every ``/v1`` error."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "https://bitfactor.dev/problems/not-found",
+                    "title": "Not found",
+                    "status": 404,
+                    "detail": "no job c4ca4238a0b923820dcc509a6f75849b",
+                    "instance": "/v1/jobs/c4ca4238a0b923820dcc509a6f75849b",
+                }
+            ]
+        },
+    )
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str

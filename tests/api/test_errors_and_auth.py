@@ -111,5 +111,6 @@ def test_openapi_documents_every_route_with_examples(api: Api) -> None:
     ):
         assert path in paths, path
     schemas = spec["components"]["schemas"]
-    for name in ("ModelOut", "DatasetOut", "JobOut", "JobCreate", "PredictResponse"):
+    assert "4XX" in paths["/v1/jobs"]["post"]["responses"]
+    for name in ("ModelOut", "DatasetOut", "JobOut", "JobCreate", "PredictResponse", "ProblemOut"):
         assert schemas[name].get("examples"), name
