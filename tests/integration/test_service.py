@@ -172,6 +172,12 @@ def deployment(
                 worker.wait()
         worker_log.close()
         _drop_schema(postgres_url, schema)
+        import redis
+
+        queue = env["BITFACTOR_JOB_QUEUE"]
+        broker = redis.Redis.from_url(redis_url)
+        broker.delete(queue, f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}")
+        broker.close()
 
 
 def _inputs(dep: Deployment, client: Client) -> tuple[str, str]:
