@@ -71,7 +71,8 @@ def load_npz(
         raise ValueError(f"{p.name}: expected x of shape (N, ...) with N >= 1, got {x.shape}")
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{p.name}: expected x as float32 (or float16/float64), got {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # out-of-range float64 becomes inf, refused below
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise ValueError(f"{p.name}: x holds NaN or infinite values (after casting to float32)")
     if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape):

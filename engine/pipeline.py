@@ -105,7 +105,9 @@ def _runtime_check(
     load = getattr(runtime, "load", None)
     if load is None or x_val.shape[0] == 0:
         return None, None, None
-    model = load(str(path))
+    # One thread: batch-1 latency is what a device sees, and the check stays independent of
+    # the runtime's thread pool.
+    model = load(str(path), threads=1)
     xs = x_val.numpy()
     out = np.concatenate([np.asarray(model.run(xs[i : i + 256])) for i in range(0, len(xs), 256)])
     logits = torch.from_numpy(out)

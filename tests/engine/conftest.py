@@ -1,0 +1,90 @@
+"""Small models and data files shared by the engine tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+class TinyConv1d(nn.Module):
+    """A 1-D CNN touching the ops the ONNX importer and the exporter must handle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(3, 16, 3, padding=1)
+        self.act1 = nn.PReLU(16)
+        self.conv2 = nn.Conv1d(16, 32, 5, padding=2, stride=2, bias=False)
+        self.bn2 = nn.BatchNorm1d(32)
+        self.act2 = nn.LeakyReLU(0.1)
+        self.conv3 = nn.Conv1d(32, 32, 3, padding=2, dilation=2)
+        self.act3 = nn.Hardtanh(-2.0, 2.0)
+        self.pool = nn.AvgPool1d(2)
+        self.fc = nn.Linear(32 * 4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.conv1(x))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.pool(self.act3(self.conv3(x)) * torch.sigmoid(x))
+        return self.fc(torch.flatten(x, 1))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm non-trivial statistics (fresh ones are the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)  # type: ignore[union-attr]
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)  # type: ignore[union-attr]
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's digits as (N, 64) float32 with int64 labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, x=(d.data / 16.0).astype(np.float32), y=d.target.astype(np.int64))
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_mlp(tmp_path_factory: pytest.TempPathFactory, digits_npz: Path) -> Path:
+    """An MLP trained on digits, saved as safetensors (arch ``mlp``, hidden 128,128)."""
+    from safetensors.torch import save_file
+
+    from engine.archs import MLP
+
+    torch.manual_seed(0)
+    data = np.load(digits_npz)
+    x, y = torch.from_numpy(data["x"]), torch.from_numpy(data["y"])
+    model = MLP(in_features=64, hidden=[128, 128])
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("models") / "mlp.safetensors"
+    save_file(model.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture
+def make_tiny_conv1d() -> type[nn.Module]:
+    """The :class:`TinyConv1d` class."""
+    return TinyConv1d
+
+
+@pytest.fixture
+def bn_randomizer():  # type: ignore[no-untyped-def]
+    """:func:`randomize_bn`."""
+    return randomize_bn

@@ -1,0 +1,123 @@
+"""Conversion: which layers go binary, the degenerate sign after ReLU, calibration."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+from bitfactor.jobconfig import BinarizeConfig
+from engine.archs import ResNetCIFAR, VGGSmall
+from engine.convert import binarize_graph, convert, threshold_from_stats
+from engine.layers import BinaryConv2d, binary_layers
+
+
+class ConvBnReluConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(16, 32, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.bn2(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _inputs_of(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The binarized input a layer sees, captured by a hook."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(module.input_sign(args[0]))  # type: ignore[operator]
+
+    handle = layer.register_forward_pre_hook(hook)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_first_last_small_and_pattern_layers_stay_real() -> None:
+    model = VGGSmall(in_channels=3, widths=(8, 16), image_size=8).eval()
+    config = BinarizeConfig(keep_real=["features.7"], min_layer_size=1000)
+    gm, reports = binarize_graph(model, config)
+    by_name = {r.name: r for r in reports}
+    assert by_name["features.0"].reason == "first layer"
+    assert by_name["classifier"].reason == "last layer"
+    assert by_name["features.7"].reason == "keep_real pattern"
+    assert by_name["features.3"].reason == "fewer than 1000 weights"  # 8*8*9 = 576
+    assert by_name["features.10"].binary
+    assert [n for n, _ in binary_layers(gm)] == ["features.10"]
+    config = BinarizeConfig(binarize_first_last=True, min_layer_size=0)
+    _, reports = binarize_graph(model, config)
+    assert all(r.binary for r in reports)
+
+
+def test_relu_feeding_only_binary_layers_is_bypassed_and_bits_carry_information() -> None:
+    torch.manual_seed(0)
+    model = ConvBnReluConv().eval()
+    x = torch.randn(64, 3, 8, 8)
+    gm, reports = convert(model, x, BinarizeConfig(min_layer_size=0))
+    assert [r["name"] for r in reports if r["binary"]] == ["conv1", "conv2"]
+    # conv2 now reads bn1 directly (conv-BN-sign-conv); the stem's ReLU feeds conv1 alone
+    conv2_node = next(n for n in gm.graph.nodes if n.target == "conv2")
+    assert conv2_node.args[0].target == "bn1"
+    conv1_node = next(n for n in gm.graph.nodes if n.target == "conv1")
+    assert conv1_node.args[0].target == "stem"
+    for layer in (gm.conv1, gm.conv2):
+        bits = _inputs_of(gm, layer, x)
+        negative = (bits < 0).float().mean(dim=(0, 2, 3))
+        # every channel carries both signs, close to balanced (median thresholds)
+        assert bool(((negative > 0.2) & (negative < 0.8)).all()), negative
+
+
+def test_relu_shared_with_a_real_path_keeps_thresholds_above_zero() -> None:
+    torch.manual_seed(0)
+    model = ResNetCIFAR(depth=8, width=8, num_classes=3).eval()
+    x = torch.randn(32, 3, 32, 32)
+    gm, _ = convert(model, x, BinarizeConfig(min_layer_size=0))
+    # layer1.0.conv1 reads the stem's ReLU, which the identity shortcut reads as well
+    node = next(n for n in gm.graph.nodes if n.target == "layer1.0.conv1")
+    assert isinstance(node.args[0], fx.Node)
+    assert node.args[0].target == "relu"
+    layer = gm.get_submodule("layer1.0.conv1")
+    assert isinstance(layer, BinaryConv2d)
+    assert bool((layer.input_sign.threshold > 0).all())
+    bits = _inputs_of(gm, layer, x)
+    negative = (bits < 0).float().mean()
+    assert 0.2 < float(negative) < 0.8  # a threshold at 0 would give exactly 0.0
+
+
+def test_threshold_from_stats_handles_the_relu_floor() -> None:
+    x = torch.relu(torch.randn(1000, 2, 1, 1) - 0.5)  # ~69% zeros per channel
+    t = threshold_from_stats(x)
+    assert bool((t > 0).all())
+    balanced = torch.randn(1000, 3)
+    assert torch.allclose(threshold_from_stats(balanced), balanced.median(dim=0).values)
+
+
+def test_calibration_sizes_xnorpp_factors_and_recomputes_batch_norm() -> None:
+    torch.manual_seed(0)
+    model = ConvBnReluConv().eval()
+    x = torch.randn(64, 3, 8, 8) * 3 + 1
+    gm, _ = convert(model, x, BinarizeConfig(scales="xnorpp", min_layer_size=0))
+    layer = gm.conv2
+    assert isinstance(layer, BinaryConv2d)
+    assert [p.shape[0] for p in layer.pos_scales] == [8, 8]
+    # the BN after a binary conv is re-estimated on the binary network: outputs normalized
+    outs: list[torch.Tensor] = []
+    handle = gm.bn2.register_forward_hook(lambda _m, _a, out: outs.append(out))
+    gm.eval()
+    with torch.no_grad():
+        gm(x)
+    handle.remove()
+    out = outs[0]
+    assert abs(float(out.mean())) < 0.1
+    assert abs(float(out.std()) - 1.0) < 0.1

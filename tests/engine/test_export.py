@@ -1,0 +1,137 @@
+"""Export: the runtime on the exported file agrees with the engine's binary torch model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import runtime
+from bitfactor.jobconfig import BinarizeConfig
+from engine.archs import MLP, ResNetCIFAR, VGGSmall
+from engine.convert import convert
+from engine.export import build_graph, export_bfm
+from engine.train import predict, train
+from runtime.bfm import read_bfm
+
+CPU = torch.device("cpu")
+
+
+def _convert_and_export(
+    model: nn.Module, shape: tuple[int, ...], path: Path, *, train_epochs: int = 0, **cfg: object
+) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model.eval()
+    x = torch.randn(600, *shape)
+    config = BinarizeConfig(min_layer_size=0, epochs=train_epochs, batch_size=100, lr=3e-3, **cfg)  # type: ignore[arg-type]
+    student, _ = convert(model, x[:256], config)
+    if train_epochs:
+        train(
+            student,
+            x=x,
+            y=None,
+            teacher_logits=predict(model, x, CPU),
+            x_val=x[:0],
+            y_val=None,
+            teacher_val_logits=torch.zeros(0),
+            config=config,
+            device=CPU,
+        )
+    export_bfm(student, shape, path)
+    return student, torch.randn(1000, *shape)
+
+
+def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, float]:
+    expected = predict(student, x, CPU).numpy()
+    got = np.asarray(runtime.load(str(path), threads=1).run(x.numpy()))
+    assert got.shape == expected.shape
+    agree = float((got.argmax(1) == expected.argmax(1)).mean())
+    rel = float(np.abs(got - expected).max() / (np.abs(expected).max() + 1e-12))
+    return agree, rel
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "cfg"),
+    [
+        (
+            lambda: VGGSmall(in_channels=3, widths=(16, 32), image_size=12),
+            (3, 12, 12),
+            {"factorization": "matrix", "scales": "xnorpp"},
+        ),
+        (
+            lambda: ResNetCIFAR(depth=8, width=8, num_classes=5),
+            (3, 16, 16),
+            {"factorization": "tucker", "scales": "channel"},
+        ),
+        (
+            lambda: MLP(in_features=40, hidden=[64, 70, 64], num_classes=6),
+            (40,),
+            {"factorization": "cp", "scales": "analytic"},
+        ),
+        (
+            "tiny_conv1d",
+            (3, 16),
+            {"factorization": "none", "scales": "xnorpp", "binarize_first_last": True},
+        ),
+    ],
+)
+def test_runtime_matches_binary_torch_model(
+    tmp_path: Path,
+    factory,
+    shape,
+    cfg,
+    make_tiny_conv1d,
+    bn_randomizer,  # type: ignore[no-untyped-def]
+) -> None:
+    model = make_tiny_conv1d() if factory == "tiny_conv1d" else factory()
+    bn_randomizer(model)
+    path = tmp_path / "m.bfm"
+    student, x = _convert_and_export(model, shape, path, train_epochs=1, **cfg)
+    agree, rel = _agreement(student, x, path)
+    assert agree >= 0.999
+    assert rel < 1e-3
+
+
+def test_export_folds_batch_norm_and_packs_sign_weights(tmp_path: Path, bn_randomizer) -> None:  # type: ignore[no-untyped-def]
+    model = bn_randomizer(VGGSmall(in_channels=3, widths=(16, 32), image_size=8))
+    path = tmp_path / "m.bfm"
+    student, _ = _convert_and_export(model, (3, 8, 8), path, factorization="matrix")
+    graph, tensors, meta = read_bfm(path)
+    ops = [n["op"] for n in graph["nodes"]]
+    assert "batchnorm" not in ops  # every BN follows a conv: folded
+    assert ops.count("bconv2d") == 3
+    assert ops.count("sign_pack") == 3
+    assert ops[0] == "conv2d"
+    assert ops[-1] == "linear"  # first and last stay real
+    layer = student.get_submodule("features.3")
+    node = next(n for n in graph["nodes"] if n["name"] == "features.3")
+    words = tensors[node["params"]["weight"]]
+    assert words.dtype == np.uint64
+    assert words.shape == (16, 3, 3, 1)
+    from runtime.packing import unpack_signs
+
+    signs = unpack_signs(words, 16)  # (Cout, kh, kw, Cin)
+    expected = layer.weight.detach().permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(signs, expected)
+    assert set(tensors) == {name for n in graph["nodes"] for name in n.get("params", {}).values()}
+    assert "created_at" in meta["provenance"]
+
+
+def test_unsupported_module_is_reported(tmp_path: Path) -> None:
+    class WithGelu(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(8, 8)
+            self.act = nn.GELU()
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.act(self.a(x)))
+
+    from engine.errors import UserInputError
+
+    with pytest.raises(UserInputError, match=r"act \(GELU\) is not supported"):
+        build_graph(torch.fx.symbolic_trace(WithGelu()), (8,))

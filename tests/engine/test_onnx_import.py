@@ -1,0 +1,118 @@
+"""The ONNX importer reproduces onnxruntime on the ops torch exports for CNNs and MLPs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from engine.archs import MLP, ResNetCIFAR, VGGSmall
+from engine.errors import UserInputError
+from engine.importers import inspect_model, load_model
+
+
+class Branchy(nn.Module):
+    """Concat, Mul, Clip (ReLU6), Tanh, MaxPool with padding, GlobalAveragePool, Reshape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.bn = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.c = nn.Conv2d(16, 16, 3, padding=1, groups=2)
+        self.fc = nn.Linear(16, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([nn.functional.relu6(self.a(x)), torch.tanh(self.b(x))], dim=1)
+        y = self.pool(self.bn(y))
+        y = self.c(y) * torch.sigmoid(y)
+        y = nn.functional.adaptive_avg_pool2d(y, 1).reshape(-1, 16)
+        return self.fc(y)
+
+
+def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (torch.randn(1, *shape),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape"),
+    [
+        (lambda: MLP(in_features=20, hidden=[32, 16], num_classes=4), (20,)),
+        (lambda: VGGSmall(in_channels=3, widths=(8, 16), image_size=16), (3, 16, 16)),
+        (lambda: ResNetCIFAR(depth=8, width=8), (3, 32, 32)),
+        ("tiny_conv1d", (3, 16)),
+        (Branchy, (3, 12, 12)),
+    ],
+)
+def test_imported_model_matches_onnxruntime(
+    tmp_path: Path,
+    factory,
+    shape,
+    make_tiny_conv1d,
+    bn_randomizer,  # type: ignore[no-untyped-def]
+) -> None:
+    torch.manual_seed(0)
+    model = make_tiny_conv1d() if factory == "tiny_conv1d" else factory()
+    bn_randomizer(model)
+    path = _export(model, shape, tmp_path / "m.onnx")
+    loaded = load_model(path)
+    assert loaded.format == "onnx"
+    assert loaded.input_shape == shape
+    x = np.random.default_rng(0).standard_normal((7, *shape)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = loaded.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_inspect_reports_shape_params_and_outputs(tmp_path: Path) -> None:
+    model = MLP(in_features=20, hidden=[32], num_classes=4)
+    info = inspect_model(_export(model, (20,), tmp_path / "m.onnx"))
+    assert info == {
+        "format": "onnx",
+        "input_shape": [20],
+        "num_params": 20 * 32 + 32 + 32 * 2 + 32 * 4 + 4,
+        "num_outputs": 4,
+    }
+
+
+def test_external_data_is_refused(tmp_path: Path) -> None:
+    path = _export(MLP(in_features=20, hidden=[32], num_classes=4), (20,), tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    onnx.save_model(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    with pytest.raises(UserInputError, match="external data"):
+        load_model(tmp_path / "ext.onnx")
+
+
+def test_unsupported_operator_is_named(tmp_path: Path) -> None:
+    class WithErf(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.erf(x)
+
+    path = _export(WithErf(), (5,), tmp_path / "m.onnx")
+    with pytest.raises(UserInputError, match=r"\(Erf\): this operator is not supported"):
+        load_model(path)

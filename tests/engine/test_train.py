@@ -1,0 +1,141 @@
+"""Training: deterministic on CPU, exact resume from a checkpoint, progress, cancel."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitfactor.jobconfig import BinarizeConfig, Progress
+from engine.archs import VGGSmall
+from engine.convert import convert
+from engine.errors import JobCancelled
+from engine.train import lr_factor, predict, train
+
+CPU = torch.device("cpu")
+
+
+def _setup(config: BinarizeConfig) -> tuple[torch.nn.Module, dict]:  # type: ignore[type-arg]
+    torch.manual_seed(0)
+    teacher = VGGSmall(in_channels=1, num_classes=4, widths=(8, 16), image_size=8).eval()
+    x = torch.randn(96, 1, 8, 8)
+    y = predict(teacher, x, CPU).argmax(1)
+    student, _ = convert(teacher, x[:64], config)
+    kwargs = {
+        "x": x,
+        "y": y,
+        "teacher_logits": predict(teacher, x, CPU),
+        "x_val": x[:32],
+        "y_val": y[:32],
+        "teacher_val_logits": predict(teacher, x[:32], CPU),
+        "config": config,
+        "device": CPU,
+    }
+    return student, kwargs
+
+
+def _config(**kw: object) -> BinarizeConfig:
+    base = {
+        "factorization": "matrix",
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 5e-3,
+        "min_layer_size": 0,
+        "distill_weight": 0.5,
+        "seed": 3,
+    }
+    base.update(kw)
+    return BinarizeConfig(**base)  # type: ignore[arg-type]
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_training_is_deterministic_and_reports_progress() -> None:
+    config = _config()
+    s1, kw = _setup(config)
+    reports: list[Progress] = []
+    state = train(s1, progress=reports.append, **kw)
+    s2, kw2 = _setup(config)
+    train(s2, **kw2)
+    assert _same_state(s1, s2)
+    assert state.epochs_run == 3
+    assert [h["epoch"] for h in state.history] == [1, 2, 3]
+    epoch_ends = [p for p in reports if p.metrics]
+    assert [p.epoch for p in epoch_ends] == [1, 2, 3]
+    assert {"train_loss", "val_accuracy", "val_agreement"} <= set(epoch_ends[-1].metrics)
+    assert epoch_ends[-1].eta_seconds == 0
+    assert all(p.total_steps == 9 for p in reports)
+    assert state.history[-1]["train_loss"] < state.history[0]["train_loss"]
+
+
+def test_resume_from_a_checkpoint_is_exact(tmp_path: Path) -> None:
+    config = _config()
+    full, kw = _setup(config)
+    train(full, checkpoint_dir=tmp_path / "a", **kw)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "epoch-0001.pt",
+        "epoch-0002.pt",
+        "epoch-0003.pt",
+    ]
+
+    interrupted, kw = _setup(config)
+    calls = {"n": 0}
+
+    def cancel_in_epoch_two() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 4  # 3 steps per epoch: stops during epoch 2
+
+    with pytest.raises(JobCancelled):
+        train(interrupted, checkpoint_dir=tmp_path / "b", should_cancel=cancel_in_epoch_two, **kw)
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["epoch-0001.pt"]
+
+    resumed, kw = _setup(config)
+    logs: list[str] = []
+    state = train(resumed, checkpoint_dir=tmp_path / "b", log=logs.append, **kw)
+    assert state.resumed_from == 1
+    assert any("resumed from epoch-0001.pt" in m for m in logs)
+    assert [h["epoch"] for h in state.history] == [1, 2, 3]
+    assert _same_state(full, resumed)
+
+
+def test_checkpoint_of_another_configuration_is_ignored(tmp_path: Path) -> None:
+    s, kw = _setup(_config())
+    train(s, checkpoint_dir=tmp_path, fingerprint="job-a", **kw)
+    s2, kw2 = _setup(_config())
+    logs: list[str] = []
+    state = train(s2, checkpoint_dir=tmp_path, fingerprint="job-b", log=logs.append, **kw2)
+    assert state.resumed_from is None
+    assert any("another job configuration" in m for m in logs)
+
+
+def test_two_stage_trains_real_weights_first() -> None:
+    config = _config(two_stage=True, epochs=2)
+    student, kw = _setup(config)
+    state = train(student, **kw)
+    assert [h["stage"] for h in state.history] == ["real_weights", "binary"]
+    assert all(
+        layer.weight_sign.enabled for layer in student.modules() if hasattr(layer, "weight_sign")
+    )
+
+
+def test_label_free_distillation() -> None:
+    student, kw = _setup(_config(epochs=1))
+    kw["y"] = None
+    kw["y_val"] = None
+    state = train(student, **kw)
+    assert "val_accuracy" not in state.history[0]
+    assert "val_agreement" in state.history[0]
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    values = [lr_factor(s, 100, 0.1) for s in range(100)]
+    assert values[0] == pytest.approx(0.1)
+    assert values[9] == pytest.approx(1.0)
+    assert values[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(values[10:]))
+    assert values[-1] < 0.01
