@@ -1,7 +1,7 @@
 /*
- * bf_parallel.h - a minimal fork-join over POSIX threads: split [0, n_items) into
+ * bf_parallel.h - fork-join over a persistent pool of POSIX threads: split [0, n_items) into
  * `threads` contiguous ranges, run the first on the calling thread and the others on
- * short-lived threads, and join. Callers choose `threads` from the work size so small
+ * pool workers, and join. Callers choose `threads` from the work size so small
  * layers stay on one thread.
  */
 #ifndef BF_PARALLEL_H

@@ -350,3 +350,44 @@ def test_large_layer_splits_over_threads_and_matches_reference(isa: str) -> None
     single = np.empty_like(out)
     assert op(xb, single, np.empty(op.scratch_bytes(1), np.uint8), threads=1, isa=isa) == 1
     np.testing.assert_array_equal(single, out)
+
+
+def _large_layer() -> tuple[BinaryConv, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(12)
+    x = _pm1(rng, (1, 128, 28, 28))
+    wt = _pm1(rng, (128, 128, 3, 3))
+    op = BinaryConv.create(
+        pack_signs(wt.transpose(0, 2, 3, 1)),
+        in_channels=128,
+        scale=np.ones(128, np.float32),
+        padding=(1, 1),
+    )
+    return (
+        op,
+        pack_signs(x.transpose(0, 2, 3, 1)),
+        reference_acc(x, wt, (1, 1), (1, 1), (1, 1), "zero"),
+    )
+
+
+def _run_large_layer(op: BinaryConv, xb: np.ndarray, expected: np.ndarray, queue: Any) -> None:
+    out = np.empty(op.output_shape(1, 28, 28), np.float32)
+    used = op(xb, out, np.empty(op.scratch_bytes(2), np.uint8), threads=2)
+    queue.put((used, bool(np.array_equal(out, expected))))
+
+
+def test_thread_pool_works_in_a_forked_child() -> None:
+    """The pool's workers do not survive fork(); the child must start its own."""
+    import multiprocessing
+    import queue as queue_module
+
+    op, xb, expected = _large_layer()  # torch is not used after the fork
+    direct: queue_module.Queue[tuple[int, bool]] = queue_module.Queue()
+    _run_large_layer(op, xb, expected, direct)  # starts the pool in this process
+    assert direct.get() == (2, True)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_run_large_layer, args=(op, xb, expected, results))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert results.get(timeout=5) == (2, True)

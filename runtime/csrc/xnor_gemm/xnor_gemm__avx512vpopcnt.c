@@ -38,8 +38,20 @@ BF_AVX512_INLINE void tile(const int MR, const int NR, size_t kw, const bf_word 
                                              _mm512_popcnt_epi64(_mm512_xor_si512(av[i], bv)));
         }
     }
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) c[i * ldc + j] = (int32_t)_mm512_reduce_add_epi64(acc[i][j]);
+    for (int i = 0; i < MR; i++) {
+        if (NR == 4 && kw < 1024) {
+            /* every total is below 64 * 1024 = 2^16: pack the four accumulators into the
+             * 16-bit quarters of each lane and reduce once (no carry crosses a quarter) */
+            const __m512i packed = _mm512_add_epi64(
+                _mm512_add_epi64(acc[i][0], _mm512_slli_epi64(acc[i][1], 16)),
+                _mm512_add_epi64(_mm512_slli_epi64(acc[i][2], 32), _mm512_slli_epi64(acc[i][3], 48)));
+            const uint64_t sums = (uint64_t)_mm512_reduce_add_epi64(packed);
+            for (int j = 0; j < 4; j++) c[i * ldc + j] = (int32_t)((sums >> (16 * j)) & 0xffffu);
+        } else {
+            for (int j = 0; j < NR; j++)
+                c[i * ldc + j] = (int32_t)_mm512_reduce_add_epi64(acc[i][j]);
+        }
+    }
 }
 
 BF_TARGET_AVX512 void bf_xnor_gemm_4x4__avx512vpopcnt(size_t m, size_t n, size_t kw,
