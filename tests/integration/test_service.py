@@ -442,3 +442,18 @@ def test_client_cli(deployment: Deployment, tmp_path: Path) -> None:
     )
     assert wrong_key.returncode == 1
     assert "HTTP 401" in wrong_key.stderr
+
+
+def test_time_limit_fails_the_job(
+    files: tuple[dict[str, Path], np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Celery's soft time limit ends a job ``failed`` with a readable error."""
+    env = {"BITFACTOR_JOB_SOFT_TIME_LIMIT": "6", "BITFACTOR_JOB_HARD_TIME_LIMIT": "120"}
+    data_dir = tmp_path_factory.mktemp("time-limit")
+    with run_service(data_dir, env=env) as service, Client(service.url, service.key) as client:
+        model_id = client.upload_model(files[0]["mlp"])["id"]
+        dataset_id = client.upload_dataset(files[0]["many"])["id"]
+        job_id = client.submit(model_id, dataset_id, {"epochs": 500, "batch_size": 8})["id"]
+        ended = client.wait(job_id, timeout=120, interval=0.3)
+    assert ended["status"] == "failed"
+    assert "time limit of 6 s" in ended["error"]
