@@ -46,9 +46,22 @@ from runtime.packing import pack_signs, words_for
 LAYERS = [(64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1), (128, 28, 2)]
 
 
-def interleaved_ms(fns: list[Callable[[], Any]], *, repeat: int, warmup: int = 3) -> list[float]:
-    """Median milliseconds of each function, timed in turns so they share the machine's
-    load (other processes) alike."""
+def interleaved_ms(
+    fns: list[Callable[[], Any]], *, repeat: int, warmup: int = 3, threads: int = 1
+) -> list[float]:
+    """Median milliseconds of each function.
+
+    Single-threaded, the functions are timed in turns so they share the machine's load
+    (other processes) alike. Multi-threaded, each is timed in a block of its own after a
+    pause: thread pools that spin after a call (OpenMP, OpenBLAS, onnxruntime) would
+    otherwise steal the cores from the next function.
+    """
+    if threads > 1:
+        result = []
+        for fn in fns:
+            time.sleep(0.5)
+            result.extend(interleaved_ms([fn], repeat=repeat, warmup=warmup))
+        return result
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -107,7 +120,9 @@ def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list
                 ) -> None:
                     op(xb, out, scr, threads=t, isa=isa)
 
-                ms_torch, ms_binary = interleaved_ms([run_torch, run_binary], repeat=repeat)
+                ms_torch, ms_binary = interleaved_ms(
+                    [run_torch, run_binary], repeat=repeat, threads=threads
+                )
                 rows.append(
                     {
                         "shape": f"{c}x{hw}x{hw}-s{stride}",
@@ -396,6 +411,7 @@ def bench_model(threads: int, repeat: int) -> dict[str, Any]:
     ms_binary, ms_torch, ms_ort = interleaved_ms(
         [lambda: model.run(x), run_torch, lambda: session.run(None, {"input": x})],
         repeat=repeat,
+        threads=threads,
     )
     return {
         "model": "resnet18",

@@ -128,13 +128,22 @@ static size_t list_padded_taps(const bf_bconv_args *g, size_t p0, size_t mt, uin
 
 static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 
+/* The transform's loops are plain C; on x86 an AVX2 clone (8 floats a step) is chosen at
+ * load time when the CPU has AVX2 (GCC function multi-versioning). */
+#if BF_ARCH_X86 && defined(__GNUC__) && !defined(__clang__)
+#define BF_TRANSFORM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define BF_TRANSFORM_CLONES
+#endif
+
 /*
  * Output transform of a tile of popcounts `c`: channel-major, nt rows (channels co0...)
  * of mt pixels (p0...), row stride ldc. Every loop runs over contiguous pixels:
  * y = ((acc * scale) * pos) + bias, activation, then float NCHW runs (+ residual,
  * post-activation) or bits packed against the thresholds, 64 channels per word.
  */
-static void transform(const bf_bconv_args *g, size_t p0, size_t mt, size_t co0, size_t nt,
+BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, size_t mt, size_t co0,
+                                          size_t nt,
                       int32_t *BF_RESTRICT c, size_t ldc, float *BF_RESTRICT y,
                       float *BF_RESTRICT pos, bf_word *BF_RESTRICT bits,
                       const uint64_t *BF_RESTRICT padded, size_t n_padded) {
