@@ -31,6 +31,7 @@ MAX_TENSORS = 100_000
 MAX_TENSOR_ELEMENTS = 1 << 31
 MAX_NODES = 100_000
 MAX_DIM = 1 << 24
+MAX_VALUE_ELEMENTS = 1 << 30  # per batch item, for every value of the graph
 
 _SAFETENSORS_DTYPES = {"U64": np.dtype("<u8"), "F32": np.dtype("<f4")}
 
@@ -506,6 +507,14 @@ def _value_list(graph: dict[str, Any], key: str) -> list[tuple[str, tuple[int | 
     return out
 
 
+def _check_value_size(where: str, info: ValueInfo) -> None:
+    count = math.prod(int(d or 0) for d in info.shape[1:])
+    if count > MAX_VALUE_ELEMENTS:
+        raise FormatError(
+            f"{where} holds {count} elements per batch item, above the limit {MAX_VALUE_ELEMENTS}"
+        )
+
+
 def infer_graph(
     graph: Any, tensors: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, ValueInfo], list[dict[str, Any]]]:
@@ -525,6 +534,7 @@ def infer_graph(
         if len(shape) == 2 and shape[1] is None:
             raise FormatError(f"graph.inputs: {name!r} has no channel count")
         values[name] = ValueInfo("float", shape)
+        _check_value_size(f"graph.inputs: {name!r}", values[name])
     raw_nodes = graph.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise FormatError("graph.nodes: expected a non-empty list")
@@ -543,6 +553,7 @@ def infer_graph(
         info = _infer_node(node, [values[n] for n in node.inputs])
         node.finish()
         used.update(node.params.values())
+        _check_value_size(f"{node.where}: output", info)
         for name in node.outputs:
             if name in values:
                 raise FormatError(f"{node.where}: value {name!r} is produced twice")

@@ -203,6 +203,7 @@ GRAPH_ERRORS = [
     (lambda g, t: g["nodes"][2].update(inputs=["t0_bits", "t0"]), "residual 't0'"),
     (lambda g, t: g["nodes"][2]["attrs"].update(activation="prelu"), "missing param 'slope'"),
     (lambda g, t: g.update(nodes=[]), "graph.nodes"),
+    (lambda g, t: g["inputs"][0].update(shape=[None, 3, 2**20, 2**20]), "above the limit"),
     (lambda g, t: g.update(edges=[]), "unknown keys"),
 ]
 
