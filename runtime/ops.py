@@ -2,7 +2,7 @@
 
 :class:`BinaryConv` covers ``bconv2d``, ``bconv1d`` (one spatial row) and ``blinear`` (a
 1x1 convolution of a 1x1 image): at load time it lays the packed weights out as rows of
-``kpad`` words (taps times input words, rounded up to even, padding zero) and, for zero
+``kpad`` words (taps times input words: the kernels take any row length) and, for zero
 padding, precomputes each tap's sum of +/-1 weights so the kernel can take out-of-bounds
 taps back out exactly. :func:`sign_pack` packs float activations channels-last.
 """
@@ -76,7 +76,9 @@ class BinaryConv:
             raise ValueError(f"weight shape {weight.shape} does not fit {in_channels} channels")
         cout, kh, kw, cw = weight.shape
         k = kh * kw * cw
-        kpad = k + (k & 1)
+        # no padding to a multiple of the vector width: an odd last word is counted with
+        # the scalar popcnt beside the vector lanes, cheaper than a zero-padded half step
+        kpad = k
         rows = np.zeros((cout, kpad), dtype=np.uint64)
         rows[:, :k] = weight.reshape(cout, k)
         wsum = None
@@ -109,7 +111,7 @@ class BinaryConv:
 
     @property
     def kpad(self) -> int:
-        """Words per weight row (taps x input words, rounded up to even)."""
+        """Words per weight row (taps x input words)."""
         return int(self.weight_rows.shape[1])
 
     def output_hw(self, h: int, w: int) -> tuple[int, int]:

@@ -27,7 +27,7 @@ enum { BF_ACT_NONE = 0, BF_ACT_RELU = 1, BF_ACT_PRELU = 2, BF_ACT_HARDTANH = 3 }
 
 typedef struct {
     size_t n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
-    size_t kpad;      /* words per weight row: kh * kw * cin_w rounded up to even */
+    size_t kpad;      /* words per weight row (>= kh * kw * cin_w; runtime.ops uses equal) */
     int pad_zero;     /* 1: zero padding, 0: one padding */
     int activation;   /* BF_ACT_* */
     float min_val, max_val;

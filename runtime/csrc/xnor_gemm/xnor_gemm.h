@@ -3,11 +3,11 @@
  *
  *   c[i * ldc + j] = sum_{k < kw} popcount(a[i * lda + k] ^ b[j * ldb + k])
  *
- * for i < m (rows of `a`: output pixels after im2col) and j < n (rows of `b`: output
- * channels' packed weights). The caller turns that count P into the dot product of the
+ * for i < m and j < n (the bconv driver passes output channels' packed weights as `a` and
+ * im2col pixel rows as `b`). The caller turns that count P into the dot product of the
  * +/-1 vectors, K - 2 P (bf_common.h). `c` is overwritten. Every kernel accepts any m, n,
- * kw (including odd kw); kernels are fastest when kw is even and rows are 16-byte aligned,
- * which the bconv driver arranges. One kernel per ISA; the scalar one is the specification.
+ * kw (including odd kw); tails shorter than a vector run as half steps, masked steps or
+ * scalar popcounts. One kernel per ISA; the scalar one is the specification.
  */
 #ifndef BF_XNOR_GEMM_H
 #define BF_XNOR_GEMM_H
