@@ -414,6 +414,45 @@ class _Step:
         raise FormatError(f"node {self.name!r}: op {op!r} has no implementation")
 
 
+def _fold_batchnorm(
+    nodes: list[dict[str, Any]], tensors: Mapping[str, np.ndarray], outputs: set[str]
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Fold each ``batchnorm`` into the real conv or linear layer before it, where that
+    layer's output feeds only the batch norm: ``W' = W * scale[c]``,
+    ``b' = b * scale[c] + shift[c]``. The graph's meaning is unchanged."""
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node["inputs"]:
+            readers[name] = readers.get(name, 0) + 1
+    producer = {node["outputs"][0]: node for node in nodes}
+    tensors = dict(tensors)
+    result = []
+    for node in nodes:
+        source = producer.get(node["inputs"][0]) if node["op"] == "batchnorm" else None
+        if (
+            source is None
+            or source["op"] not in ("conv2d", "conv1d", "linear")
+            or readers.get(source["outputs"][0]) != 1
+            or source["outputs"][0] in outputs
+        ):
+            result.append(node)
+            continue
+        scale = tensors[node["params"]["scale"]].astype(np.float64)
+        shift = tensors[node["params"]["shift"]].astype(np.float64)
+        params = dict(source.get("params", {}))
+        weight = tensors[params["weight"]].astype(np.float64)
+        bias = tensors[params["bias"]].astype(np.float64) if "bias" in params else 0.0
+        key = f"{source['name']}+{node['name']}"
+        tensors[f"{key}.weight"] = (
+            weight * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+        ).astype(np.float32)
+        tensors[f"{key}.bias"] = (bias * scale + shift).astype(np.float32)
+        params.update(weight=f"{key}.weight", bias=f"{key}.bias")
+        index = next(i for i, n in enumerate(result) if n is source)
+        result[index] = {**source, "outputs": list(node["outputs"]), "params": params}
+    return result, tensors
+
+
 class Model:
     """A loaded ``.bfm`` model: call :meth:`run`. Safe to share between threads."""
 
@@ -434,6 +473,7 @@ class Model:
             TensorSpec(v["name"], tuple(v["shape"])) for v in graph["outputs"]
         ]
         self.metadata: dict[str, Any] = {**metadata, "graph": graph}
+        nodes, tensors = _fold_batchnorm(nodes, tensors, {v["name"] for v in graph["outputs"]})
         self._steps = [_Step(i, node, values, tensors) for i, node in enumerate(nodes)]
         self._threads = default_threads() if threads is None else self._check_threads(threads)
         self._local = threading.local()

@@ -635,3 +635,26 @@ def test_model_interface(tmp_path: Path) -> None:
     # float64 and dict inputs are accepted
     x = np.random.default_rng(0).standard_normal((1, 3, 13, 13))
     np.testing.assert_array_equal(model.run({"image": x}), model.run(x.astype(np.float32)))
+
+
+def test_batchnorm_is_folded_only_where_the_layer_feeds_it_alone(tmp_path: Path) -> None:
+    model = _load(resnet_like(), tmp_path)
+    assert "batchnorm" not in [step.op for step in model._steps]  # stem conv + bn folded
+
+    b = Builder(7, "x", [None, 2, 5, 5])
+    conv = b.node(
+        "conv2d",
+        "conv",
+        ["x"],
+        {"padding": [1, 1]},
+        {"weight": b.tensor("w", b.rng.standard_normal((3, 2, 3, 3)).astype(np.float32))},
+    )
+    bn = b.node("batchnorm", "bn", [conv], params={"scale": b.vec("s", 3), "shift": b.vec("t", 3)})
+    b.node("add", "sum", [bn, conv])  # the conv output is read twice: no folding
+    b.output("sum", [None, 3, 5, 5])
+    path = tmp_path / "twice.bfm"
+    write_bfm(path, graph=b.graph, tensors=b.tensors, provenance={})
+    model = runtime.load(path)
+    assert "batchnorm" in [step.op for step in model._steps]
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.run(x), reference(b.graph, b.tensors, x), rtol=1e-5, atol=1e-5)
