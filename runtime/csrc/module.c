@@ -11,6 +11,7 @@
 #include "bf_cpu.h"
 #include "bf_dispatch.h"
 #include "bconv/bconv.h"
+#include "maxpool/maxpool.h"
 
 /* Resolve an optional ISA name to a kernel table; sets a Python error and returns NULL. */
 static const bf_kernels *resolve_isa(PyObject *name) {
@@ -284,6 +285,46 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     return PyLong_FromLong(used);
 }
 
+/* --- maxpool2d ------------------------------------------------------------------------ */
+
+static PyObject *py_maxpool2d(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *x_obj, *out_obj, *row_obj;
+    Py_ssize_t v[11];
+    if (!PyArg_ParseTuple(args, "OOO(nnnnnnnnnnn)", &x_obj, &out_obj, &row_obj, &v[0], &v[1],
+                          &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10]))
+        return NULL;
+    /* planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw */
+    for (int i = 0; i < 11; i++) {
+        if (v[i] < (i >= 9 ? 0 : 1) || v[i] > ((Py_ssize_t)1 << 31)) {
+            PyErr_Format(PyExc_ValueError, "maxpool2d geometry[%d] = %zd is out of range", i, v[i]);
+            return NULL;
+        }
+    }
+    const size_t planes = (size_t)v[0], h = (size_t)v[1], w = (size_t)v[2], ho = (size_t)v[3],
+                 wo = (size_t)v[4], kh = (size_t)v[5], kw = (size_t)v[6], sh = (size_t)v[7],
+                 sw = (size_t)v[8], ph = (size_t)v[9], pw = (size_t)v[10];
+    /* every window must overlap the input */
+    if ((ho - 1) * sh >= h + ph || (wo - 1) * sw >= w + pw || ph >= kh || pw >= kw) {
+        PyErr_SetString(PyExc_ValueError, "maxpool2d: a window lies outside the input");
+        return NULL;
+    }
+    bf_buffers bufs = {.count = 0};
+    void *x, *out, *row;
+    if (get_buffer(&bufs, x_obj, "x", planes * h * w * 4, 0, 0, &x) < 0 ||
+        get_buffer(&bufs, out_obj, "out", planes * ho * wo * 4, 1, 0, &out) < 0 ||
+        get_buffer(&bufs, row_obj, "row", w * 4, 1, 0, &row) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bf_maxpool2d__scalar((const float *)x, (float *)out, planes, h, w, ho, wo, kh, kw, sh, sw, ph,
+                         pw, (float *)row);
+    Py_END_ALLOW_THREADS
+    release_all(&bufs);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -338,6 +379,9 @@ static PyMethodDef methods[] = {
      "bconv(x, weight, wsum, scale, bias, pos_h, pos_w, slope, residual, out_threshold, out, "
      "scratch, geometry, transform, threads, isa=None) -> int\n\n"
      "Binary convolution with the fused output transform; returns the threads used."},
+    {"maxpool2d", py_maxpool2d, METH_VARARGS,
+     "maxpool2d(x, out, row, (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw)) -> None\n\n"
+     "Max pooling of float32 planes; windows clipped to the input."},
     {"isa", py_isa, METH_NOARGS, "isa() -> str\n\nThe ISA whose kernels are in use."},
     {"best_isa", py_best_isa, METH_NOARGS, "best_isa() -> str\n\nThe best ISA this CPU supports."},
     {"supported_isas", py_supported_isas, METH_NOARGS,

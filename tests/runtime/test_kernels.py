@@ -391,3 +391,35 @@ def test_thread_pool_works_in_a_forked_child() -> None:
     child.join(60)
     assert child.exitcode == 0
     assert results.get(timeout=5) == (2, True)
+
+
+@FAST
+@given(
+    planes=st.integers(1, 5),
+    h=st.integers(1, 13),
+    w=st.integers(1, 13),
+    k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    ceil_mode=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_maxpool2d_matches_torch(
+    planes: int,
+    h: int,
+    w: int,
+    k: tuple[int, int],
+    s: tuple[int, int],
+    pad: tuple[int, int],
+    ceil_mode: bool,
+    seed: int,
+) -> None:
+    assume(2 * pad[0] <= k[0] and 2 * pad[1] <= k[1] and h + 2 * pad[0] >= k[0])
+    assume(w + 2 * pad[1] >= k[1])
+    x = np.random.default_rng(seed).standard_normal((1, planes, h, w)).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    expected = F.max_pool2d(torch.from_numpy(x), k, s, pad, ceil_mode=ceil_mode).numpy()
+    out = np.full(expected.shape, 7.0, np.float32)
+    _, _, ho, wo = expected.shape
+    _native.maxpool2d(x, out, np.empty(w, np.float32), (planes, h, w, ho, wo, *k, *s, *pad))
+    np.testing.assert_array_equal(out, expected)
