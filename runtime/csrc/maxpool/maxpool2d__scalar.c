@@ -1,13 +1,22 @@
 /*
  * Max pooling in two passes per output row: the element-wise max of the window's input
  * rows (contiguous, vectorized by the compiler), then the max over each window's columns
- * of that row. NaN propagates: `m = (v > m || v != v) ? v : m`.
+ * of that row. NaN propagates. Plain C; on x86 an AVX2 clone is chosen at load time.
  */
 #include "maxpool.h"
 
-static inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+static inline float max_nan(float m, float v) {
+    m = v > m ? v : m;  /* two selects, not ||, so the row loops vectorize */
+    return v != v ? v : m;
+}
 
-void bf_maxpool2d__scalar(const float *x, float *out, size_t planes, size_t h, size_t w,
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define BF_POOL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define BF_POOL_CLONES
+#endif
+
+BF_POOL_CLONES void bf_maxpool2d__scalar(const float *x, float *out, size_t planes, size_t h, size_t w,
                           size_t ho, size_t wo, size_t kh, size_t kw, size_t sh, size_t sw,
                           size_t ph, size_t pw, float *row) {
     for (size_t p = 0; p < planes; p++) {
@@ -20,8 +29,9 @@ void bf_maxpool2d__scalar(const float *x, float *out, size_t planes, size_t h, s
             const float *first = plane + (size_t)ya * w;
             for (size_t i = 0; i < w; i++) row[i] = first[i];
             for (long y = ya + 1; y < yb; y++) {
-                const float *line = plane + (size_t)y * w;
-                for (size_t i = 0; i < w; i++) row[i] = max_nan(row[i], line[i]);
+                const float *restrict line = plane + (size_t)y * w;
+                float *restrict r = row;
+                for (size_t i = 0; i < w; i++) r[i] = max_nan(r[i], line[i]);
             }
             for (size_t ox = 0; ox < wo; ox++) {
                 const long x0 = (long)(ox * sw) - (long)pw;
