@@ -224,6 +224,7 @@ class _Step:
         w_groups = np.ascontiguousarray(weight.reshape(groups, cout // groups, k))
         bias_col = None if bias is None else bias.reshape(cout, 1)
         pointwise = kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and groups == 1
+        fused_relu = bool(a.get(FUSED_RELU, False))
 
         def run_conv(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
             n = plan.n
@@ -253,6 +254,8 @@ class _Step:
                         np.dot(w_groups[gi], cols[b, gi], out=out4[b, gi])
             if bias_col is not None:
                 np.add(out3, bias_col, out=out3)
+            if fused_relu:
+                np.maximum(out3, np.float32(0), out=out3)
 
         return run_conv
 
@@ -420,6 +423,33 @@ class _Step:
         raise FormatError(f"node {self.name!r}: op {op!r} has no implementation")
 
 
+FUSED_RELU = "__fused_relu"  # set by _fuse_relu on a loaded (already validated) node
+
+
+def _fuse_relu(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str, Any]]:
+    """Apply a ``relu`` inside the real conv before it, where that conv feeds only it."""
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node["inputs"]:
+            readers[name] = readers.get(name, 0) + 1
+    result: list[dict[str, Any]] = []
+    for node in nodes:
+        source = result[-1] if result else None
+        if (
+            node["op"] == "relu"
+            and source is not None
+            and source["op"] in ("conv2d", "conv1d")
+            and source["outputs"][0] == node["inputs"][0]
+            and readers.get(source["outputs"][0]) == 1
+            and source["outputs"][0] not in outputs
+        ):
+            attrs = {**source.get("attrs", {}), FUSED_RELU: True}
+            result[-1] = {**source, "outputs": list(node["outputs"]), "attrs": attrs}
+            continue
+        result.append(node)
+    return result
+
+
 def _fold_batchnorm(
     nodes: list[dict[str, Any]], tensors: Mapping[str, np.ndarray], outputs: set[str]
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -479,7 +509,9 @@ class Model:
             TensorSpec(v["name"], tuple(v["shape"])) for v in graph["outputs"]
         ]
         self.metadata: dict[str, Any] = {**metadata, "graph": graph}
-        nodes, tensors = _fold_batchnorm(nodes, tensors, {v["name"] for v in graph["outputs"]})
+        output_names = {v["name"] for v in graph["outputs"]}
+        nodes, tensors = _fold_batchnorm(nodes, tensors, output_names)
+        nodes = _fuse_relu(nodes, output_names)
         self._steps = [_Step(i, node, values, tensors) for i, node in enumerate(nodes)]
         self._threads = default_threads() if threads is None else self._check_threads(threads)
         self._local = threading.local()

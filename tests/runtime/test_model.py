@@ -639,7 +639,9 @@ def test_model_interface(tmp_path: Path) -> None:
 
 def test_batchnorm_is_folded_only_where_the_layer_feeds_it_alone(tmp_path: Path) -> None:
     model = _load(resnet_like(), tmp_path)
-    assert "batchnorm" not in [step.op for step in model._steps]  # stem conv + bn folded
+    ops = [step.op for step in model._steps]
+    assert "batchnorm" not in ops  # stem conv + bn folded
+    assert "relu" not in ops  # and the relu applied inside the conv step
 
     b = Builder(7, "x", [None, 2, 5, 5])
     conv = b.node(
