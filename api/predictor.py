@@ -65,7 +65,8 @@ class LoadedModel:
                 )
         if x.shape[0] < 1:
             raise ValueError("the batch is empty")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        with np.errstate(over="ignore"):  # values past float32 become inf: refused below
+            x = np.ascontiguousarray(x, dtype=np.float32)
         if not np.isfinite(x).all():
             raise ValueError("inputs must be finite numbers")
         return x

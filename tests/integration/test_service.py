@@ -374,7 +374,7 @@ def test_lost_worker_redelivers_and_resumes(deployment: Deployment) -> None:
     with dep.client() as client:
         model_id = client.upload_model(dep.files["mlp"])["id"]
         dataset_id = client.upload_dataset(dep.files["medium"])["id"]
-        job_id = client.submit(model_id, dataset_id, {"epochs": 4, "batch_size": 16})["id"]
+        job_id = client.submit(model_id, dataset_id, {"epochs": 3, "batch_size": 16})["id"]
         job = _wait_for(
             client,
             job_id,
