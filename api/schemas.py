@@ -97,6 +97,12 @@ class JobCreate(BaseModel):
 
     model_id: str = Field(min_length=1, max_length=64)
     dataset_id: str = Field(min_length=1, max_length=64)
+    val_dataset_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Validation set; without it config.val_fraction of the data is held out.",
+    )
     config: BinarizeConfig = Field(default_factory=BinarizeConfig)
 
 
@@ -139,6 +145,7 @@ class JobOut(BaseModel):
     id: str
     model_id: str
     dataset_id: str
+    val_dataset_id: str | None = None
     status: JobStatus
     config: dict[str, Any]
     progress: Progress | None = None

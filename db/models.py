@@ -127,6 +127,7 @@ class Job(Base):
     # No foreign keys to models/datasets: deleting an input keeps the job's history.
     model_id: Mapped[str] = mapped_column(String(32))
     dataset_id: Mapped[str] = mapped_column(String(32))
+    val_dataset_id: Mapped[str | None] = mapped_column(String(32), default=None)
     config: Mapped[dict[str, Any]] = mapped_column()
     status: Mapped[str] = mapped_column(String(16), default="queued")
     progress: Mapped[dict[str, Any] | None] = mapped_column(default=None)

@@ -122,14 +122,24 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         assert job is not None
         model = session.get(ModelFile, job.model_id)
         dataset = session.get(Dataset, job.dataset_id)
+        val = session.get(Dataset, job.val_dataset_id) if job.val_dataset_id else None
         attempt = job.attempts
         config_data = dict(job.config)
-        if model is None or dataset is None:
-            missing = "model" if model is None else "dataset"
-            finish(status="failed", error=f"the job's {missing} was deleted before it ran")
+        gone = [
+            name
+            for name, row in (
+                ("model", model),
+                ("dataset", dataset),
+                ("validation dataset", val if job.val_dataset_id else True),
+            )
+            if row is None
+        ]
+        if gone or model is None or dataset is None:
+            finish(status="failed", error=f"the job's {gone[0]} was deleted before it ran")
             return "failed"
         model_key, model_sha = model.storage_key, model.sha256
         data_key, data_sha = dataset.storage_key, dataset.sha256
+        val_ref = (val.storage_key, val.sha256) if val is not None else None
         arch, arch_kwargs = model.arch, model.arch_kwargs
 
     reporter.line(f"attempt {attempt} on worker {worker_id}")
@@ -137,6 +147,7 @@ def run_job(job_id: str, *, worker_id: str) -> str:
     try:
         model_path = store.verified_path(model_key, model_sha)
         data_path = store.verified_path(data_key, data_sha)
+        val_path = store.verified_path(*val_ref) if val_ref is not None else None
         config = BinarizeConfig.model_validate(config_data)
 
         from engine.errors import JobCancelled, UserInputError
@@ -150,6 +161,7 @@ def run_job(job_id: str, *, worker_id: str) -> str:
                 config,
                 arch=arch,
                 arch_kwargs=arch_kwargs,
+                val_path=val_path,
                 progress=reporter.progress,
                 should_cancel=reporter.should_cancel,
                 checkpoint_dir=job_dir / "checkpoints",

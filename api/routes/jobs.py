@@ -71,29 +71,40 @@ def create_job(
             return job
     model = repo.get_owned(session, ModelFile, tenant_id=tenant.id, row_id=body.model_id)
     dataset = repo.get_owned(session, Dataset, tenant_id=tenant.id, row_id=body.dataset_id)
+    val = (
+        repo.get_owned(session, Dataset, tenant_id=tenant.id, row_id=body.val_dataset_id)
+        if body.val_dataset_id
+        else None
+    )
     missing = [
         f"{kind} {row_id}"
         for kind, row_id, row in (
             ("model", body.model_id, model),
             ("dataset", body.dataset_id, dataset),
+            ("validation dataset", body.val_dataset_id, val if body.val_dataset_id else True),
         )
         if row is None
     ]
     if missing:
         raise Problem("invalid-reference", "no " + " and no ".join(missing))
     assert model is not None
-    assert dataset is not None
-    if model.input_shape is not None and list(dataset.x_shape[1:]) != list(model.input_shape):
-        raise Problem(
-            "incompatible-dataset",
-            f"the model takes inputs of shape {model.input_shape} (without the batch); the "
-            f"dataset's x has shape {dataset.x_shape}",
-        )
+    for data in (dataset, val):
+        if (
+            data is not None
+            and model.input_shape is not None
+            and list(data.x_shape[1:]) != list(model.input_shape)
+        ):
+            raise Problem(
+                "incompatible-dataset",
+                f"the model takes inputs of shape {model.input_shape} (without the batch); "
+                f"dataset {data.id}'s x has shape {data.x_shape}",
+            )
     job = Job(
         id=new_id(),
         tenant_id=tenant.id,
         model_id=body.model_id,
         dataset_id=body.dataset_id,
+        val_dataset_id=body.val_dataset_id,
         config=body.config.model_dump(mode="json"),
         status="queued",
         idempotency_key=idempotency_key or None,

@@ -191,3 +191,32 @@ def test_dataset_must_fit_the_model(api: Api, model_id: str) -> None:
     assert response.status_code == 422
     assert response.json()["type"].endswith("/incompatible-dataset")
     assert "[4]" in response.json()["detail"]
+
+
+def test_validation_dataset(api: Api, model_id: str, dataset_id: str) -> None:
+    response = api.client.post(
+        "/v1/jobs",
+        headers=api.headers(),
+        json={"model_id": model_id, "dataset_id": dataset_id, "val_dataset_id": dataset_id},
+    )
+    assert response.status_code == 202
+    assert response.json()["val_dataset_id"] == dataset_id
+    unknown = api.client.post(
+        "/v1/jobs",
+        headers=api.headers(),
+        json={"model_id": model_id, "dataset_id": dataset_id, "val_dataset_id": "nope"},
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["type"].endswith("/invalid-reference")
+    assert "validation dataset nope" in unknown.json()["detail"]
+    data = npz_bytes(x=np.ones((5, 9), dtype=np.float32))
+    wrong = api.client.post(
+        "/v1/datasets", headers=api.headers(), files={"file": ("v.npz", data)}
+    ).json()
+    mismatch = api.client.post(
+        "/v1/jobs",
+        headers=api.headers(),
+        json={"model_id": model_id, "dataset_id": dataset_id, "val_dataset_id": wrong["id"]},
+    )
+    assert mismatch.status_code == 422
+    assert mismatch.json()["type"].endswith("/incompatible-dataset")

@@ -37,6 +37,15 @@ def test_sqlite_migrations_match_models(tmp_path: Path) -> None:
     assert {"tenants", "api_keys", "models", "datasets", "jobs", "alembic_version"} <= tables
 
 
+def test_upgrading_from_the_first_revision(tmp_path: Path) -> None:
+    """A database created by an older release reaches the current schema."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    upgrade(url, "0001")
+    assert _diff(url) != []  # the jobs.val_dataset_id column is missing at 0001
+    upgrade(url)
+    assert _diff(url) == []
+
+
 def test_an_empty_database_differs_from_the_models(tmp_path: Path) -> None:
     """The comparison above can fail: against no tables it reports every table missing."""
     url = f"sqlite:///{tmp_path / 'empty.sqlite'}"

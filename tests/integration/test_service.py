@@ -96,12 +96,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], np
     )
     np.savez(root / "train.npz", x=x[:240], y=y[:240])
     np.savez(root / "bad_labels.npz", x=x[:40], y=np.full(40, 7))
+    np.savez(root / "val.npz", x=x[240:], y=y[240:])
     np.savez(root / "many.npz", x=np.repeat(x[:240], 20, axis=0), y=np.repeat(y[:240], 20))
     np.savez(root / "medium.npz", x=np.repeat(x[:240], 5, axis=0), y=np.repeat(y[:240], 5))
     return (
         {
             k: root / f"{k}.{'onnx' if k == 'mlp' else 'npz'}"
-            for k in ("mlp", "train", "bad_labels", "many", "medium")
+            for k in ("mlp", "train", "bad_labels", "many", "medium", "val")
         },
         x[240:],
     )
@@ -192,17 +193,32 @@ def test_lifecycle(deployment: Deployment) -> None:
     dep = deployment
     with dep.client() as client:
         model_id, dataset_id = _inputs(dep, client)
+        val_id = client.upload_dataset(dep.files["val"])["id"]
         config = {"epochs": 2, "batch_size": 32, "seed": 1}
         response = client.http.post(
             "/v1/jobs",
-            json={"model_id": model_id, "dataset_id": dataset_id, "config": config},
+            json={
+                "model_id": model_id,
+                "dataset_id": dataset_id,
+                "val_dataset_id": val_id,
+                "config": config,
+            },
             headers={"Idempotency-Key": "lifecycle-1"},
         )
         assert response.status_code == 202, response.text
         job_id = response.json()["id"]
         assert response.headers["location"] == f"/v1/jobs/{job_id}"
-        again = client.submit(model_id, dataset_id, config, idempotency_key="lifecycle-1")
-        assert again["id"] == job_id
+        again = client.http.post(
+            "/v1/jobs",
+            json={
+                "model_id": model_id,
+                "dataset_id": dataset_id,
+                "val_dataset_id": val_id,
+                "config": config,
+            },
+            headers={"Idempotency-Key": "lifecycle-1"},
+        )
+        assert again.json()["id"] == job_id
         with pytest.raises(ApiError) as conflict:
             client.submit(model_id, dataset_id, {"epochs": 3}, idempotency_key="lifecycle-1")
         assert conflict.value.status == 422
@@ -226,6 +242,8 @@ def test_lifecycle(deployment: Deployment) -> None:
         ):
             assert result[name] is not None, name
         assert result["epochs_run"] == 2
+        assert result["n_val"] == 60  # the validation dataset, not a held-out share
+        assert result["n_train"] == 240
         assert 0.0 <= result["agreement"] <= 1.0
         assert job["progress"]["epochs"] == 2
         assert job["attempts"] == 1
