@@ -15,8 +15,8 @@ static size_t tile_m(size_t kpad) {
 }
 #define MT tile_m(g->kpad)
 #define NT BF_BCONV_TILE_N
-/* Word-pairs (xor + popcount of 64 bits) that justify one more thread. */
-#define BF_WORK_PER_THREAD ((size_t)1 << 19)
+/* Word-pairs (xor + popcount of 64 bits) that justify one more pool thread (~40 us). */
+#define BF_WORK_PER_THREAD ((size_t)1 << 17)
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
