@@ -103,11 +103,18 @@ class Client:
         dataset_id: str,
         config: dict[str, Any] | None = None,
         *,
+        val_dataset_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """``POST /v1/jobs``."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = {"model_id": model_id, "dataset_id": dataset_id, "config": config or {}}
+        body: dict[str, Any] = {
+            "model_id": model_id,
+            "dataset_id": dataset_id,
+            "config": config or {},
+        }
+        if val_dataset_id:
+            body["val_dataset_id"] = val_dataset_id
         result: dict[str, Any] = self.request("POST", "/v1/jobs", json=body, headers=headers)
         return result
 
@@ -244,6 +251,7 @@ def submit(
     model_id: str = typer.Argument(...),
     dataset_id: str = typer.Argument(...),
     config: str = typer.Option("{}", "--config", help="Job options as JSON."),
+    val_dataset: str = typer.Option(None, "--val-dataset", help="Validation dataset id."),
     idempotency_key: str = typer.Option(None, "--idempotency-key"),
 ) -> None:
     """Start a job; prints it."""
@@ -252,7 +260,17 @@ def submit(
     except json.JSONDecodeError as exc:
         typer.echo(f"error: --config is not JSON: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _print(_run(lambda c: c.submit(model_id, dataset_id, options, idempotency_key=idempotency_key)))
+    _print(
+        _run(
+            lambda c: c.submit(
+                model_id,
+                dataset_id,
+                options,
+                val_dataset_id=val_dataset,
+                idempotency_key=idempotency_key,
+            )
+        )
+    )
 
 
 def _progress_line(job: dict[str, Any]) -> str:

@@ -437,7 +437,9 @@ def test_client_cli(deployment: Deployment, tmp_path: Path) -> None:
 
     model = json.loads(cli("upload", str(dep.files["mlp"]), "--name", "cli").stdout)
     dataset = json.loads(cli("dataset", str(dep.files["train"])).stdout)
-    job = json.loads(cli("submit", model["id"], dataset["id"], "--config", '{"epochs": 1}').stdout)
+    submit_args = ["submit", model["id"], dataset["id"], "--val-dataset", dataset["id"]]
+    job = json.loads(cli(*submit_args, "--config", '{"epochs": 1}').stdout)
+    assert job["val_dataset_id"] == dataset["id"]
     watched = cli("status", job["id"], "--watch")
     assert json.loads(watched.stdout)["status"] == "succeeded"
     assert "[" in watched.stderr  # the progress bar
