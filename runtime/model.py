@@ -14,10 +14,12 @@ BLAS matmul for convolutions).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,40 @@ class _Plan:
 
 Runner = Callable[[_Plan], None]
 Preparer = Callable[[_Plan], None]
+
+
+_SPLIT_MACS = 1 << 22  # a matrix product this large is split over the model's threads
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _product(a: np.ndarray, b: np.ndarray, out: np.ndarray, threads: int) -> None:
+    """``out = a @ b`` through single-threaded BLAS, rows split over ``threads`` threads
+    when the product is large.
+
+    OpenBLAS's own threads spin for a while after each call; on the cores the binary
+    kernels' pool needs next, that made whole networks several times slower. So BLAS runs
+    on one thread per call and the runtime splits big products itself (numpy releases
+    the GIL inside BLAS).
+    """
+    rows = a.shape[0]
+    parts = min(threads, rows, max(1, a.shape[0] * a.shape[1] * b.shape[1] // _SPLIT_MACS))
+    if parts <= 1:
+        np.dot(a, b, out=out)
+        return
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=default_threads(), thread_name_prefix="bf")
+        executor = _executor
+    bounds = [rows * i // parts for i in range(parts + 1)]
+    futures = [
+        executor.submit(np.dot, a[r0:r1], b, out=out[r0:r1])
+        for r0, r1 in itertools.pairwise(bounds[1:])
+    ]
+    np.dot(a[: bounds[1]], b, out=out[: bounds[1]])
+    for future in futures:
+        future.result()
 
 
 def _concrete(info: ValueInfo, n: int) -> tuple[tuple[int, ...], np.dtype[Any]]:
@@ -232,7 +268,7 @@ class _Step:
             out3 = out.reshape(n, cout, ho * wo)
             if pointwise:
                 for b in range(n):
-                    np.dot(w_groups[0], x[b].reshape(cin, h * w), out=out3[b])
+                    _product(w_groups[0], x[b].reshape(cin, h * w), out3[b], plan.threads)
             else:
                 if ph or pw:
                     xp = self.temp(plan, "pad", (n, cin, h + 2 * ph, w + 2 * pw))
@@ -251,7 +287,7 @@ class _Step:
                 out4 = out3.reshape(n, groups, cout // groups, ho * wo)
                 for b in range(n):  # 2-d products go straight to BLAS
                     for gi in range(groups):
-                        np.dot(w_groups[gi], cols[b, gi], out=out4[b, gi])
+                        _product(w_groups[gi], cols[b, gi], out4[b, gi], plan.threads)
             if bias_col is not None:
                 np.add(out3, bias_col, out=out3)
             if fused_relu:
@@ -630,7 +666,7 @@ class Model:
         feeds = self._feeds(x)
         n = next(iter(feeds.values())).shape[0]
         plan = self._plan(n)
-        set_blas_threads(plan.threads)
+        set_blas_threads(1)  # see _product: BLAS threads would spin against the kernels'
         for name, arr in feeds.items():
             np.copyto(plan.values[name], arr, casting="unsafe")
         values = plan.values

@@ -660,3 +660,26 @@ def test_batchnorm_is_folded_only_where_the_layer_feeds_it_alone(tmp_path: Path)
     assert "batchnorm" in [step.op for step in model._steps]
     x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
     np.testing.assert_allclose(model.run(x), reference(b.graph, b.tensors, x), rtol=1e-5, atol=1e-5)
+
+
+def test_large_real_products_split_over_threads_match(tmp_path: Path) -> None:
+    b = Builder(8, "x", [None, 3, 40, 40])
+    b.node(
+        "conv2d",
+        "big",
+        ["x"],
+        {"padding": [3, 3]},
+        {
+            "weight": b.tensor("w", b.rng.standard_normal((64, 3, 7, 7)).astype(np.float32)),
+            "bias": b.vec("b", 64),
+        },
+    )
+    b.output("big", [None, 64, 40, 40])  # 64 x 147 x 1600 MACs: split in two
+    path = tmp_path / "big.bfm"
+    write_bfm(path, graph=b.graph, tensors=b.tensors, provenance={})
+    x = np.random.default_rng(1).standard_normal((2, 3, 40, 40)).astype(np.float32)
+    one = runtime.load(path, threads=1).run(x)
+    two = runtime.load(path, threads=2).run(x)
+    # BLAS blocks the row halves differently: equal up to float rounding
+    np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(two, reference(b.graph, b.tensors, x), rtol=1e-4, atol=1e-4)
