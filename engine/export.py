@@ -71,6 +71,7 @@ class _Exporter:
         self.names: dict[fx.Node, str] = {}
         self.counter = 0
         self.folded: set[fx.Node] = set()
+        self.node_names: set[str] = set()
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -91,6 +92,9 @@ class _Exporter:
         out: str | None = None,
     ) -> str:
         out = out or self.fresh("v")
+        if name in self.node_names:  # a module called twice (a shared ReLU) names two nodes
+            name = self.fresh(name)
+        self.node_names.add(name)
         node: dict[str, Any] = {"op": op, "name": name, "inputs": inputs, "outputs": [out]}
         if attrs:
             node["attrs"] = attrs

@@ -135,3 +135,20 @@ def test_unsupported_module_is_reported(tmp_path: Path) -> None:
 
     with pytest.raises(UserInputError, match=r"act \(GELU\) is not supported"):
         build_graph(torch.fx.symbolic_trace(WithGelu()), (8,))
+
+
+def test_module_called_twice_exports_uniquely_named_nodes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ResNetCIFAR(depth=8, width=8, num_classes=3).eval()
+    # keep the blocks' second convolutions real: the block's ReLU then runs twice
+    config = BinarizeConfig(min_layer_size=0, keep_real=["*.conv2"])
+    x = torch.randn(64, 3, 16, 16)
+    student, _ = convert(model, x, config)
+    path = tmp_path / "m.bfm"
+    export_bfm(student, (3, 16, 16), path)
+    graph, _, _ = read_bfm(path)
+    names = [n["name"] for n in graph["nodes"]]
+    assert len(names) == len(set(names))
+    assert sum(1 for n in names if n.startswith("layer3.0.relu")) == 2
+    agree, _ = _agreement(student, x, path)
+    assert agree >= 0.999
