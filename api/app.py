@@ -17,6 +17,7 @@ from api import errors, metrics
 from api.routes import datasets, jobs, models, ops, predict, v2
 from api.schemas import ProblemOut
 from api.state import AppState
+from api.uploads import UploadLimitMiddleware
 from bitfactor import __version__
 from bitfactor.settings import Settings, get_settings
 
@@ -71,6 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, responses={"4XX": problem, "5XX": problem})
     for module in (v2, ops):
         app.include_router(module.router)
+
+    app.add_middleware(
+        UploadLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        prefixes=("/v1/models", "/v1/datasets"),
+    )
 
     @app.middleware("http")
     async def _observe(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.errors import Problem
+from api.errors import KINDS, PROBLEM_JSON, Problem, problem_type
 from db.storage import CHUNK, LocalArtifactStore, TooLarge
 
 MULTIPART_OVERHEAD = 64 * 1024
@@ -46,3 +48,72 @@ async def receive(
         tmp.unlink(missing_ok=True)
         raise Problem("validation-error", "the uploaded file is empty")
     return tmp, sha, size
+
+
+class UploadLimitMiddleware:
+    """Cap the bytes an upload route reads, also when no ``Content-Length`` is sent.
+
+    Starlette spools a multipart body to disk before the route runs; counting in
+    ``receive`` stops a chunked upload at the cap instead of after it was all written.
+    """
+
+    def __init__(self, app: Any, *, max_bytes: int, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.limit = max_bytes + MULTIPART_OVERHEAD
+        self.max_bytes = max_bytes
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].rstrip("/").endswith(self.prefixes)
+        ):
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+        exceeded = False
+
+        async def counted() -> Any:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    # Ends the body early; whatever the parser answers is replaced below.
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            if not exceeded:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded:
+            body = json.dumps(
+                {
+                    "type": problem_type("payload-too-large"),
+                    "title": KINDS["payload-too-large"][1],
+                    "status": 413,
+                    "detail": f"uploads are limited to {self.max_bytes} bytes",
+                    "instance": scope["path"],
+                    "max_bytes": self.max_bytes,
+                }
+            ).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})

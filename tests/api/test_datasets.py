@@ -84,3 +84,27 @@ def test_other_tenants_dataset_is_404_and_delete(api: Api, dataset_id: str) -> N
     assert api.client.get(path, headers=api.headers()).status_code == 404
     files = list((api.settings.resolved_artifacts_dir / "datasets").rglob("*.npz"))
     assert files == []
+
+
+def test_chunked_upload_past_the_cap_is_cut_short(api: Api) -> None:
+    """No Content-Length: the body is counted as it arrives and refused at the cap."""
+    sent = 0
+
+    def body():  # a multipart body streamed in 64 KiB chunks, 1 MB in all
+        nonlocal sent
+        boundary = b"--xyz\r\n"
+        head = b'Content-Disposition: form-data; name="file"; filename="d.npz"\r\n\r\n'
+        yield boundary + head
+        for _ in range(16):
+            sent += 65536
+            yield b"\0" * 65536
+        yield b"\r\n--xyz--\r\n"
+
+    response = api.client.post(
+        "/v1/datasets",
+        headers={**api.headers(), "content-type": "multipart/form-data; boundary=xyz"},
+        content=body(),
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["type"].endswith("/payload-too-large")
+    assert list((api.settings.resolved_artifacts_dir / "tmp").iterdir()) == []

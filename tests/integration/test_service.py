@@ -347,6 +347,7 @@ def test_tenants_and_errors(deployment: Deployment) -> None:
     dep = deployment
     with dep.client() as alice:
         model_id, dataset_id = _inputs(dep, alice)
+        alice.upload_model(dep.files["mlp"], name="second")  # at least two: two pages
         job_id = alice.submit(model_id, dataset_id, {"epochs": 1})["id"]
         alice.cancel(job_id)
         listed = alice.request("GET", "/v1/models?limit=1")
