@@ -5,6 +5,7 @@
     python bench/runtime.py --model resnet18   # whole network vs torch and onnxruntime
     python bench/runtime.py --model resnet18 --json [--threads N]
     python bench/runtime.py --cpu-time         # single-thread timings in CPU time
+    python bench/runtime.py --model resnet18 --f16-real   # real weights stored as F16
 
 Layer mode times the runtime's fused binary conv (packed input, float output, zero
 padding) and torch's float32 ``conv2d`` on the same shapes at batch 1, single thread first,
@@ -236,8 +237,13 @@ class _Net:
 STAGES = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
 
 
-def build_resnet18(net: _Net) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
-    """The binary ResNet-18 graph, its tensors, and float weights for the torch twin."""
+def build_resnet18(
+    net: _Net, *, half_real: bool = False
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """The binary ResNet-18 graph, its tensors, and float weights for the torch twin.
+
+    ``half_real`` stores the real layers' weights (stem, shortcuts, Linear) as F16.
+    """
     nodes: list[dict[str, Any]] = []
     tensors: dict[str, np.ndarray] = {}
     twin: dict[str, Any] = {"blocks": []}
@@ -343,6 +349,11 @@ def build_resnet18(net: _Net) -> tuple[dict[str, Any], dict[str, np.ndarray], di
     fc_w, fc_b = net.real(1000, 512), net.vec(1000)
     twin["fc"] = (fc_w, fc_b)
     add("linear", "fc", [x], weight=fc_w, bias=fc_b)
+    if half_real:
+        for node in nodes:
+            if node["op"] in ("conv2d", "linear"):
+                for tensor_name in node["params"].values():
+                    tensors[tensor_name] = tensors[tensor_name].astype(np.float16)
     graph = {
         "inputs": [{"name": "input", "shape": [None, 3, 224, 224], "dtype": "float32"}],
         "outputs": [{"name": "fc", "shape": [None, 1000], "dtype": "float32"}],
@@ -393,12 +404,12 @@ def torch_resnet18(twin: dict[str, Any]) -> Any:
     return nn.Sequential(*layers).eval()
 
 
-def bench_model(threads: int, repeat: int) -> dict[str, Any]:
+def bench_model(threads: int, repeat: int, *, half_real: bool = False) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
     net = _Net(0)
-    graph, tensors, twin = build_resnet18(net)
+    graph, tensors, twin = build_resnet18(net, half_real=half_real)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resnet18.bfm"
         runtime.write_bfm(path, graph=graph, tensors=tensors, provenance={"source_format": "bench"})
@@ -437,6 +448,7 @@ def bench_model(threads: int, repeat: int) -> dict[str, Any]:
         "speedup": round(ms_torch / ms_binary, 2),
         "speedup_onnxruntime": round(ms_ort / ms_binary, 2),
         "file_bytes": file_bytes,
+        "real_weights": "F16" if half_real else "F32",
         "float32_bytes": float_bytes,
     }
 
@@ -451,6 +463,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="one thread count (default: 1, then all cores)")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
     parser.add_argument(
+        "--f16-real",
+        action="store_true",
+        help="model mode: store the real layers' weights as F16 (smaller file)",
+    )
+    parser.add_argument(
         "--cpu-time",
         action="store_true",
         help="time single-threaded runs in CPU time of the calling thread (busy machines)",
@@ -462,11 +479,12 @@ def main() -> None:
 
     if args.model:
         counts = [args.threads] if args.threads else ([1] if args.json else sorted({1, cores}))
-        results = [bench_model(t, args.repeat) for t in counts]
+        results = [bench_model(t, args.repeat, half_real=args.f16_real) for t in counts]
         if args.json:
             print(json.dumps(results[0] if len(results) == 1 else results))
             return
-        print(f"binary ResNet-18, batch 1, 224x224, isa {runtime.isa()}")
+        weights = "F16" if args.f16_real else "F32"
+        print(f"binary ResNet-18, batch 1, 224x224, isa {runtime.isa()}, real weights {weights}")
         print(
             f"{'threads':>7} {'ms binary':>10} {'ms torch':>9} {'ms onnxrt':>10} "
             f"{'x torch':>8} {'x onnxrt':>9}"

@@ -33,7 +33,13 @@ MAX_NODES = 100_000
 MAX_DIM = 1 << 24
 MAX_VALUE_ELEMENTS = 1 << 30  # per batch item, for every value of the graph
 
-_SAFETENSORS_DTYPES = {"U64": np.dtype("<u8"), "F32": np.dtype("<f4")}
+_SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
+    "U64": np.dtype("<u8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+}
+# real conv/linear weights may be stored in half precision (read back as float32)
+REAL_WEIGHT = ("F32", "F16")
 
 
 class FormatError(ValueError):
@@ -177,7 +183,12 @@ class _Node:
         return self.attrs[key]
 
     def param(
-        self, role: str, dtype: str, shape: tuple[int, ...], *, required: bool = True
+        self,
+        role: str,
+        dtype: str | tuple[str, ...],
+        shape: tuple[int, ...],
+        *,
+        required: bool = True,
     ) -> str | None:
         self._params_seen.add(role)
         tensor_name = self.params.get(role)
@@ -188,10 +199,11 @@ class _Node:
         if tensor_name not in self.tensors:
             raise FormatError(f"{self.where}: param {role!r} names missing tensor {tensor_name!r}")
         array = self.tensors[tensor_name]
-        if array.dtype != _SAFETENSORS_DTYPES[dtype]:
+        allowed = (dtype,) if isinstance(dtype, str) else dtype
+        if array.dtype not in [_SAFETENSORS_DTYPES[d] for d in allowed]:
             raise FormatError(
                 f"tensor {tensor_name!r} ({self.where}, {role}): dtype {array.dtype}, "
-                f"expected {dtype}"
+                f"expected {' or '.join(allowed)}"
             )
         if tuple(array.shape) != shape:
             raise FormatError(
@@ -380,8 +392,8 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         cin = shape[1]
         if cin % groups or cout % groups or cin // groups != cin_g:
             raise _fail(w, f"weight {tuple(wshape)} does not fit {cin} channels, groups {groups}")
-        node.param("weight", "F32", tuple(int(v) for v in wshape))
-        node.param("bias", "F32", (cout,), required=False)
+        node.param("weight", REAL_WEIGHT, tuple(int(v) for v in wshape))
+        node.param("bias", REAL_WEIGHT, (cout,), required=False)
         spatial = tuple(
             _conv_out(w, int(shape[2 + i]), kernel[i], s[i], p[i], d[i]) for i in range(nsp)
         )
@@ -393,8 +405,8 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         if wname is None or wname not in node.tensors or node.tensors[wname].ndim != 2:
             raise _fail(w, "param 'weight' must name a 2-d tensor")
         fout = int(node.tensors[wname].shape[0])
-        node.param("weight", "F32", (fout, int(shape[1])))
-        node.param("bias", "F32", (fout,), required=False)
+        node.param("weight", REAL_WEIGHT, (fout, int(shape[1])))
+        node.param("bias", REAL_WEIGHT, (fout,), required=False)
         return ValueInfo("float", (None, fout))
     if op == "batchnorm":
         node.n_inputs(1)
@@ -584,8 +596,10 @@ def _check_tensors(tensors: Mapping[str, np.ndarray]) -> None:
             raise FormatError(f"tensor name {name!r} must be a non-empty string")
         if not isinstance(array, np.ndarray):
             raise FormatError(f"tensor {name!r}: expected a numpy array")
-        if array.dtype not in (np.dtype(np.uint64), np.dtype(np.float32)):
-            raise FormatError(f"tensor {name!r}: dtype {array.dtype} (only uint64 and float32)")
+        if array.dtype not in (np.dtype(np.uint64), np.dtype(np.float32), np.dtype(np.float16)):
+            raise FormatError(
+                f"tensor {name!r}: dtype {array.dtype} (only uint64, float32, float16)"
+            )
         if array.size > MAX_TENSOR_ELEMENTS:
             raise FormatError(f"tensor {name!r}: {array.size} elements exceed the limit")
 
@@ -642,7 +656,7 @@ def _parse_header(data: bytes | memoryview) -> dict[str, Any]:
             raise FormatError(f"tensor {name!r}: header entry is not an object")
         dtype = entry.get("dtype")
         if dtype not in _SAFETENSORS_DTYPES:
-            raise FormatError(f"tensor {name!r}: dtype {dtype!r} (only U64 and F32)")
+            raise FormatError(f"tensor {name!r}: dtype {dtype!r} (only U64, F32, F16)")
         shape = entry.get("shape")
         offsets = entry.get("data_offsets")
         if not isinstance(shape, list) or not all(
@@ -659,7 +673,7 @@ def _parse_header(data: bytes | memoryview) -> dict[str, Any]:
         ):
             raise FormatError(f"tensor {name!r}: bad data_offsets {offsets!r}")
         begin, end = offsets
-        nbytes = count * 8 if dtype == "U64" else count * 4
+        nbytes = count * _SAFETENSORS_DTYPES[dtype].itemsize
         if begin < 0 or end - begin != nbytes:
             raise FormatError(
                 f"tensor {name!r}: shape {shape} needs {nbytes} bytes, offsets give {end - begin}"
@@ -721,7 +735,8 @@ def write_bfm(
 ) -> None:
     """Validate ``graph`` and ``tensors`` as a reader would, then write a ``.bfm`` file.
 
-    ``tensors`` are ``uint64`` (packed weights) or ``float32`` arrays; they are written
+    ``tensors`` are ``uint64`` (packed weights), ``float32`` or (real conv/linear weights
+    and biases only) ``float16`` arrays; they are written
     little-endian and contiguous. Raises :class:`FormatError` if the model is invalid.
     """
     from safetensors.numpy import save_file

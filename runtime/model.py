@@ -537,6 +537,10 @@ class Model:
         threads: int | None = None,
     ) -> None:
         values, nodes = infer_graph(graph, tensors)
+        tensors = {  # half-precision real weights compute in float32
+            name: array.astype(np.float32) if array.dtype == np.float16 else array
+            for name, array in tensors.items()
+        }
         self._values = values
         self.inputs: list[TensorSpec] = [
             TensorSpec(v["name"], tuple(v["shape"])) for v in graph["inputs"]

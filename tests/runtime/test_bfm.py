@@ -153,8 +153,8 @@ def test_shape_inconsistent_with_bytes(good_file: Path) -> None:
     header["b1.scale"]["shape"] = [6]
     _reject(_join(header, body), "b1.scale.*needs 24 bytes")
     header, body = _split(good_file.read_bytes())
-    header["b1.weight"]["dtype"] = "F16"
-    _reject(_join(header, body), "F16")
+    header["b1.weight"]["dtype"] = "BF16"
+    _reject(_join(header, body), "BF16")
 
 
 def test_tensor_shape_not_what_the_op_needs(tmp_path: Path) -> None:
@@ -250,3 +250,23 @@ def test_corrupted_bytes_are_rejected_cleanly_or_read(data: st.DataObject) -> No
     out = model.run(np.zeros((1, 3, 8, 8), np.float32))
     assert isinstance(out, np.ndarray)
     assert out.shape == (1, 5, 8, 8)
+
+
+def test_real_weights_may_be_half_precision(tmp_path: Path) -> None:
+    graph, tensors = small_model()
+    half = dict(tensors)
+    half["stem.weight"] = tensors["stem.weight"].astype(np.float16)
+    write_bfm(tmp_path / "half.bfm", graph=graph, tensors=half, provenance={})
+    assert read_bfm(tmp_path / "half.bfm")[1]["stem.weight"].dtype == np.float16
+    widened = dict(tensors)
+    widened["stem.weight"] = half["stem.weight"].astype(np.float32)
+    write_bfm(tmp_path / "wide.bfm", graph=graph, tensors=widened, provenance={})
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(
+        runtime.load(tmp_path / "half.bfm").run(x), runtime.load(tmp_path / "wide.bfm").run(x)
+    )
+    assert (tmp_path / "half.bfm").stat().st_size < (tmp_path / "wide.bfm").stat().st_size
+    # only real conv/linear weights and biases: a binary layer's scale must stay F32
+    half["b1.scale"] = tensors["b1.scale"].astype(np.float16)
+    with pytest.raises(FormatError, match=r"b1\.scale.*expected F32"):
+        write_bfm(tmp_path / "bad.bfm", graph=graph, tensors=half, provenance={})
