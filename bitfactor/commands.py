@@ -36,7 +36,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> N
 
 
 def demo() -> None:
-    """Run the main job end to end on the embedded defaults (what exists of it so far)."""
+    """Run the main job end to end on the embedded defaults: serve, binarize, download, predict."""
     from bitfactor.demo import run_demo
 
     raise typer.Exit(run_demo())
