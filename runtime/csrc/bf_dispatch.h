@@ -10,12 +10,15 @@
 #include "popcount/popcount.h"
 #include "sign_pack/sign_pack.h"
 #include "xnor_gemm/xnor_gemm.h"
+#include "xnor_panel/xnor_panel.h"
 
 typedef struct {
     bf_isa isa;
     bf_popcount_fn popcount;
     bf_xnor_gemm_fn xnor_gemm;
     bf_sign_pack_fn sign_pack;
+    size_t panel_lanes;         /* L of the panel layout xnor_panel reads */
+    bf_xnor_panel_fn xnor_panel; /* the binary convolution's product */
 } bf_kernels;
 
 /* Table for `isa`, or NULL when this CPU or build lacks it. */

@@ -239,6 +239,8 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     const bf_kernels *table = resolve_isa(isa_name);
     if (!table) return NULL;
     g.gemm = table->xnor_gemm;
+    g.panel = table->xnor_panel;
+    g.panel_lanes = table->panel_lanes;
     const size_t outs = g.n * g.ho * g.wo;
     const int used = bf_bconv_threads(&g, threads < 1 ? 1 : threads);
     bf_buffers bufs = {.count = 0};

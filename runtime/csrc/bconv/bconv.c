@@ -27,9 +27,11 @@ static size_t tile_c_bytes(size_t kpad) {
     return round_up(tile_m(kpad) * NT * sizeof(int32_t), BF_ALIGN);
 }
 static size_t row_bytes(size_t kpad) { return round_up(tile_m(kpad) * sizeof(bf_word), BF_ALIGN); }
+static size_t panel_bytes(size_t kpad) { return round_up(NT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t per_thread_bytes(size_t kpad) {
-    /* im2col tile, padded-tap list (taps <= kpad), popcounts, three pixel rows */
-    return 2 * tile_a_bytes(kpad) + tile_c_bytes(kpad) + 3 * row_bytes(kpad) + BF_OVERREAD_BYTES;
+    /* im2col tile, padded-tap list (taps <= kpad), popcounts, three pixel rows, weight panel */
+    return 2 * tile_a_bytes(kpad) + tile_c_bytes(kpad) + 3 * row_bytes(kpad) + panel_bytes(kpad) +
+           BF_OVERREAD_BYTES;
 }
 
 size_t bf_bconv_scratch_bytes(size_t kpad, int threads) {
@@ -236,6 +238,8 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     float *y_row = (float *)rows;
     float *pos_row = (float *)(rows + row_bytes(kpad));
     bf_word *bits_row = (bf_word *)(rows + 2 * row_bytes(kpad));
+    bf_word *panel = (bf_word *)(rows + 3 * row_bytes(kpad));
+    size_t packed = (size_t)-1;
     const int direct = direct_input(g);
     size_t built = (size_t)-1;
     for (size_t item = begin; item < end; item++) {
@@ -259,8 +263,12 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
             lda = kpad;
             kw = kpad;
         }
+        if (packed != ni) { /* this chunk's weights as lane-interleaved panels */
+            bf_xnor_panel_pack(g->panel_lanes, nt, kw, g->weight + co0 * kpad, kpad, panel);
+            packed = ni;
+        }
         /* channel-major product: rows are this chunk's channels, columns the pixels */
-        g->gemm(nt, mt, kw, g->weight + co0 * kpad, kpad, a, lda, c_tile, mt);
+        g->panel(mt, nt, kw, a, lda, panel, c_tile, mt);
         transform(g, p0, mt, co0, nt, c_tile, mt, y_row, pos_row, bits_row, padded, n_padded);
     }
 }

@@ -5,7 +5,8 @@
  *   1. im2col of the packed input into a per-thread tile (MT pixels x kpad words; taps
  *      outside the input are zero words, i.e. +1, and padding words are zero), or the
  *      input itself for 1x1 / stride 1 / no padding;
- *   2. the ISA's xnor_gemm against the weights (cout rows of kpad words) -> popcounts P;
+ *   2. the ISA's xnor_panel product against the weights (cout rows of kpad words, repacked
+ *      per 64-channel chunk into the kernel's lane-interleaved panel) -> popcounts P;
  *   3. acc = K - 2 P with K = cin * kh * kw; for zero padding, each out-of-bounds tap's
  *      contribution (wsum[tap][co] = cin - 2 popcount(weight tap), what +1 inputs give)
  *      is subtracted, so those taps add exactly 0;
@@ -19,6 +20,7 @@
 
 #include "../bf_common.h"
 #include "../xnor_gemm/xnor_gemm.h"
+#include "../xnor_panel/xnor_panel.h"
 
 #define BF_BCONV_TILE_M 32 /* at least; up to 256 pixels while the im2col tile fits 32 KiB */
 #define BF_BCONV_TILE_N 64
@@ -45,7 +47,9 @@ typedef struct {
     const float *out_threshold; /* (cout,) or NULL */
     void *out;                  /* float (n, cout, ho, wo) or words (n, ho, wo, cout_w) */
     void *scratch;              /* bf_bconv_scratch_bytes(kpad, threads) bytes */
-    bf_xnor_gemm_fn gemm;
+    bf_xnor_gemm_fn gemm;       /* kept for callers; the driver uses `panel` */
+    bf_xnor_panel_fn panel;
+    size_t panel_lanes;
 } bf_bconv_args;
 
 /* Scratch bytes a call with `threads` threads needs. */

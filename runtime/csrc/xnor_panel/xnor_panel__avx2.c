@@ -1,0 +1,108 @@
+/*
+ * AVX2 panel product (xnor_panel.h), L = 4 channels per ymm (one 64-bit word each).
+ *
+ * Tile: up to 4 pixels x 2 channel groups (8 channels), K innermost. Per word k: load the
+ * groups' weight vectors, broadcast each pixel's word, xor, popcount per byte by nibble
+ * lookup (vpshufb) and add into byte accumulators; after at most 31 words (31 * 8 = 248
+ * < 256) one vpsadbw folds the bytes into 64-bit lanes, which are the channels' counts.
+ * No horizontal reduction: a 4 x 4 transpose stores 4 pixels per channel at once.
+ */
+#include "xnor_panel.h"
+
+#if BF_ARCH_X86
+#include <immintrin.h>
+
+#define L BF_PANEL_LANES_AVX2
+#define CHUNK 31
+#ifndef PT
+#define PT 3 /* pixels per tile */
+#endif
+#define BF_AVX2_INLINE static inline __attribute__((always_inline)) BF_TARGET_AVX2
+
+BF_AVX2_INLINE __m256i popcount_bytes(__m256i v, __m256i table, __m256i low) {
+    const __m256i lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+    const __m256i hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    return _mm256_add_epi8(lo, hi);
+}
+
+/* The low 32 bits of each 64-bit lane, as 4 int32. */
+BF_AVX2_INLINE __m128i narrow(__m256i v) {
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, idx));
+}
+
+/* P pixels (rows of a) x G groups of 4 channels; `lanes` valid channels in the tile. */
+BF_AVX2_INLINE void tile(const int P, const int G, size_t kw, const bf_word *a, size_t lda,
+                         const bf_word *w, int32_t *c, size_t ldc, size_t lanes) {
+    const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                           0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i tot[PT][2];
+    for (int p = 0; p < P; p++)
+        for (int g = 0; g < G; g++) tot[p][g] = zero;
+    size_t k = 0;
+    while (k < kw) {
+        __m256i acc[PT][2];
+        for (int p = 0; p < P; p++)
+            for (int g = 0; g < G; g++) acc[p][g] = zero;
+        const size_t end = kw - k < CHUNK ? kw : k + CHUNK;
+        for (; k < end; k++) {
+            __m256i wv[2];
+            for (int g = 0; g < G; g++)
+                wv[g] = _mm256_loadu_si256((const __m256i *)(w + (g * kw + k) * L));
+            for (int p = 0; p < P; p++) {
+                const __m256i av = _mm256_set1_epi64x((long long)a[p * lda + k]);
+                for (int g = 0; g < G; g++)
+                    acc[p][g] = _mm256_add_epi8(
+                        acc[p][g], popcount_bytes(_mm256_xor_si256(av, wv[g]), table, low));
+            }
+        }
+        for (int p = 0; p < P; p++)
+            for (int g = 0; g < G; g++)
+                tot[p][g] = _mm256_add_epi64(tot[p][g], _mm256_sad_epu8(acc[p][g], zero));
+    }
+    for (int g = 0; g < G; g++) {
+        const size_t valid = lanes > (size_t)g * L ? lanes - (size_t)g * L : 0;
+        int32_t *cg = c + (size_t)g * L * ldc;
+        if (P == 4 && PT == 4 && valid >= L) {
+            __m128 r0 = _mm_castsi128_ps(narrow(tot[0][g])), r1 = _mm_castsi128_ps(narrow(tot[1][g]));
+            __m128 r2 = _mm_castsi128_ps(narrow(tot[2][g])), r3 = _mm_castsi128_ps(narrow(tot[3][g]));
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            _mm_storeu_si128((__m128i *)(cg + 0 * ldc), _mm_castps_si128(r0));
+            _mm_storeu_si128((__m128i *)(cg + 1 * ldc), _mm_castps_si128(r1));
+            _mm_storeu_si128((__m128i *)(cg + 2 * ldc), _mm_castps_si128(r2));
+            _mm_storeu_si128((__m128i *)(cg + 3 * ldc), _mm_castps_si128(r3));
+        } else {
+            for (int p = 0; p < P; p++) {
+                int32_t t[4];
+                _mm_storeu_si128((__m128i *)t, narrow(tot[p][g]));
+                for (size_t l = 0; l < valid && l < L; l++) cg[l * ldc + p] = t[l];
+            }
+        }
+    }
+}
+
+BF_TARGET_AVX2 void bf_xnor_panel__avx2(size_t n_pix, size_t n_ch, size_t kw, const bf_word *a,
+                                        size_t lda, const bf_word *panel, int32_t *c,
+                                        size_t ldc) {
+    const size_t groups = (n_ch + L - 1) / L;
+    size_t g = 0;
+    for (; g + 2 <= groups; g += 2) {
+        const bf_word *w = panel + g * kw * L;
+        int32_t *cg = c + g * L * ldc;
+        const size_t lanes = n_ch - g * L;
+        size_t p = 0;
+        for (; p + PT <= n_pix; p += PT) tile(PT, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
+        for (; p < n_pix; p++) tile(1, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
+    }
+    if (g < groups) {
+        const bf_word *w = panel + g * kw * L;
+        int32_t *cg = c + g * L * ldc;
+        const size_t lanes = n_ch - g * L;
+        size_t p = 0;
+        for (; p + PT <= n_pix; p += PT) tile(PT, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
+        for (; p < n_pix; p++) tile(1, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
+    }
+}
+#endif

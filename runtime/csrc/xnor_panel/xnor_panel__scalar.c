@@ -1,0 +1,75 @@
+/*
+ * The specification of the panel product (xnor_panel.h) and the panel repacking: plain C,
+ * 2 pixels x 4 lanes (channels) per step so each loaded word is used more than once.
+ */
+#include "xnor_panel.h"
+
+#define L BF_PANEL_LANES_SCALAR
+#define BF_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+size_t bf_xnor_panel_words(size_t lanes, size_t n_ch, size_t kw) {
+    return (n_ch + lanes - 1) / lanes * lanes * kw;
+}
+
+void bf_xnor_panel_pack(size_t lanes, size_t n_ch, size_t kw, const bf_word *w, size_t ldw,
+                        bf_word *panel) {
+    const size_t groups = (n_ch + lanes - 1) / lanes;
+    for (size_t g = 0; g < groups; g++)
+        for (size_t l = 0; l < lanes; l++) {
+            const size_t ch = g * lanes + l;
+            bf_word *dst = panel + g * kw * lanes + l;
+            if (ch < n_ch) {
+                const bf_word *src = w + ch * ldw;
+                for (size_t k = 0; k < kw; k++) dst[k * lanes] = src[k];
+            } else {
+                for (size_t k = 0; k < kw; k++) dst[k * lanes] = 0;
+            }
+        }
+}
+
+BF_ALWAYS_INLINE void panel_body(size_t n_pix, size_t n_ch, size_t kw, const bf_word *a,
+                                 size_t lda, const bf_word *panel, int32_t *c, size_t ldc) {
+    const size_t groups = (n_ch + L - 1) / L;
+    for (size_t g = 0; g < groups; g++) {
+        const bf_word *w = panel + g * kw * L;
+        const size_t lanes = n_ch - g * L < L ? n_ch - g * L : L;
+        int32_t *cg = c + g * L * ldc;
+        size_t p = 0;
+        for (; p + 2 <= n_pix; p += 2) {
+            const bf_word *a0 = a + p * lda, *a1 = a0 + lda;
+            int64_t s0[L] = {0}, s1[L] = {0};
+            for (size_t k = 0; k < kw; k++) {
+                const bf_word x0 = a0[k], x1 = a1[k];
+                for (int l = 0; l < L; l++) {
+                    s0[l] += BF_POPCOUNT64(x0 ^ w[k * L + l]);
+                    s1[l] += BF_POPCOUNT64(x1 ^ w[k * L + l]);
+                }
+            }
+            for (size_t l = 0; l < lanes; l++) {
+                cg[l * ldc + p] = (int32_t)s0[l];
+                cg[l * ldc + p + 1] = (int32_t)s1[l];
+            }
+        }
+        for (; p < n_pix; p++) {
+            const bf_word *a0 = a + p * lda;
+            int64_t s0[L] = {0};
+            for (size_t k = 0; k < kw; k++)
+                for (int l = 0; l < L; l++) s0[l] += BF_POPCOUNT64(a0[k] ^ w[k * L + l]);
+            for (size_t l = 0; l < lanes; l++) cg[l * ldc + p] = (int32_t)s0[l];
+        }
+    }
+}
+
+void bf_xnor_panel__scalar(size_t n_pix, size_t n_ch, size_t kw, const bf_word *a, size_t lda,
+                           const bf_word *panel, int32_t *c, size_t ldc) {
+    panel_body(n_pix, n_ch, kw, a, lda, panel, c, ldc);
+}
+
+#if BF_ARCH_X86
+BF_TARGET_POPCNT void bf_xnor_panel__scalar_popcnt(size_t n_pix, size_t n_ch, size_t kw,
+                                                   const bf_word *a, size_t lda,
+                                                   const bf_word *panel, int32_t *c,
+                                                   size_t ldc) {
+    panel_body(n_pix, n_ch, kw, a, lda, panel, c, ldc);
+}
+#endif
