@@ -25,6 +25,19 @@ def xnor_gemm(
     ldb: int,
     isa: str | None = None,
 ) -> None: ...
+def xnor_panel(
+    a: _Array,
+    w: _Array,
+    c: _Array,
+    n_pix: int,
+    n_ch: int,
+    kw: int,
+    lda: int,
+    ldw: int,
+    isa: str | None = None,
+) -> None: ...
+def panel_pack(w: _Array, panel: _Array, n_ch: int, kw: int, ldw: int, lanes: int) -> None: ...
+def panel_lanes(isa: str | None = None) -> int: ...
 def sign_pack(
     x: _Array, threshold: _Array | None, out: _Array, n: int, c: int, s: int, isa: str | None = None
 ) -> None: ...

@@ -5,6 +5,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "bf_common.h"
@@ -103,6 +104,90 @@ static int positive_sizes(const Py_ssize_t *values, int n) {
         }
     }
     return 0;
+}
+
+/* --- xnor_panel ----------------------------------------------------------------------- */
+
+/* xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa): packs the n_ch weight rows of `w`
+ * into the ISA's panel layout (aligned, heap) and runs its panel kernel into channel-major
+ * c (n_ch, n_pix). */
+static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"a", "w", "c", "n_pix", "n_ch", "kw", "lda", "ldw", "isa", NULL};
+    PyObject *a_obj, *w_obj, *c_obj, *isa_name = NULL;
+    Py_ssize_t sz[5];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnnnnn|O", kwlist, &a_obj, &w_obj, &c_obj,
+                                     &sz[0], &sz[1], &sz[2], &sz[3], &sz[4], &isa_name))
+        return NULL;
+    if (positive_sizes(sz, 5) < 0) return NULL;
+    const size_t np_ = (size_t)sz[0], nch = (size_t)sz[1], kw = (size_t)sz[2],
+                 lda = (size_t)sz[3], ldw = (size_t)sz[4];
+    if (lda < kw || ldw < kw) {
+        PyErr_SetString(PyExc_ValueError, "lda and ldw must be >= kw");
+        return NULL;
+    }
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    bf_buffers bufs = {.count = 0};
+    void *a, *w, *c;
+    if (get_buffer(&bufs, a_obj, "a", ((np_ - 1) * lda + kw) * 8, 0, 0, &a) < 0 ||
+        get_buffer(&bufs, w_obj, "w", ((nch - 1) * ldw + kw) * 8, 0, 0, &w) < 0 ||
+        get_buffer(&bufs, c_obj, "c", np_ * nch * 4, 1, 0, &c) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    const size_t words = bf_xnor_panel_words(table->panel_lanes, nch, kw);
+    const size_t bytes = (words * sizeof(bf_word) + BF_OVERREAD_BYTES + BF_ALIGN - 1) /
+                         BF_ALIGN * BF_ALIGN;
+    bf_word *panel = aligned_alloc(BF_ALIGN, bytes);
+    if (!panel) {
+        release_all(&bufs);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    bf_xnor_panel_pack(table->panel_lanes, nch, kw, (const bf_word *)w, ldw, panel);
+    table->xnor_panel(np_, nch, kw, (const bf_word *)a, lda, panel, (int32_t *)c, np_);
+    Py_END_ALLOW_THREADS
+    free(panel);
+    release_all(&bufs);
+    Py_RETURN_NONE;
+}
+
+/* panel_pack(w, panel, n_ch, kw, ldw, lanes): the repacking alone (pins the layout). */
+static PyObject *py_panel_pack(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *w_obj, *p_obj;
+    Py_ssize_t sz[4];
+    if (!PyArg_ParseTuple(args, "OOnnnn", &w_obj, &p_obj, &sz[0], &sz[1], &sz[2], &sz[3]))
+        return NULL;
+    if (positive_sizes(sz, 4) < 0) return NULL;
+    const size_t nch = (size_t)sz[0], kw = (size_t)sz[1], ldw = (size_t)sz[2],
+                 lanes = (size_t)sz[3];
+    if (ldw < kw || lanes > 64) {
+        PyErr_SetString(PyExc_ValueError, "ldw must be >= kw and lanes <= 64");
+        return NULL;
+    }
+    bf_buffers bufs = {.count = 0};
+    void *w, *panel;
+    if (get_buffer(&bufs, w_obj, "w", ((nch - 1) * ldw + kw) * 8, 0, 0, &w) < 0 ||
+        get_buffer(&bufs, p_obj, "panel", bf_xnor_panel_words(lanes, nch, kw) * 8, 1, 0,
+                   &panel) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    bf_xnor_panel_pack(lanes, nch, kw, (const bf_word *)w, ldw, (bf_word *)panel);
+    release_all(&bufs);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_panel_lanes(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"isa", NULL};
+    PyObject *isa_name = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O", kwlist, &isa_name)) return NULL;
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    return PyLong_FromSize_t(table->panel_lanes);
 }
 
 /* --- xnor_gemm ------------------------------------------------------------------------ */
@@ -372,6 +457,15 @@ static PyMethodDef methods[] = {
     {"xnor_gemm", (PyCFunction)(void (*)(void))py_xnor_gemm, METH_VARARGS | METH_KEYWORDS,
      "xnor_gemm(a, b, c, m, n, kw, lda, ldb, isa=None) -> None\n\n"
      "c[i, j] = popcount of a[i] xor b[j] over kw words (int32, row stride n)."},
+    {"xnor_panel", (PyCFunction)(void (*)(void))py_xnor_panel, METH_VARARGS | METH_KEYWORDS,
+     "xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa=None) -> None\n\n"
+     "c[ch, p] = popcount of a[p] xor w[ch] over kw words (int32, row stride n_pix), through "
+     "the ISA's panel layout and kernel (the binary convolution's product)."},
+    {"panel_pack", py_panel_pack, METH_VARARGS,
+     "panel_pack(w, panel, n_ch, kw, ldw, lanes) -> None\n\n"
+     "Repack weight rows into lane-interleaved panels: panel[(g*kw+k)*lanes+l] = w[g*lanes+l, k]."},
+    {"panel_lanes", (PyCFunction)(void (*)(void))py_panel_lanes, METH_VARARGS | METH_KEYWORDS,
+     "panel_lanes(isa=None) -> int\n\nChannels per vector in the ISA's panel layout."},
     {"sign_pack", (PyCFunction)(void (*)(void))py_sign_pack, METH_VARARGS | METH_KEYWORDS,
      "sign_pack(x, threshold, out, n, c, s, isa=None) -> None\n\n"
      "Pack float32 (n, c, s) signs into (n, s, ceil(c/64)) words."},

@@ -9,6 +9,7 @@
 
 #include "popcount/popcount.h"
 #include "xnor_gemm/xnor_gemm.h"
+#include "xnor_panel/xnor_panel.h"
 
 static uint64_t state = 0x9E3779B97F4A7C15ULL;
 
@@ -42,6 +43,19 @@ int main(void) {
                 for (size_t i = 0; i < m * n; i++) {
                     if (c0[i] != c1[i]) {
                         printf("xnor_gemm mismatch m=%zu n=%zu kw=%zu at %zu: %d vs %d\n", m, n,
+                               kw, i, c0[i], c1[i]);
+                        return 1;
+                    }
+                }
+                /* the NEON table's convolution product: the panel kernel, channels = a rows */
+                bf_word *panel = malloc(bf_xnor_panel_words(BF_PANEL_LANES_SCALAR, m, kw) * 8);
+                if (!panel) return 2;
+                bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, m, kw, a, lda, panel);
+                bf_xnor_panel__scalar(n, m, kw, b, ldb, panel, c1, n);
+                free(panel);
+                for (size_t i = 0; i < m * n; i++) {
+                    if (c0[i] != c1[i]) {
+                        printf("xnor_panel mismatch m=%zu n=%zu kw=%zu at %zu: %d vs %d\n", m, n,
                                kw, i, c0[i], c1[i]);
                         return 1;
                     }

@@ -69,6 +69,62 @@ def test_xnor_gemm_long_rows_do_not_overflow_byte_counters(isa: str) -> None:
     np.testing.assert_array_equal(_gemm(a, b, m, n, kw, isa), np.full((m, n), 64 * kw))
 
 
+def _panel(a: np.ndarray, w: np.ndarray, n_pix: int, n_ch: int, kw: int, isa: str) -> np.ndarray:
+    c = np.full((n_ch, n_pix), -7, dtype=np.int32)
+    _native.xnor_panel(a, w, c, n_pix, n_ch, kw, a.shape[1], w.shape[1], isa)
+    return c
+
+
+@FAST
+@given(
+    n_pix=st.integers(1, 41),
+    n_ch=st.integers(1, 75),
+    kw=st.integers(1, 80),
+    pad_a=st.integers(0, 3),
+    pad_w=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_xnor_panel_every_isa_equals_scalar_equals_xnor_gemm(
+    n_pix: int, n_ch: int, kw: int, pad_a: int, pad_w: int, seed: int
+) -> None:
+    # the binary convolution's product: pixel rows against weights repacked into the ISA's
+    # lane-interleaved panels; odd channel counts exercise the padded lanes, odd pixel
+    # counts the pixel tails, kw > 31 the AVX2 byte-counter flushes
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, (n_pix, kw + pad_a), dtype=np.uint64, endpoint=False)
+    w = rng.integers(0, 2**64, (n_ch, kw + pad_w), dtype=np.uint64, endpoint=False)
+    scalar = _panel(a, w, n_pix, n_ch, kw, "scalar")
+    np.testing.assert_array_equal(scalar, _gemm(w, a, n_ch, n_pix, kw, "scalar"))
+    np.testing.assert_array_equal(scalar, _popcount_reference(w, a, kw))
+    for isa in SIMD_ISAS:
+        np.testing.assert_array_equal(_panel(a, w, n_pix, n_ch, kw, isa), scalar, err_msg=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_xnor_panel_long_rows_do_not_overflow_counters(isa: str) -> None:
+    n_pix, n_ch, kw = 7, 13, 1000
+    a = np.full((n_pix, kw), np.uint64(2**64 - 1), dtype=np.uint64)
+    w = np.zeros((n_ch, kw), dtype=np.uint64)
+    np.testing.assert_array_equal(
+        _panel(a, w, n_pix, n_ch, kw, isa), np.full((n_ch, n_pix), 64 * kw)
+    )
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8])
+def test_panel_pack_interleaves_channels_into_lanes(lanes: int) -> None:
+    n_ch, kw, ldw = 11, 5, 7
+    w = np.arange(n_ch * ldw, dtype=np.uint64).reshape(n_ch, ldw) + np.uint64(1)
+    groups = -(-n_ch // lanes)
+    panel = np.full(groups * kw * lanes, np.uint64(99), dtype=np.uint64)
+    _native.panel_pack(w, panel, n_ch, kw, ldw, lanes)
+    expect = np.zeros((groups * lanes, kw), dtype=np.uint64)  # padded channels: zero words
+    expect[:n_ch] = w[:, :kw]
+    # panel[(g * kw + k) * lanes + l] = channel g * lanes + l, word k
+    got = panel.reshape(groups, kw, lanes).transpose(0, 2, 1).reshape(groups * lanes, kw)
+    np.testing.assert_array_equal(got, expect)
+    assert _native.panel_lanes("scalar") >= 1
+
+
 def test_xnor_gemm_rejects_short_buffers() -> None:
     a = np.zeros((2, 4), dtype=np.uint64)
     c = np.zeros((2, 2), dtype=np.int32)

@@ -19,6 +19,7 @@ CSRC = ROOT / "runtime" / "csrc"
 SOURCES = [
     CSRC / "xnor_gemm" / "xnor_gemm__scalar.c",
     CSRC / "xnor_gemm" / "xnor_gemm__neon.c",
+    CSRC / "xnor_panel" / "xnor_panel__scalar.c",
     CSRC / "popcount" / "popcount__scalar.c",
     CSRC / "popcount" / "popcount__neon.c",
     Path(__file__).with_name("neon_harness.c"),
