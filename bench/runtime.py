@@ -180,14 +180,15 @@ def bench_chain(isa: str, repeat: int) -> dict[str, float]:
             op(src, dst, scratch, threads=1, isa=isa)
             src = dst
 
-    # the inner loop alone: the same popcount products on ready-made im2col rows
+    # the inner loop alone: the same popcount products on ready-made im2col rows, through
+    # the panel kernel the convolution uses (including its weight-panel repacking)
     kpad = ops[0].kpad
     a = rng.integers(0, 2**63, (hw * hw, kpad), dtype=np.uint64)
-    cmat = np.empty((hw * hw, c), np.int32)
+    cmat = np.empty((c, hw * hw), np.int32)
 
     def kernels_only() -> None:
         for op in ops:
-            _native.xnor_gemm(a, op.weight_rows, cmat, hw * hw, c, kpad, kpad, kpad, isa)
+            _native.xnor_panel(a, op.weight_rows, cmat, hw * hw, c, kpad, kpad, kpad, isa)
 
     ms_chain, ms_kernel = interleaved_ms([chain, kernels_only], repeat=repeat)
     w_packed = ops[0].weight_rows[:, : 9 * words_for(c)].nbytes
