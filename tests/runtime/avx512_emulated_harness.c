@@ -1,0 +1,122 @@
+/*
+ * avx512_emulated_harness.c - runs the AVX-512 panel kernel's C code on any x86-64 CPU by
+ * replacing the AVX-512 intrinsics it uses with plain C lane loops (the 128/256-bit ones
+ * are the real SSE/AVX2 instructions), and compares it with the scalar panel kernel.
+ * This checks the kernel's logic (tiling, tails, padded lanes, the transposed stores), not
+ * the compiler's instruction selection: the real kernel runs in test_kernels.py on CPUs
+ * with AVX-512 VPOPCNTDQ. Built by test_avx512_emulated.py; prints "ok <cases>".
+ */
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf_common.h"
+
+/* the kernel is compiled for AVX2 here; its AVX-512 intrinsics are the functions below */
+#undef BF_TARGET_AVX512
+#define BF_TARGET_AVX512 BF_TARGET_AVX2
+
+typedef struct {
+    uint64_t v[8];
+} emu_m512i;
+
+static inline emu_m512i emu_setzero(void) {
+    emu_m512i r;
+    memset(&r, 0, sizeof r);
+    return r;
+}
+static inline emu_m512i emu_loadu(const void *p) {
+    emu_m512i r;
+    memcpy(r.v, p, sizeof r.v);
+    return r;
+}
+static inline emu_m512i emu_set1(long long x) {
+    emu_m512i r;
+    for (int i = 0; i < 8; i++) r.v[i] = (uint64_t)x;
+    return r;
+}
+static inline emu_m512i emu_add(emu_m512i a, emu_m512i b) {
+    for (int i = 0; i < 8; i++) a.v[i] += b.v[i];
+    return a;
+}
+static inline emu_m512i emu_xor(emu_m512i a, emu_m512i b) {
+    for (int i = 0; i < 8; i++) a.v[i] ^= b.v[i];
+    return a;
+}
+static inline emu_m512i emu_popcnt(emu_m512i a) {
+    for (int i = 0; i < 8; i++) a.v[i] = (uint64_t)__builtin_popcountll(a.v[i]);
+    return a;
+}
+static inline BF_TARGET_AVX2 __m256i emu_cvtepi64_epi32(emu_m512i a) {
+    int32_t t[8];
+    for (int i = 0; i < 8; i++) t[i] = (int32_t)a.v[i]; /* truncation, as vpmovqd */
+    return _mm256_loadu_si256((const __m256i *)t);
+}
+
+#define __m512i emu_m512i
+#define _mm512_setzero_si512 emu_setzero
+#define _mm512_loadu_si512 emu_loadu
+#define _mm512_set1_epi64 emu_set1
+#define _mm512_add_epi64 emu_add
+#define _mm512_xor_si512 emu_xor
+#define _mm512_popcnt_epi64 emu_popcnt
+#define _mm512_cvtepi64_epi32 emu_cvtepi64_epi32
+
+#include "xnor_panel/xnor_panel__avx512vpopcnt.c"
+
+static uint64_t state = 0x9E3779B97F4A7C15ULL;
+
+static uint64_t next_word(void) { /* xorshift64* */
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    return state * 0x2545F4914F6CDD1DULL;
+}
+
+int main(void) {
+    static const size_t pixels[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 49};
+    static const size_t channels[] = {1, 3, 7, 8, 9, 16, 24, 31, 32, 33, 40, 63, 64, 65};
+    static const size_t kws[] = {1, 2, 5, 9, 18, 31, 32, 33, 72, 100};
+    const size_t np_n = sizeof pixels / sizeof *pixels, nc_n = sizeof channels / sizeof *channels;
+    const size_t nk = sizeof kws / sizeof *kws;
+    long cases = 0;
+    for (size_t pi = 0; pi < np_n; pi++)
+        for (size_t ci = 0; ci < nc_n; ci++)
+            for (size_t ki = 0; ki < nk; ki++) {
+                const size_t np_ = pixels[pi], nc = channels[ci], kw = kws[ki];
+                const size_t lda = kw + 1, ldw = kw + 2;
+                bf_word *a = malloc(np_ * lda * sizeof(bf_word));
+                bf_word *w = malloc(nc * ldw * sizeof(bf_word));
+                int32_t *c0 = malloc(np_ * nc * sizeof(int32_t));
+                int32_t *c1 = malloc(np_ * nc * sizeof(int32_t));
+                const size_t b0 = bf_xnor_panel_words(BF_PANEL_LANES_SCALAR, nc, kw) * 8 + 64;
+                const size_t b1 = bf_xnor_panel_words(BF_PANEL_LANES_AVX512, nc, kw) * 8 + 64;
+                bf_word *p0 = aligned_alloc(64, (b0 + 63) / 64 * 64);
+                bf_word *p1 = aligned_alloc(64, (b1 + 63) / 64 * 64);
+                if (!a || !w || !c0 || !c1 || !p0 || !p1) return 2;
+                const int saturate = (pi + ci + ki) % 5 == 0; /* every bit differs */
+                for (size_t i = 0; i < np_ * lda; i++) a[i] = saturate ? ~(bf_word)0 : next_word();
+                for (size_t i = 0; i < nc * ldw; i++) w[i] = saturate ? 0 : next_word();
+                for (size_t i = 0; i < np_ * nc; i++) c0[i] = c1[i] = -7;
+                bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, nc, kw, w, ldw, p0);
+                bf_xnor_panel__scalar(np_, nc, kw, a, lda, p0, c0, np_);
+                bf_xnor_panel_pack(BF_PANEL_LANES_AVX512, nc, kw, w, ldw, p1);
+                bf_xnor_panel__avx512vpopcnt(np_, nc, kw, a, lda, p1, c1, np_);
+                for (size_t i = 0; i < np_ * nc; i++)
+                    if (c0[i] != c1[i] || c0[i] < 0) {
+                        printf("mismatch pixels=%zu channels=%zu kw=%zu at %zu: %d vs %d\n", np_,
+                               nc, kw, i, c0[i], c1[i]);
+                        return 1;
+                    }
+                cases++;
+                free(a);
+                free(w);
+                free(c0);
+                free(c1);
+                free(p0);
+                free(p1);
+            }
+    printf("ok %ld\n", cases);
+    return 0;
+}
