@@ -61,8 +61,16 @@ static inline void zero_words(bf_word *dst, size_t n) {
     for (size_t i = 0; i < n; i++) dst[i] = 0;
 }
 
+/* The copies here are a few words each (one 3x3 row of 64 channels is 3 words): GCC would
+ * turn the loops into memcpy/memset calls, which cost more than the copies. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define BF_NO_LIBCALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define BF_NO_LIBCALLS
+#endif
+
 /* im2col of pixels [p0, p0 + mt) into `a` (mt rows of kpad words). */
-static void build_tile(const bf_bconv_args *g, size_t p0, size_t mt, bf_word *a) {
+BF_NO_LIBCALLS static void build_tile(const bf_bconv_args *g, size_t p0, size_t mt, bf_word *a) {
     const size_t cw = BF_WORDS_FOR(g->cin);
     const size_t hw = g->ho * g->wo;
     const size_t row_words = g->kw * cw;
@@ -171,10 +179,14 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
     const float lo = g->min_val, hi = g->max_val;
     if (out_bits)
         for (size_t i = 0; i < mt; i++) bits[i] = 0;
+    /* float output of a tile inside one image: compute in place in the output row */
+    const int in_place = !out_bits && (p0 % hw) + mt <= hw;
+    float *const y_tile = y;
     for (size_t j = 0; j < nt; j++) {
         const size_t co = co0 + j;
         const int32_t *BF_RESTRICT cj = c + j * ldc;
         const float sc = g->scale[co], bi = g->bias ? g->bias[co] : 0.0f;
+        y = in_place ? (float *)g->out + ((p0 / hw) * cout + co) * hw + p0 % hw : y_tile;
         if (g->pos_h)
             for (size_t i = 0; i < mt; i++) y[i] = ((float)cj[i] * sc) * pos[i] + bi;
         else
@@ -200,7 +212,7 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
             }
             if (post_relu)
                 for (size_t i = 0; i < len; i++) yr[i] = relu(yr[i]);
-            if (!out_bits) {
+            if (!out_bits && !in_place) {
                 float *BF_RESTRICT o = (float *)g->out + at;
                 for (size_t i = 0; i < len; i++) o[i] = yr[i];
             }
