@@ -54,14 +54,81 @@ static inline BF_TARGET_AVX2 __m256i emu_cvtepi64_epi32(emu_m512i a) {
     return _mm256_loadu_si256((const __m256i *)t);
 }
 
+/* 32-bit views of the 512-bit type for the transposing stores */
+static inline emu_m512i emu_from32(const int32_t *t) {
+    emu_m512i r;
+    memcpy(r.v, t, sizeof r.v);
+    return r;
+}
+static inline BF_TARGET_AVX2 emu_m512i emu_castsi256_si512(__m256i a) {
+    emu_m512i r = emu_setzero(); /* upper half undefined in hardware; never read */
+    _mm256_storeu_si256((__m256i *)r.v, a);
+    return r;
+}
+static inline BF_TARGET_AVX2 emu_m512i emu_inserti64x4(emu_m512i a, __m256i b, int half) {
+    _mm256_storeu_si256((__m256i *)(a.v + 4 * (half & 1)), b);
+    return a;
+}
+static inline emu_m512i emu_setr_epi32(int e0, int e1, int e2, int e3, int e4, int e5, int e6,
+                                       int e7, int e8, int e9, int e10, int e11, int e12,
+                                       int e13, int e14, int e15) {
+    const int32_t t[16] = {e0, e1, e2, e3, e4, e5, e6, e7, e8, e9, e10, e11, e12, e13, e14, e15};
+    return emu_from32(t);
+}
+static inline emu_m512i emu_set1_epi32(int x) {
+    int32_t t[16];
+    for (int i = 0; i < 16; i++) t[i] = x;
+    return emu_from32(t);
+}
+static inline emu_m512i emu_add_epi32(emu_m512i a, emu_m512i b) {
+    int32_t x[16], y[16];
+    memcpy(x, a.v, sizeof x);
+    memcpy(y, b.v, sizeof y);
+    for (int i = 0; i < 16; i++) x[i] = (int32_t)((uint32_t)x[i] + (uint32_t)y[i]);
+    return emu_from32(x);
+}
+static inline emu_m512i emu_permutex2var_epi32(emu_m512i a, emu_m512i idx, emu_m512i b) {
+    int32_t x[16], y[16], ix[16], r[16];
+    memcpy(x, a.v, sizeof x);
+    memcpy(y, b.v, sizeof y);
+    memcpy(ix, idx.v, sizeof ix);
+    for (int i = 0; i < 16; i++) r[i] = (ix[i] & 16) ? y[ix[i] & 15] : x[ix[i] & 15];
+    return emu_from32(r);
+}
+static inline BF_TARGET_AVX2 __m128i emu_extracti32x4(emu_m512i a, int quarter) {
+    return _mm_loadu_si128((const __m128i *)(a.v + 2 * (quarter & 3)));
+}
+
+#undef __m512i
 #define __m512i emu_m512i
+#undef _mm512_setzero_si512
 #define _mm512_setzero_si512 emu_setzero
+#undef _mm512_loadu_si512
 #define _mm512_loadu_si512 emu_loadu
+#undef _mm512_set1_epi64
 #define _mm512_set1_epi64 emu_set1
+#undef _mm512_add_epi64
 #define _mm512_add_epi64 emu_add
+#undef _mm512_xor_si512
 #define _mm512_xor_si512 emu_xor
+#undef _mm512_popcnt_epi64
 #define _mm512_popcnt_epi64 emu_popcnt
+#undef _mm512_cvtepi64_epi32
 #define _mm512_cvtepi64_epi32 emu_cvtepi64_epi32
+#undef _mm512_castsi256_si512
+#define _mm512_castsi256_si512 emu_castsi256_si512
+#undef _mm512_inserti64x4
+#define _mm512_inserti64x4 emu_inserti64x4
+#undef _mm512_setr_epi32
+#define _mm512_setr_epi32 emu_setr_epi32
+#undef _mm512_set1_epi32
+#define _mm512_set1_epi32 emu_set1_epi32
+#undef _mm512_add_epi32
+#define _mm512_add_epi32 emu_add_epi32
+#undef _mm512_permutex2var_epi32
+#define _mm512_permutex2var_epi32 emu_permutex2var_epi32
+#undef _mm512_extracti32x4_epi32
+#define _mm512_extracti32x4_epi32 emu_extracti32x4
 
 #include "xnor_panel/xnor_panel__avx512vpopcnt.c"
 

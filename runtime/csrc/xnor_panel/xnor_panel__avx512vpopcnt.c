@@ -3,8 +3,8 @@
  * AVX2 kernel: tile of up to 4 pixels x 4 channel groups (32 channels, 16 accumulators),
  * K innermost; per word k: load the groups' weight vectors, broadcast each pixel's word
  * (embedded-broadcast operand of vpxorq), xor, vpopcntq, vpaddq into 64-bit lanes, which
- * are the channels' counts. A 4 x 4 transpose of each 128-bit quarter stores 4 pixels per
- * channel at once.
+ * are the channels' counts. Two vpermt2d per 8 channels put each channel's 4 pixels in a
+ * 128-bit lane, stored at once.
  */
 #include "xnor_panel.h"
 
@@ -33,21 +33,27 @@ BF_AVX512_INLINE void tile(const int P, const int G, size_t kw, const bf_word *a
         const size_t valid = lanes > (size_t)g * L ? lanes - (size_t)g * L : 0;
         int32_t *cg = c + (size_t)g * L * ldc;
         if (P == 4 && valid >= L) {
-            /* rows: 8 channels of one pixel as int32 */
-            const __m256i r0 = _mm512_cvtepi64_epi32(acc[0][g]), r1 = _mm512_cvtepi64_epi32(acc[1][g]);
-            const __m256i r2 = _mm512_cvtepi64_epi32(acc[2][g]), r3 = _mm512_cvtepi64_epi32(acc[3][g]);
-            for (int half = 0; half < 2; half++) {
-                __m128 q0 = _mm_castsi128_ps(half ? _mm256_extracti128_si256(r0, 1) : _mm256_castsi256_si128(r0));
-                __m128 q1 = _mm_castsi128_ps(half ? _mm256_extracti128_si256(r1, 1) : _mm256_castsi256_si128(r1));
-                __m128 q2 = _mm_castsi128_ps(half ? _mm256_extracti128_si256(r2, 1) : _mm256_castsi256_si128(r2));
-                __m128 q3 = _mm_castsi128_ps(half ? _mm256_extracti128_si256(r3, 1) : _mm256_castsi256_si128(r3));
-                _MM_TRANSPOSE4_PS(q0, q1, q2, q3);
-                int32_t *ch = cg + (size_t)(4 * half) * ldc;
-                _mm_storeu_si128((__m128i *)(ch + 0 * ldc), _mm_castps_si128(q0));
-                _mm_storeu_si128((__m128i *)(ch + 1 * ldc), _mm_castps_si128(q1));
-                _mm_storeu_si128((__m128i *)(ch + 2 * ldc), _mm_castps_si128(q2));
-                _mm_storeu_si128((__m128i *)(ch + 3 * ldc), _mm_castps_si128(q3));
-            }
+            /* z01 = pixels 0 | 1, z23 = pixels 2 | 3 (8 channels each, int32); one vpermt2d
+             * per 4 channels gathers each channel's 4 pixels into a 128-bit lane */
+            const __m512i z01 = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc[0][g])),
+                _mm512_cvtepi64_epi32(acc[1][g]), 1);
+            const __m512i z23 = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm512_cvtepi64_epi32(acc[2][g])),
+                _mm512_cvtepi64_epi32(acc[3][g]), 1);
+            const __m512i lo_idx = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26,
+                                                     3, 11, 19, 27);
+            const __m512i hi_idx = _mm512_add_epi32(lo_idx, _mm512_set1_epi32(4));
+            const __m512i lo = _mm512_permutex2var_epi32(z01, lo_idx, z23);
+            const __m512i hi = _mm512_permutex2var_epi32(z01, hi_idx, z23);
+            _mm_storeu_si128((__m128i *)(cg + 0 * ldc), _mm512_extracti32x4_epi32(lo, 0));
+            _mm_storeu_si128((__m128i *)(cg + 1 * ldc), _mm512_extracti32x4_epi32(lo, 1));
+            _mm_storeu_si128((__m128i *)(cg + 2 * ldc), _mm512_extracti32x4_epi32(lo, 2));
+            _mm_storeu_si128((__m128i *)(cg + 3 * ldc), _mm512_extracti32x4_epi32(lo, 3));
+            _mm_storeu_si128((__m128i *)(cg + 4 * ldc), _mm512_extracti32x4_epi32(hi, 0));
+            _mm_storeu_si128((__m128i *)(cg + 5 * ldc), _mm512_extracti32x4_epi32(hi, 1));
+            _mm_storeu_si128((__m128i *)(cg + 6 * ldc), _mm512_extracti32x4_epi32(hi, 2));
+            _mm_storeu_si128((__m128i *)(cg + 7 * ldc), _mm512_extracti32x4_epi32(hi, 3));
         } else {
             for (int p = 0; p < P; p++) {
                 int32_t t[8];
