@@ -59,5 +59,7 @@ def bconv(
     transform: tuple[int, int, float, float, int, int],
     threads: int,
     isa: str | None = None,
+    panel: _Array | None = None,
+    panel_lanes: int = 0,
 ) -> int: ...
 def maxpool2d(x: _Array, out: _Array, row: _Array, geometry: tuple[int, ...], /) -> None: ...

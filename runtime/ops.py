@@ -9,7 +9,7 @@ taps back out exactly. :func:`sign_pack` packs float activations channels-last.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -47,6 +47,24 @@ class BinaryConv:
     max_val: float = 1.0
     post_relu: bool = False
     out_bits: bool = False
+    # weight rows repacked for the panel kernels, per lane count (made on first use)
+    _panels: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def panel(self, lanes: int) -> np.ndarray:
+        """The weight rows as lane-interleaved panels, ``panel[(g*kpad + k)*lanes + l]`` =
+        word k of channel ``g*lanes + l`` (zero words past the last channel): what the
+        ISA's panel kernel reads, made once per lane count instead of per call."""
+        panel = self._panels.get(lanes)
+        if panel is None:
+            cout, kpad = self.weight_rows.shape
+            groups = -(-cout // lanes)
+            padded = np.zeros((groups * lanes, kpad), dtype=np.uint64)
+            padded[:cout] = self.weight_rows
+            panel = np.ascontiguousarray(
+                padded.reshape(groups, lanes, kpad).transpose(0, 2, 1)
+            ).reshape(-1)
+            self._panels[lanes] = panel
+        return panel
 
     @classmethod
     def create(
@@ -148,6 +166,7 @@ class BinaryConv:
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         (ph, pw), (dh, dw) = self.padding, self.dilation
         geometry = (n, h, w, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw)
+        lanes = int(_native.panel_lanes(isa))
         transform = (
             int(self.pad_zero),
             ACTIVATIONS[self.activation],
@@ -174,6 +193,8 @@ class BinaryConv:
                 transform,
                 threads,
                 isa,
+                self.panel(lanes),
+                lanes,
             )
         )
 

@@ -272,17 +272,18 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"x",        "weight",        "wsum", "scale",   "bias",
                              "pos_h",    "pos_w",         "slope", "residual", "out_threshold",
                              "out",      "scratch",       "geometry", "transform", "threads",
-                             "isa",      NULL};
-    PyObject *obj[12], *isa_name = NULL;
+                             "isa",      "panel",         "panel_lanes", NULL};
+    PyObject *obj[12], *isa_name = NULL, *panel_obj = NULL;
+    Py_ssize_t panel_lanes = 0;
     Py_ssize_t geo[14];
     int pad_zero, activation, post_relu, out_bits, threads;
     float min_val, max_val;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "OOOOOOOOOOOO(nnnnnnnnnnnnnn)(iiffii)i|O", kwlist, &obj[0], &obj[1],
+            args, kwargs, "OOOOOOOOOOOO(nnnnnnnnnnnnnn)(iiffii)i|OOn", kwlist, &obj[0], &obj[1],
             &obj[2], &obj[3], &obj[4], &obj[5], &obj[6], &obj[7], &obj[8], &obj[9], &obj[10],
             &obj[11], &geo[0], &geo[1], &geo[2], &geo[3], &geo[4], &geo[5], &geo[6], &geo[7],
             &geo[8], &geo[9], &geo[10], &geo[11], &geo[12], &geo[13], &pad_zero, &activation,
-            &min_val, &max_val, &post_relu, &out_bits, &threads, &isa_name))
+            &min_val, &max_val, &post_relu, &out_bits, &threads, &isa_name, &panel_obj, &panel_lanes))
         return NULL;
     /* geometry: n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, kpad */
     for (int i = 0; i < 14; i++) {
@@ -352,6 +353,17 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
         release_all(&bufs);
         PyErr_SetString(PyExc_ValueError, "pos_h and pos_w go together");
         return NULL;
+    }
+    /* the caller's ready-made panels, used when they are in this ISA's layout */
+    if (panel_obj && panel_obj != Py_None && (size_t)panel_lanes == g.panel_lanes) {
+        void *panel;
+        if (get_buffer(&bufs, panel_obj, "panel",
+                       bf_xnor_panel_words(g.panel_lanes, g.cout, g.kpad) * 8, 0, 0,
+                       &panel) < 0) {
+            release_all(&bufs);
+            return NULL;
+        }
+        g.panels = (const bf_word *)panel;
     }
     g.x = (const bf_word *)p[0];
     g.weight = (const bf_word *)p[1];
@@ -473,8 +485,10 @@ static PyMethodDef methods[] = {
      "bconv_scratch_bytes(kpad, threads) -> int\n\nScratch bytes a bconv call needs."},
     {"bconv", (PyCFunction)(void (*)(void))py_bconv, METH_VARARGS | METH_KEYWORDS,
      "bconv(x, weight, wsum, scale, bias, pos_h, pos_w, slope, residual, out_threshold, out, "
-     "scratch, geometry, transform, threads, isa=None) -> int\n\n"
-     "Binary convolution with the fused output transform; returns the threads used."},
+     "scratch, geometry, transform, threads, isa=None, panel=None, panel_lanes=0) -> int\n\n"
+     "Binary convolution with the fused output transform; returns the threads used. `panel`: "
+     "the weight rows already repacked with `panel_lanes` lanes (used when that is the ISA's "
+     "lane count; otherwise each chunk is repacked in scratch)."},
     {"maxpool2d", py_maxpool2d, METH_VARARGS,
      "maxpool2d(x, out, row, (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw)) -> None\n\n"
      "Max pooling of float32 planes; windows clipped to the input."},

@@ -369,6 +369,41 @@ def test_bits_output_chains_into_the_next_layer() -> None:
     np.testing.assert_array_equal(out, reference_acc(signs, w2, (1, 1), (1, 1), (1, 1), "zero"))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_bconv_load_time_panels_equal_per_chunk_repacking(isa: str) -> None:
+    """The weights repacked once (BinaryConv.panel) give what repacking each 64-channel
+    chunk in scratch gives (no panel, or one in another ISA's lane count), exactly."""
+    rng = np.random.default_rng(11)
+    cin, cout, n, h, w = 70, 139, 2, 7, 6  # three chunks, the last one 11 channels
+    xs, ws = _pm1(rng, (n, cin, h, w)), _pm1(rng, (cout, cin, 3, 3))
+    x = pack_signs(xs.transpose(0, 2, 3, 1))
+    op = BinaryConv.create(
+        pack_signs(ws.transpose(0, 2, 3, 1)),
+        in_channels=cin,
+        scale=rng.standard_normal(cout).astype(np.float32),
+        bias=rng.standard_normal(cout).astype(np.float32),
+        stride=(2, 1),
+        padding=(1, 1),
+    )
+    ho, wo = op.output_hw(h, w)
+    scratch = np.empty(op.scratch_bytes(1), np.uint8)
+    with_panel = np.full(op.output_shape(n, h, w), np.nan, np.float32)
+    op(x, with_panel, scratch, isa=isa)
+    lanes = _native.panel_lanes(isa)
+    assert op.panel(lanes).size == -(-cout // lanes) * lanes * op.kpad
+    geometry = (n, h, w, cin, cout, 3, 3, 2, 1, 1, 1, 1, 1, op.kpad)
+    transform = (1, 0, -1.0, 1.0, 0, 0)
+    for panel, panel_lanes in ((None, 0), (op.panel(lanes + 1), lanes + 1)):
+        repacked = np.full((n, cout, ho, wo), np.nan, np.float32)
+        args = (x, op.weight_rows, op.wsum, op.scale, op.bias, None, None, None, None, None)
+        _native.bconv(*args, repacked, scratch, geometry, transform, 1, isa, panel, panel_lanes)
+        np.testing.assert_array_equal(repacked, with_panel)
+    acc = reference_acc(xs, ws, (2, 1), (1, 1), (1, 1), "zero").astype(np.float32)
+    assert op.bias is not None
+    expect = acc * op.scale[None, :, None, None] + op.bias[None, :, None, None]
+    np.testing.assert_allclose(with_panel, expect, rtol=1e-6, atol=1e-5)
+
+
 def test_bconv_rejects_undersized_buffers() -> None:
     op = BinaryConv.create(
         np.zeros((4, 3, 3, 1), np.uint64), in_channels=8, scale=np.ones(4, np.float32)

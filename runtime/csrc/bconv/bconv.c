@@ -275,12 +275,15 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
             lda = kpad;
             kw = kpad;
         }
-        if (packed != ni) { /* this chunk's weights as lane-interleaved panels */
+        const bf_word *w_panel = panel;
+        if (g->panels && kw == kpad) { /* chunks start at multiples of 64 channels, of L */
+            w_panel = g->panels + co0 * kpad;
+        } else if (packed != ni) { /* this chunk's weights as lane-interleaved panels */
             bf_xnor_panel_pack(g->panel_lanes, nt, kw, g->weight + co0 * kpad, kpad, panel);
             packed = ni;
         }
         /* channel-major product: rows are this chunk's channels, columns the pixels */
-        g->panel(mt, nt, kw, a, lda, panel, c_tile, mt);
+        g->panel(mt, nt, kw, a, lda, w_panel, c_tile, mt);
         transform(g, p0, mt, co0, nt, c_tile, mt, y_row, pos_row, bits_row, padded, n_padded);
     }
 }

@@ -50,6 +50,8 @@ typedef struct {
     bf_xnor_gemm_fn gemm;       /* kept for callers; the driver uses `panel` */
     bf_xnor_panel_fn panel;
     size_t panel_lanes;
+    const bf_word *panels;      /* all weights as panel_lanes-lane panels of kpad words, or
+                                   NULL: then each 64-channel chunk is repacked in scratch */
 } bf_bconv_args;
 
 /* Scratch bytes a call with `threads` threads needs. */
