@@ -1,7 +1,7 @@
 /*
  * AVX2 panel product (xnor_panel.h), L = 4 channels per ymm (one 64-bit word each).
  *
- * Tile: up to 4 pixels x 2 channel groups (8 channels), K innermost. Per word k: load the
+ * Tile: 4 pixels x 2 channel groups (8 channels), K innermost. Per word k: load the
  * groups' weight vectors, broadcast each pixel's word, xor, popcount per byte by nibble
  * lookup (vpshufb) and add into byte accumulators; after at most 31 words (31 * 8 = 248
  * < 256) one vpsadbw folds the bytes into 64-bit lanes, which are the channels' counts.
@@ -15,7 +15,7 @@
 #define L BF_PANEL_LANES_AVX2
 #define CHUNK 31
 #ifndef PT
-#define PT 3 /* pixels per tile */
+#define PT 4 /* pixels per tile (3 spills less, 4 measured ~5-10% faster on Zen 3) */
 #endif
 #define BF_AVX2_INLINE static inline __attribute__((always_inline)) BF_TARGET_AVX2
 
@@ -94,7 +94,12 @@ BF_TARGET_AVX2 void bf_xnor_panel__avx2(size_t n_pix, size_t n_ch, size_t kw, co
         const size_t lanes = n_ch - g * L;
         size_t p = 0;
         for (; p + PT <= n_pix; p += PT) tile(PT, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
-        for (; p < n_pix; p++) tile(1, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
+        switch (n_pix - p) { /* the last 1 to PT - 1 pixels in one tile */
+        case 3: tile(3, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+        case 2: tile(2, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+        case 1: tile(1, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+        default: break;
+        }
     }
     if (g < groups) {
         const bf_word *w = panel + g * kw * L;
@@ -102,7 +107,12 @@ BF_TARGET_AVX2 void bf_xnor_panel__avx2(size_t n_pix, size_t n_ch, size_t kw, co
         const size_t lanes = n_ch - g * L;
         size_t p = 0;
         for (; p + PT <= n_pix; p += PT) tile(PT, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
-        for (; p < n_pix; p++) tile(1, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
+        switch (n_pix - p) { /* the last 1 to PT - 1 pixels in one tile */
+        case 3: tile(3, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+        case 2: tile(2, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+        case 1: tile(1, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+        default: break;
+        }
     }
 }
 #endif

@@ -69,7 +69,12 @@ BF_AVX512_INLINE void groups_of(const int G, size_t n_pix, size_t kw, const bf_w
                                 size_t lanes) {
     size_t p = 0;
     for (; p + 4 <= n_pix; p += 4) tile(4, G, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
-    for (; p < n_pix; p++) tile(1, G, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
+    switch (n_pix - p) { /* the last 1 to 3 pixels in one tile */
+    case 3: tile(3, G, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+    case 2: tile(2, G, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+    case 1: tile(1, G, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
+    default: break;
+    }
 }
 
 BF_TARGET_AVX512 void bf_xnor_panel__avx512vpopcnt(size_t n_pix, size_t n_ch, size_t kw,
