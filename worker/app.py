@@ -23,12 +23,14 @@ def broker_options(settings: Settings) -> tuple[str, dict[str, object]]:
     if settings.broker_url:
         return settings.broker_url, {"visibility_timeout": visibility}
     folder = (settings.data_dir / "broker").resolve()
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return "filesystem://", {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        # kombu's default is ./control in the working directory of whoever sends a task
+        "control_folder": str(folder / "control"),
         "store_processed": False,
         "visibility_timeout": visibility,
     }

@@ -13,7 +13,7 @@ from bitfactor.settings import Settings
 from db import repo
 from db.models import Job
 from db.session import connect, session_factory, upgrade
-from worker.app import TASK_BINARIZE, broker_options, make_celery
+from worker.app import TASK_BINARIZE, broker_options, enqueue_job, make_celery
 
 
 def test_job_safety_settings(tmp_path: Path) -> None:
@@ -41,6 +41,19 @@ def test_embedded_broker_needs_no_server(tmp_path: Path) -> None:
     )
     assert url == "redis://127.0.0.1:6379/3"
     assert make_celery(Settings(data_dir=tmp_path, job_queue="q1")).conf.task_default_queue == "q1"
+
+
+def test_embedded_broker_keeps_every_file_in_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cwd, data = tmp_path / "cwd", tmp_path / "data"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    app = make_celery(Settings(data_dir=data))
+    enqueue_job(app, "0123")
+    assert list(cwd.iterdir()) == [], "the embedded broker wrote into the working directory"
+    assert len(list((data / "broker" / "queue").iterdir())) == 1
+    assert any((data / "broker" / "control").iterdir())
 
 
 def test_job_queue_name_is_checked(tmp_path: Path) -> None:
