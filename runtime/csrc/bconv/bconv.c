@@ -138,10 +138,12 @@ static size_t list_padded_taps(const bf_bconv_args *g, size_t p0, size_t mt, uin
 
 static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 
-/* The transform's loops are plain C; on x86 an AVX2 clone (8 floats a step) is chosen at
- * load time when the CPU has AVX2 (GCC function multi-versioning). */
+/* The transform's loops are plain C; on x86 an AVX-512 clone (16 floats a step) or an AVX2
+ * one (8) is chosen at load time by the CPU (GCC function multi-versioning; libgcc checks
+ * the OS-saved state). Exact either way: -std=c11 keeps GCC from contracting a * b + c
+ * into an FMA, so every clone rounds like the scalar code. */
 #if BF_ARCH_X86 && defined(__GNUC__) && !defined(__clang__)
-#define BF_TRANSFORM_CLONES __attribute__((target_clones("avx2", "default")))
+#define BF_TRANSFORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define BF_TRANSFORM_CLONES
 #endif
