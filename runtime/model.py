@@ -261,6 +261,8 @@ class _Step:
         bias_col = None if bias is None else bias.reshape(cout, 1)
         pointwise = kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and groups == 1
         fused_relu = bool(a.get(FUSED_RELU, False))
+        phases = sorted({((ky * dh) % sh, (kx * dw) % sw) for ky in range(kh) for kx in range(kw)})
+        phased = (sh > 1 or sw > 1) and kh * kw > len(phases)
 
         def run_conv(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
             n = plan.n
@@ -277,13 +279,34 @@ class _Step:
                     xp = x
                 cols = self.temp(plan, "cols", (n, groups, k, ho * wo))
                 cols6 = cols.reshape(n, cin, kh, kw, ho, wo)
+                if phased:
+                    # strided input: split it once into its sh x sw phase planes, so every
+                    # tap copies whole contiguous rows (2x faster for the 7x7/2 stem)
+                    hp, wp = xp.shape[2], xp.shape[3]
+                    planes = {}
+                    for py, px in phases:
+                        plane = self.temp(
+                            plan,
+                            f"phase{py},{px}",
+                            (n, cin, -(-(hp - py) // sh), -(-(wp - px) // sw)),
+                        )
+                        plane[...] = xp[:, :, py::sh, px::sw]
+                        planes[py, px] = plane
                 for ky in range(kh):
                     y0 = ky * dh
                     for kx in range(kw):
                         x0 = kx * dw
-                        cols6[:, :, ky, kx] = xp[
-                            :, :, y0 : y0 + sh * (ho - 1) + 1 : sh, x0 : x0 + sw * (wo - 1) + 1 : sw
-                        ]
+                        if phased:
+                            plane = planes[y0 % sh, x0 % sw]
+                            ry, rx = y0 // sh, x0 // sw
+                            cols6[:, :, ky, kx] = plane[:, :, ry : ry + ho, rx : rx + wo]
+                        else:
+                            cols6[:, :, ky, kx] = xp[
+                                :,
+                                :,
+                                y0 : y0 + sh * (ho - 1) + 1 : sh,
+                                x0 : x0 + sw * (wo - 1) + 1 : sw,
+                            ]
                 out4 = out3.reshape(n, groups, cout // groups, ho * wo)
                 for b in range(n):  # 2-d products go straight to BLAS
                     for gi in range(groups):
