@@ -37,6 +37,7 @@ from torch import nn
 from bitfactor.jobconfig import BinarizeConfig, Progress
 from engine.convert import set_binary
 from engine.errors import JobCancelled
+from engine.layers import binary_layers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,6 +153,70 @@ def _save_checkpoint(directory: Path, payload: dict[str, Any], epoch: int) -> No
     os.replace(tmp, directory / f"epoch-{epoch:04d}.pt")
 
 
+def _factor_params(layer: Any) -> list[nn.Parameter]:
+    plist = layer.parametrizations["weight"]
+    if plist.is_tensor:
+        return [plist.original]
+    return [getattr(plist, f"original{i}") for i in range(plist.ntensors)]
+
+
+def factor_step_gains(
+    student: nn.Module, x: torch.Tensor, y: torch.Tensor | None, t: torch.Tensor, config: Any
+) -> dict[str, float]:
+    """Per binary layer: how far one sign step on its factors moves the reconstruction.
+
+    Adam's steps are close to sign steps (every element moves by about the learning rate),
+    so on raw weights (``none``) a step moves each latent weight by ``lr``. On factors the
+    same step moves the reconstruction by ``lr * gain``, where the gain depends on the
+    factors' magnitudes and on how coherently the per-factor steps add up (the paper's
+    mechanism: a step on shared factors moves many weights together). The gain is measured
+    on one batch: ``rms(J s)`` where ``J`` is the Jacobian of the reconstruction with
+    respect to all factors of the layer and ``s = sign(dL/dfactors)`` the direction Adam's
+    first step takes. It is exactly 1 for ``none``. Evaluation mode, no state changes.
+    """
+    layers = binary_layers(student)
+    if not layers:
+        return {}
+    was = student.training
+    student.eval()
+    params = [p for p in student.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        loss = distillation_loss(student(x), t, y, config)
+        loss.backward()
+        gains: dict[str, float] = {}
+        for name, layer in layers:
+            factors = _factor_params(layer)
+            tangents = tuple(
+                torch.sign(f.grad) if f.grad is not None else torch.zeros_like(f) for f in factors
+            )
+            primals = tuple(f.detach() for f in factors)
+            delta = torch.func.jvp(layer.factorization, primals, tangents)[1]
+            step = torch.cat([s.flatten() for s in tangents]).pow(2).mean().sqrt()
+            gain = float(delta.pow(2).mean().sqrt() / step) if float(step) > 0 else 1.0
+            gains[name] = gain if math.isfinite(gain) and gain > 0 else 1.0
+    finally:
+        for p, g in zip(params, saved, strict=True):
+            p.grad = g
+        student.train(was)
+    return gains
+
+
+def param_groups(student: nn.Module, gains: dict[str, float]) -> list[dict[str, Any]]:
+    """One optimizer group per binary layer's factors (``lr_mult = 1 / gain``), one for the rest."""
+    groups: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for name, layer in binary_layers(student):
+        factors = [f for f in _factor_params(layer) if f.requires_grad]
+        seen.update(id(f) for f in factors)
+        groups.append({"params": factors, "layer": name, "lr_mult": 1.0 / gains.get(name, 1.0)})
+    rest = [p for p in student.parameters() if p.requires_grad and id(p) not in seen]
+    groups.append({"params": rest, "layer": "", "lr_mult": 1.0})
+    return [g for g in groups if g["params"]]
+
+
 def train(
     student: nn.Module,
     *,
@@ -174,7 +239,14 @@ def train(
     n = x.shape[0]
     steps_per_epoch = max(1, math.ceil(n / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
-    params = [p for p in student.parameters() if p.requires_grad]
+    student.to(device)
+    probe = slice(0, min(n, config.batch_size))
+    probe_data = (
+        x[probe].to(device),
+        y[probe].to(device) if y is not None else None,
+        teacher_logits[probe].to(device),
+    )
+    params = param_groups(student, factor_step_gains(student, *probe_data, config))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -205,6 +277,12 @@ def train(
         set_binary(student, weights=stage == "binary", inputs=True)
         if stage == "binary" and epoch == stage_first and stage_first > 0:
             optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        # The factors' gain changes as they grow or shrink: re-measured every epoch (from
+        # the state at the epoch's start only, so resuming reproduces it).
+        gains = factor_step_gains(student, *probe_data, config)
+        for group in optimizer.param_groups:
+            if group["layer"]:
+                group["lr_mult"] = 1.0 / gains.get(group["layer"], 1.0)
         torch.manual_seed(config.seed * 100_003 + epoch)
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen).to(device)
@@ -218,7 +296,7 @@ def train(
             global_stage_step = (epoch - stage_first) * steps_per_epoch + step
             factor = lr_factor(global_stage_step, stage_total, config.warmup_fraction)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * factor
+                group["lr"] = config.lr * factor * group.get("lr_mult", 1.0)
             idx = order[step * config.batch_size : (step + 1) * config.batch_size]
             with autocast(device):
                 out = student(x_dev[idx])

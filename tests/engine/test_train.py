@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,15 @@ from bitfactor.jobconfig import BinarizeConfig, Progress
 from engine.archs import VGGSmall
 from engine.convert import convert
 from engine.errors import JobCancelled
-from engine.train import lr_factor, predict, train
+from engine.layers import binary_layers
+from engine.train import (
+    distillation_loss,
+    factor_step_gains,
+    lr_factor,
+    param_groups,
+    predict,
+    train,
+)
 
 CPU = torch.device("cpu")
 
@@ -139,3 +148,41 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     assert values[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(values[10:]))
     assert values[-1] < 0.01
+
+
+@pytest.mark.parametrize("factorization", ["none", "matrix", "tucker", "cp"])
+def test_factor_step_gain_is_measured_without_side_effects(factorization: str) -> None:
+    config = _config(factorization=factorization)
+    student, kw = _setup(config)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    x, y, t = kw["x"][:32], kw["y"][:32], kw["teacher_logits"][:32]
+    gains = factor_step_gains(student, x, y, t, config)
+    assert set(gains) == {name for name, _ in binary_layers(student)}
+    assert all(p.grad is None for p in student.parameters())
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    if factorization == "none":  # a sign step on raw weights moves them by one unit
+        assert all(g == pytest.approx(1.0) for g in gains.values())
+    else:
+        assert all(0 < g < 100 for g in gains.values())
+    # The gain is what it claims: the rms change of the reconstruction per unit sign step.
+    name, first = binary_layers(student)[0]
+    layer: Any = first
+    factors = [p for n, p in layer.named_parameters() if "original" in n]
+    loss = distillation_loss(student.eval()(x), t, y, config)
+    grads = torch.autograd.grad(loss, factors)
+    eps = 1e-4
+    with torch.no_grad():
+        moved = [f + eps * torch.sign(g) for f, g in zip(factors, grads, strict=True)]
+        delta = (layer.factorization(*moved) - layer.factorization(*factors)) / eps
+    assert float(delta.pow(2).mean().sqrt()) == pytest.approx(gains[name], rel=1e-2)
+
+
+def test_factor_groups_get_the_inverse_gain() -> None:
+    config = _config(factorization="tucker")
+    student, _ = _setup(config)
+    groups = param_groups(student, {"features.3": 2.0})
+    by_layer = {g["layer"]: g for g in groups}
+    assert by_layer["features.3"]["lr_mult"] == 0.5
+    assert by_layer[""]["lr_mult"] == 1.0
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(1 for p in student.parameters() if p.requires_grad)
