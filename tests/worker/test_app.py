@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,8 @@ def test_embedded_broker_keeps_every_file_in_the_data_dir(
     cwd, data = tmp_path / "cwd", tmp_path / "data"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    app = make_celery(Settings(data_dir=data))
+    # a queue no other test declared: kombu caches declarations per process
+    app = make_celery(Settings(data_dir=data, job_queue=f"q-{uuid.uuid4().hex}"))
     enqueue_job(app, "0123")
     assert list(cwd.iterdir()) == [], "the embedded broker wrote into the working directory"
     assert len(list((data / "broker" / "queue").iterdir())) == 1
