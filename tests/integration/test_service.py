@@ -393,7 +393,9 @@ def test_lost_worker_redelivers_and_resumes(deployment: Deployment) -> None:
     with dep.client() as client:
         model_id = client.upload_model(dep.files["mlp"])["id"]
         dataset_id = client.upload_dataset(dep.files["medium"])["id"]
-        job_id = client.submit(model_id, dataset_id, {"epochs": 3, "batch_size": 16})["id"]
+        # Enough epochs that an idle machine cannot finish the job between two polls
+        # after the first checkpoint exists (epoch >= 2 means epoch 1 was saved).
+        job_id = client.submit(model_id, dataset_id, {"epochs": 6, "batch_size": 16})["id"]
         job = _wait_for(
             client,
             job_id,
