@@ -6,8 +6,8 @@ or belongs to another tenant (the two are indistinguishable on purpose).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Iterator, Sequence
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
@@ -79,3 +79,22 @@ def owned_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
 OwnedModel = Annotated[ModelFile, Depends(owned_model)]
 OwnedDataset = Annotated[Dataset, Depends(owned_dataset)]
 OwnedJob = Annotated[Job, Depends(owned_job)]
+
+
+def page_body(
+    session: Session,
+    model: type[repo.Row],
+    *,
+    tenant_id: str,
+    limit: int,
+    cursor: str | None,
+    filters: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """One page of a tenant's rows as a ``Page`` body; a bad cursor answers 400."""
+    try:
+        rows, next_cursor = repo.page(
+            session, model, tenant_id=tenant_id, limit=limit, cursor=cursor, filters=filters
+        )
+    except repo.InvalidCursor as exc:
+        raise Problem("invalid-cursor", str(exc)) from exc
+    return {"items": rows, "next_cursor": next_cursor}

@@ -7,12 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedDataset, SessionDep, StateDep, TenantDep
+from api.deps import OwnedDataset, SessionDep, StateDep, TenantDep, page_body
 from api.errors import Problem
 from api.schemas import DatasetOut, Page
 from api.uploads import check_content_length, receive
 from api.validation import InvalidUpload, inspect_dataset
-from db import repo
 from db.models import Dataset, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -75,13 +74,7 @@ def list_datasets(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """One page of the caller's datasets."""
-    try:
-        rows, next_cursor = repo.page(
-            session, Dataset, tenant_id=tenant.id, limit=limit, cursor=cursor
-        )
-    except repo.InvalidCursor as exc:
-        raise Problem("invalid-cursor", str(exc)) from exc
-    return {"items": rows, "next_cursor": next_cursor}
+    return page_body(session, Dataset, tenant_id=tenant.id, limit=limit, cursor=cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, summary="Get a dataset")

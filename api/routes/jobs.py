@@ -13,7 +13,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.deps import OwnedJob, SessionDep, StateDep, TenantDep
+from api.deps import OwnedJob, SessionDep, StateDep, TenantDep, page_body
 from api.errors import Problem
 from api.schemas import JobCreate, JobOut, JobStatus, Page
 from db import repo
@@ -141,13 +141,7 @@ def list_jobs(
 ) -> dict[str, Any]:
     """One page of the caller's jobs."""
     filters = [Job.status == status] if status else []
-    try:
-        rows, next_cursor = repo.page(
-            session, Job, tenant_id=tenant.id, limit=limit, cursor=cursor, filters=filters
-        )
-    except repo.InvalidCursor as exc:
-        raise Problem("invalid-cursor", str(exc)) from exc
-    return {"items": rows, "next_cursor": next_cursor}
+    return page_body(session, Job, tenant_id=tenant.id, limit=limit, cursor=cursor, filters=filters)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Get a job (poll this)")

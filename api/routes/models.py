@@ -8,12 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedModel, SessionDep, StateDep, TenantDep
+from api.deps import OwnedModel, SessionDep, StateDep, TenantDep, page_body
 from api.errors import Problem
 from api.schemas import ModelOut, Page
 from api.uploads import check_content_length, receive
 from api.validation import InvalidUpload, inspect_model
-from db import repo
 from db.models import ModelFile, new_id
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -102,13 +101,7 @@ def list_models(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """One page of the caller's models."""
-    try:
-        rows, next_cursor = repo.page(
-            session, ModelFile, tenant_id=tenant.id, limit=limit, cursor=cursor
-        )
-    except repo.InvalidCursor as exc:
-        raise Problem("invalid-cursor", str(exc)) from exc
-    return {"items": rows, "next_cursor": next_cursor}
+    return page_body(session, ModelFile, tenant_id=tenant.id, limit=limit, cursor=cursor)
 
 
 @router.get("/{model_id}", response_model=ModelOut, summary="Get a model")
