@@ -19,6 +19,7 @@ sum(dims))`` (exact CP rank is intractable; this is the budget of the dense weig
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
 from typing import Any, ClassVar
@@ -38,7 +39,7 @@ def _nudged(weight: torch.Tensor) -> torch.Tensor:
     return torch.where(w >= 0, w.clamp(min=delta), w.clamp(max=-delta))
 
 
-class Factorization(nn.Module):
+class Factorization(nn.Module, abc.ABC):
     """Base class: a parametrization from factors to a weight of fixed ``shape``.
 
     Subclasses register under a name with ``class X(Factorization, name="x")``;
@@ -65,11 +66,13 @@ class Factorization(nn.Module):
         """The integer rank(s) this factorization uses for ``self.shape``."""
         return []
 
+    @abc.abstractmethod
     def reconstruct(self, *factors: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # pragma: no cover - every registered subclass defines it
+        """The weight of shape ``self.shape`` that ``factors`` represent."""
 
+    @abc.abstractmethod
     def decompose(self, weight: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError  # pragma: no cover - every registered subclass defines it
+        """Initial factors of ``weight`` (SVD / HOSVD / PARAFAC, in float64)."""
 
     def forward(self, *factors: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(*factors)
