@@ -324,7 +324,6 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     g.out_bits = out_bits != 0;
     const bf_kernels *table = resolve_isa(isa_name);
     if (!table) return NULL;
-    g.gemm = table->xnor_gemm;
     g.panel = table->xnor_panel;
     g.panel_lanes = table->panel_lanes;
     const size_t outs = g.n * g.ho * g.wo;

@@ -1,4 +1,4 @@
-/* bconv.c - see bconv.h. ISA-independent: the kernels come in through args->gemm. */
+/* bconv.c - see bconv.h. ISA-independent: the kernels come in through args->panel. */
 #include "bconv.h"
 
 #include <string.h>

@@ -19,7 +19,6 @@
 #define BF_BCONV_H
 
 #include "../bf_common.h"
-#include "../xnor_gemm/xnor_gemm.h"
 #include "../xnor_panel/xnor_panel.h"
 
 #define BF_BCONV_TILE_M 32 /* at least; up to 256 pixels while the im2col tile fits 32 KiB */
@@ -47,7 +46,6 @@ typedef struct {
     const float *out_threshold; /* (cout,) or NULL */
     void *out;                  /* float (n, cout, ho, wo) or words (n, ho, wo, cout_w) */
     void *scratch;              /* bf_bconv_scratch_bytes(kpad, threads) bytes */
-    bf_xnor_gemm_fn gemm;       /* kept for callers; the driver uses `panel` */
     bf_xnor_panel_fn panel;
     size_t panel_lanes;
     const bf_word *panels;      /* all weights as panel_lanes-lane panels of kpad words, or
