@@ -37,6 +37,8 @@ KINDS: dict[str, tuple[int, str]] = {
     "incompatible-dataset": (422, "The dataset does not fit the model"),
     "idempotency-conflict": (422, "Idempotency-Key reused with a different request"),
     "invalid-input": (422, "The inputs do not fit the model"),
+    "rate-limited": (429, "Too many requests"),
+    "request-timeout": (503, "The request took too long"),
     "broker-unavailable": (503, "The job queue is unavailable"),
     "artifact-corrupted": (500, "A stored file failed its checksum"),
     "internal-error": (500, "Internal server error"),

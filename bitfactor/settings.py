@@ -65,6 +65,26 @@ class Settings(BaseSettings):
     predict_max_elements: int = Field(
         default=4_000_000, gt=0, description="Largest predict input (number of values)."
     )
+    predict_max_batch: int = Field(
+        default=4096, gt=0, description="Largest predict batch (first dimension), /v1 and /v2."
+    )
+    # API limits (api/limits.py): request bodies, per-key rate, per-request deadline.
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        gt=0,
+        description="Largest request body outside the uploads (JSON, /v2 binary tensors).",
+    )
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="Requests per minute per API key (0 = no rate limit)."
+    )
+    rate_limit_burst: int = Field(
+        default=100, ge=1, description="Requests one key may send at once (token bucket size)."
+    )
+    request_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a handler has to start its answer (0 = no deadline; not uploads).",
+    )
     model_cache_size: int = Field(
         default=8, ge=1, description="Packed models kept loaded in the API process (LRU)."
     )
