@@ -62,4 +62,19 @@ def bconv(
     panel: _Array | None = None,
     panel_lanes: int = 0,
 ) -> int: ...
-def maxpool2d(x: _Array, out: _Array, row: _Array, geometry: tuple[int, ...], /) -> None: ...
+def maxpool2d(
+    x: _Array, out: _Array, row: _Array, geometry: tuple[int, ...], isa: str | None = None, /
+) -> None: ...
+def fconv_channels(isa: str | None = None) -> int: ...
+def fconv_scratch_bytes(geometry: tuple[int, ...], /) -> int: ...
+def fconv(
+    x: _Array,
+    weight: _Array,
+    bias: _Array | None,
+    out: _Array,
+    scratch: _Array,
+    geometry: tuple[int, ...],
+    relu: bool,
+    threads: int,
+    isa: str | None = None,
+) -> int: ...

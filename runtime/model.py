@@ -115,6 +115,38 @@ def _channel_view(vec: np.ndarray, ndim: int) -> np.ndarray:
     return vec.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def _f32(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class FloatConv:
+    """A real convolution's weights, packed for the C kernel of the ISA in use.
+
+    ``packed(isa)`` lays ``weight`` ``(cout, cin, kh, kw)`` out as blocks of the kernel's
+    channel count ``mr``: ``packed[(cb * k + t) * mr + m] = weight[cb * mr + m].flat[t]``
+    (zero past ``cout``), made once per block size.
+    """
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None) -> None:
+        self.weight = _f32(weight.reshape(weight.shape[0], -1))
+        self.bias = bias
+        self._packed: dict[int, np.ndarray] = {}
+
+    def packed(self, isa: str | None = None) -> np.ndarray:
+        """The weights in the layout of ``isa``'s kernel (default: the ISA in use)."""
+        mr = int(_native.fconv_channels(isa))
+        packed = self._packed.get(mr)
+        if packed is None:
+            cout, k = self.weight.shape
+            blocks = -(-cout // mr)
+            padded = np.zeros((blocks * mr, k), dtype=np.float32)
+            padded[:cout] = self.weight
+            packed = np.ascontiguousarray(padded.reshape(blocks, mr, k).transpose(0, 2, 1))
+            packed = packed.reshape(-1)
+            self._packed[mr] = packed
+        return packed
+
+
 class _Step:
     """One node: how to prepare its temporaries for a plan and how to run it."""
 
@@ -136,6 +168,8 @@ class _Step:
         self.out_info = values[self.output]
         self.alias = self.op in ("flatten", "reshape")  # output is a view of the input
         self.binary: BinaryConv | None = None
+        # kernel scratch for a batch of n (real ops in C), besides the binary layers'
+        self.scratch_bytes: Callable[[int], int] | None = None
         self.run: Callable[[_Plan, list[np.ndarray], np.ndarray], None] = self._build()
 
     # -- helpers --------------------------------------------------------------------------
@@ -254,13 +288,17 @@ class _Step:
         in_dims = tuple(int(d or 0) for d in self.in_info[0].shape[1:])
         cin = in_dims[0]
         h, w = (1, in_dims[1]) if nsp == 1 else (in_dims[1], in_dims[2])
+        fused_relu = bool(a.get(FUSED_RELU, False))
+        if groups == 1 and sh * sw <= 64:
+            return self._build_fconv(
+                weight, bias, (cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw), fused_relu
+            )
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         k = cin_g * kh * kw
         w_groups = np.ascontiguousarray(weight.reshape(groups, cout // groups, k))
         bias_col = None if bias is None else bias.reshape(cout, 1)
         pointwise = kh == kw == 1 and sh == sw == 1 and ph == pw == 0 and groups == 1
-        fused_relu = bool(a.get(FUSED_RELU, False))
         phases = sorted({((ky * dh) % sh, (kx * dw) % sw) for ky in range(kh) for kx in range(kw)})
         phased = (sh > 1 or sw > 1) and kh * kw > len(phases)
 
@@ -317,6 +355,25 @@ class _Step:
                 np.maximum(out3, np.float32(0), out=out3)
 
         return run_conv
+
+    def _build_fconv(
+        self,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        geometry: tuple[int, ...],
+        relu: bool,
+    ) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
+        """A groups-1 convolution through the C kernel (``runtime/csrc/fconv``)."""
+        conv = FloatConv(weight, None if bias is None else _f32(bias))
+        self.scratch_bytes = lambda n: int(_native.fconv_scratch_bytes((n, *geometry)))
+
+        def run_fconv(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+            geo = (plan.n, *geometry)
+            _native.fconv(
+                ins[0], conv.packed(), conv.bias, out, plan.scratch, geo, relu, plan.threads
+            )
+
+        return run_fconv
 
     def _build_pool(self) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
         a = self.attrs
@@ -630,6 +687,8 @@ class Model:
                 live_until[step.output] = self._last_use.get(step.output, step.index)
             if step.binary is not None:
                 scratch = max(scratch, step.binary.scratch_bytes(threads))
+            if step.scratch_bytes is not None:
+                scratch = max(scratch, step.scratch_bytes(n))
             # buffers whose last reader is this step can serve later steps
             for name, last in list(live_until.items()):
                 if last <= step.index:

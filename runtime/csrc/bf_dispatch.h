@@ -7,6 +7,8 @@
 #define BF_DISPATCH_H
 
 #include "bf_cpu.h"
+#include "fconv/fconv.h"
+#include "maxpool/maxpool.h"
 #include "popcount/popcount.h"
 #include "sign_pack/sign_pack.h"
 #include "xnor_gemm/xnor_gemm.h"
@@ -19,6 +21,9 @@ typedef struct {
     bf_sign_pack_fn sign_pack;
     size_t panel_lanes;         /* L of the panel layout xnor_panel reads */
     bf_xnor_panel_fn xnor_panel; /* the binary convolution's product */
+    size_t fconv_mr, fconv_nr;   /* channels x outputs of a float convolution block */
+    bf_fconv_fn fconv;           /* the float convolution's block kernel */
+    bf_maxpool2d_fn maxpool2d;
 } bf_kernels;
 
 /* Table for `isa`, or NULL when this CPU or build lacks it. */

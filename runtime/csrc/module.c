@@ -12,6 +12,7 @@
 #include "bf_cpu.h"
 #include "bf_dispatch.h"
 #include "bconv/bconv.h"
+#include "fconv/fconv.h"
 #include "maxpool/maxpool.h"
 
 /* Resolve an optional ISA name to a kernel table; sets a Python error and returns NULL. */
@@ -383,15 +384,121 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     return PyLong_FromLong(used);
 }
 
+/* --- fconv ---------------------------------------------------------------------------- */
+
+/* Parse (n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw) into `g` and check it;
+ * returns 0, or -1 with a Python error set. */
+static int fconv_geometry(PyObject *geometry, bf_fconv_args *g) {
+    Py_ssize_t v[13];
+    if (!PyArg_ParseTuple(geometry, "nnnnnnnnnnnnn;fconv geometry: 13 integers", &v[0], &v[1],
+                          &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10],
+                          &v[11], &v[12]))
+        return -1;
+    for (int i = 0; i < 13; i++) {
+        const int may_be_zero = i == 9 || i == 10;
+        if (v[i] < (may_be_zero ? 0 : 1) || v[i] > ((Py_ssize_t)1 << 24)) {
+            PyErr_Format(PyExc_ValueError, "fconv geometry[%d] = %zd is out of range", i, v[i]);
+            return -1;
+        }
+    }
+    memset(g, 0, sizeof(*g));
+    g->n = (size_t)v[0]; g->cin = (size_t)v[1]; g->h = (size_t)v[2]; g->w = (size_t)v[3];
+    g->cout = (size_t)v[4]; g->kh = (size_t)v[5]; g->kw = (size_t)v[6];
+    g->sh = (size_t)v[7]; g->sw = (size_t)v[8]; g->ph = (size_t)v[9]; g->pw = (size_t)v[10];
+    g->dh = (size_t)v[11]; g->dw = (size_t)v[12];
+    const size_t eh = g->dh * (g->kh - 1) + 1, ew = g->dw * (g->kw - 1) + 1;
+    if (g->h + 2 * g->ph < eh || g->w + 2 * g->pw < ew) {
+        PyErr_SetString(PyExc_ValueError, "fconv: kernel extent exceeds the padded input");
+        return -1;
+    }
+    if (g->sh * g->sw > 64) {
+        PyErr_SetString(PyExc_ValueError, "fconv: stride area above 64");
+        return -1;
+    }
+    g->ho = (g->h + 2 * g->ph - eh) / g->sh + 1;
+    g->wo = (g->w + 2 * g->pw - ew) / g->sw + 1;
+    if (g->n * g->cin * g->h * g->w > ((size_t)1 << 31) ||
+        g->n * g->cout * g->ho * g->wo > ((size_t)1 << 31) ||
+        g->cout * g->cin * g->kh * g->kw > ((size_t)1 << 31)) {
+        PyErr_SetString(PyExc_ValueError, "fconv: tensors above 2**31 elements");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_fconv_scratch_bytes(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *geometry;
+    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &geometry)) return NULL;
+    bf_fconv_args g;
+    if (fconv_geometry(geometry, &g) < 0) return NULL;
+    return PyLong_FromSize_t(bf_fconv_scratch_bytes(&g));
+}
+
+static PyObject *py_fconv_channels(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"isa", NULL};
+    PyObject *isa_name = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O", kwlist, &isa_name)) return NULL;
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    return PyLong_FromSize_t(table->fconv_mr);
+}
+
+static PyObject *py_fconv(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x",    "weight",  "bias", "out", "scratch", "geometry",
+                             "relu", "threads", "isa",  NULL};
+    PyObject *obj[5], *geometry, *isa_name = NULL;
+    int relu, threads;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO!pi|O", kwlist, &obj[0], &obj[1],
+                                     &obj[2], &obj[3], &obj[4], &PyTuple_Type, &geometry, &relu,
+                                     &threads, &isa_name))
+        return NULL;
+    bf_fconv_args g;
+    if (fconv_geometry(geometry, &g) < 0) return NULL;
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    g.kernel = table->fconv;
+    g.mr = table->fconv_mr;
+    g.nr = table->fconv_nr;
+    g.relu = relu;
+    const size_t k = g.cin * g.kh * g.kw, blocks = (g.cout + g.mr - 1) / g.mr;
+    bf_buffers bufs = {.count = 0};
+    void *p[5];
+    if (get_buffer(&bufs, obj[0], "x", g.n * g.cin * g.h * g.w * 4, 0, 0, &p[0]) < 0 ||
+        get_buffer(&bufs, obj[1], "weight", blocks * g.mr * k * 4, 0, 0, &p[1]) < 0 ||
+        get_buffer(&bufs, obj[2], "bias", g.cout * 4, 0, 1, &p[2]) < 0 ||
+        get_buffer(&bufs, obj[3], "out", g.n * g.cout * g.ho * g.wo * 4, 1, 0, &p[3]) < 0 ||
+        get_buffer(&bufs, obj[4], "scratch", bf_fconv_scratch_bytes(&g), 1, 0, &p[4]) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    g.x = (const float *)p[0];
+    g.weight = (const float *)p[1];
+    g.bias = (const float *)p[2];
+    g.out = (float *)p[3];
+    g.scratch = p[4];
+    const int used = bf_fconv_threads(&g, threads);
+    Py_BEGIN_ALLOW_THREADS
+    bf_fconv(&g, used);
+    Py_END_ALLOW_THREADS
+    release_all(&bufs);
+    return PyLong_FromLong(used);
+}
+
 /* --- maxpool2d ------------------------------------------------------------------------ */
 
 static PyObject *py_maxpool2d(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *x_obj, *out_obj, *row_obj;
+    PyObject *x_obj, *out_obj, *row_obj, *isa_name = NULL;
     Py_ssize_t v[11];
-    if (!PyArg_ParseTuple(args, "OOO(nnnnnnnnnnn)", &x_obj, &out_obj, &row_obj, &v[0], &v[1],
-                          &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10]))
+    if (!PyArg_ParseTuple(args, "OOO(nnnnnnnnnnn)|O", &x_obj, &out_obj, &row_obj, &v[0], &v[1],
+                          &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10],
+                          &isa_name))
         return NULL;
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
     /* planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw */
     for (int i = 0; i < 11; i++) {
         if (v[i] < (i >= 9 ? 0 : 1) || v[i] > ((Py_ssize_t)1 << 31)) {
@@ -416,8 +523,8 @@ static PyObject *py_maxpool2d(PyObject *self, PyObject *args) {
         return NULL;
     }
     Py_BEGIN_ALLOW_THREADS
-    bf_maxpool2d__scalar((const float *)x, (float *)out, planes, h, w, ho, wo, kh, kw, sh, sw, ph,
-                         pw, (float *)row);
+    table->maxpool2d((const float *)x, (float *)out, planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw,
+                     (float *)row);
     Py_END_ALLOW_THREADS
     release_all(&bufs);
     Py_RETURN_NONE;
@@ -488,8 +595,17 @@ static PyMethodDef methods[] = {
      "Binary convolution with the fused output transform; returns the threads used. `panel`: "
      "the weight rows already repacked with `panel_lanes` lanes (used when that is the ISA's "
      "lane count; otherwise each chunk is repacked in scratch)."},
+    {"fconv", (PyCFunction)(void (*)(void))py_fconv, METH_VARARGS | METH_KEYWORDS,
+     "fconv(x, weight, bias, out, scratch, geometry, relu, threads, isa=None) -> int\n\n"
+     "Float32 NCHW convolution (groups 1) on weights packed for fconv_channels(isa); "
+     "geometry (n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw). Returns the threads used."},
+    {"fconv_scratch_bytes", py_fconv_scratch_bytes, METH_VARARGS,
+     "fconv_scratch_bytes(geometry) -> int\n\nScratch bytes an fconv call needs."},
+    {"fconv_channels", (PyCFunction)(void (*)(void))py_fconv_channels,
+     METH_VARARGS | METH_KEYWORDS,
+     "fconv_channels(isa=None) -> int\n\nOutput channels per packed weight block of the ISA."},
     {"maxpool2d", py_maxpool2d, METH_VARARGS,
-     "maxpool2d(x, out, row, (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw)) -> None\n\n"
+     "maxpool2d(x, out, row, (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw), isa=None) -> None\n\n"
      "Max pooling of float32 planes; windows clipped to the input."},
     {"isa", py_isa, METH_NOARGS, "isa() -> str\n\nThe ISA whose kernels are in use."},
     {"best_isa", py_best_isa, METH_NOARGS, "best_isa() -> str\n\nThe best ISA this CPU supports."},

@@ -1,0 +1,164 @@
+/* fconv.c - see fconv.h. ISA-independent: the kernel comes in through args->kernel. */
+#include "fconv.h"
+
+#include <string.h>
+
+#include "../bf_parallel.h"
+
+/* Multiply-adds that justify one more pool thread (~40 us of one core). */
+#define BF_FCONV_WORK_PER_THREAD ((size_t)1 << 21)
+
+typedef struct {
+    int direct;          /* stride 1, no padding: the kernel reads the input itself */
+    size_t hpl, wpl;     /* plane extent */
+    size_t slots;        /* planes built (phases some tap reads) */
+    int slot[64];        /* phase py * sw + px -> plane index, -1 when unused */
+} layout;
+
+static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
+
+static int make_layout(const bf_fconv_args *g, layout *l) {
+    memset(l, 0, sizeof(*l));
+    l->direct = g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+    if (l->direct) {
+        l->hpl = g->h;
+        l->wpl = g->w;
+        l->slots = 1;
+        l->slot[0] = 0;
+        return 0;
+    }
+    if (g->sh * g->sw > 64) return -1;
+    l->hpl = (g->h + 2 * g->ph + g->sh - 1) / g->sh;
+    l->wpl = (g->w + 2 * g->pw + g->sw - 1) / g->sw;
+    for (size_t i = 0; i < 64; i++) l->slot[i] = -1;
+    for (size_t ky = 0; ky < g->kh; ky++) {
+        for (size_t kx = 0; kx < g->kw; kx++) {
+            const size_t phase = (ky * g->dh) % g->sh * g->sw + (kx * g->dw) % g->sw;
+            if (l->slot[phase] < 0) l->slot[phase] = (int)l->slots++;
+        }
+    }
+    return 0;
+}
+
+static size_t k_of(const bf_fconv_args *g) { return g->cin * g->kh * g->kw; }
+
+static size_t plane_floats(const bf_fconv_args *g, const layout *l) {
+    return g->cin * l->hpl * l->wpl;
+}
+
+size_t bf_fconv_scratch_bytes(const bf_fconv_args *g) {
+    layout l;
+    if (make_layout(g, &l) < 0) return 0;
+    const size_t planes = l.direct ? 0 : l.slots * plane_floats(g, &l) * sizeof(float);
+    return round_up(planes, BF_ALIGN) + round_up(k_of(g) * sizeof(size_t), BF_ALIGN) + BF_ALIGN;
+}
+
+int bf_fconv_threads(const bf_fconv_args *g, int threads) {
+    const size_t work = g->n * g->ho * g->wo * g->cout * k_of(g);
+    const size_t blocks = ((g->ho * g->wo + g->nr - 1) / g->nr) * ((g->cout + g->mr - 1) / g->mr);
+    size_t useful = work / BF_FCONV_WORK_PER_THREAD;
+    if (useful > blocks) useful = blocks;
+    if (useful < 1) useful = 1;
+    if (threads < 1) threads = 1;
+    return threads < (int)useful ? threads : (int)useful;
+}
+
+/* Phase plane (py, px) of one batch item's zero-padded input. */
+static void fill_plane(const bf_fconv_args *g, const layout *l, const float *x, size_t py,
+                       size_t px, float *plane) {
+    for (size_t ci = 0; ci < g->cin; ci++) {
+        const float *xc = x + ci * g->h * g->w;
+        float *pc = plane + ci * l->hpl * l->wpl;
+        for (size_t r = 0; r < l->hpl; r++) {
+            float *row = pc + r * l->wpl;
+            const size_t y = r * g->sh + py; /* padded coordinates */
+            if (y < g->ph || y >= g->ph + g->h) {
+                for (size_t c = 0; c < l->wpl; c++) row[c] = 0.0f;
+                continue;
+            }
+            const float *src = xc + (y - g->ph) * g->w;
+            /* columns c with pw <= c * sw + px < pw + w read the input */
+            size_t c0 = 0;
+            while (c0 < l->wpl && c0 * g->sw + px < g->pw) row[c0++] = 0.0f;
+            size_t c1 = c0;
+            while (c1 < l->wpl && c1 * g->sw + px < g->pw + g->w) c1++;
+            const size_t sw = g->sw;
+            if (sw == 1) {
+                const float *s = src + (c0 + px - g->pw);
+                for (size_t c = c0; c < c1; c++) row[c] = s[c - c0];
+            } else if (sw == 2) {
+                const float *s = src + (2 * c0 + px - g->pw);
+                for (size_t c = c0; c < c1; c++) row[c] = s[2 * (c - c0)];
+            } else {
+                const float *s = src + (sw * c0 + px - g->pw);
+                for (size_t c = c0; c < c1; c++) row[c] = s[sw * (c - c0)];
+            }
+            for (size_t c = c1; c < l->wpl; c++) row[c] = 0.0f;
+        }
+    }
+}
+
+typedef struct {
+    const bf_fconv_args *g;
+    const float *planes;  /* the batch item's planes (or its input, direct) */
+    float *out;           /* the batch item's output */
+    const size_t *off;
+    size_t k, wpl, q_end, n_cb;
+} job;
+
+static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
+    (void)thread_index;
+    const job *j = ctx;
+    const bf_fconv_args *g = j->g;
+    const size_t plane_out = g->ho * g->wo;
+    for (size_t item = begin; item < end; item++) {
+        const size_t qb = item / j->n_cb, cb = item % j->n_cb;
+        const size_t q0 = qb * g->nr;
+        const size_t nq = j->q_end - q0 < g->nr ? j->q_end - q0 : g->nr;
+        const size_t c0 = cb * g->mr;
+        const size_t mr = g->cout - c0 < g->mr ? g->cout - c0 : g->mr;
+        g->kernel(j->k, j->planes + q0, j->off, g->weight + cb * j->k * g->mr, nq, mr,
+                  g->bias ? g->bias + c0 : NULL, g->relu, q0, j->wpl, g->wo,
+                  j->out + c0 * plane_out, plane_out);
+    }
+}
+
+void bf_fconv(const bf_fconv_args *g, int threads) {
+    layout l;
+    if (make_layout(g, &l) < 0) return; /* the binding checks the geometry first */
+    const size_t k = k_of(g);
+    const size_t planes_bytes = l.direct ? 0 : l.slots * plane_floats(g, &l) * sizeof(float);
+    unsigned char *base = (unsigned char *)round_up((size_t)g->scratch, BF_ALIGN);
+    float *planes = (float *)base;
+    size_t *off = (size_t *)(base + round_up(planes_bytes, BF_ALIGN));
+    const size_t pf = plane_floats(g, &l), area = l.hpl * l.wpl;
+    for (size_t ci = 0; ci < g->cin; ci++) {
+        for (size_t ky = 0; ky < g->kh; ky++) {
+            for (size_t kx = 0; kx < g->kw; kx++) {
+                const size_t y = ky * g->dh, x = kx * g->dw;
+                const size_t slot = (size_t)l.slot[y % g->sh * g->sw + x % g->sw];
+                off[(ci * g->kh + ky) * g->kw + kx] =
+                    slot * pf + ci * area + (y / g->sh) * l.wpl + x / g->sw;
+            }
+        }
+    }
+    job j = {.g = g, .off = off, .k = k, .wpl = l.wpl,
+             .q_end = (g->ho - 1) * l.wpl + g->wo, .n_cb = (g->cout + g->mr - 1) / g->mr};
+    const size_t n_qb = (j.q_end + g->nr - 1) / g->nr;
+    for (size_t b = 0; b < g->n; b++) {
+        const float *xb = g->x + b * g->cin * g->h * g->w;
+        if (l.direct) {
+            j.planes = xb;
+        } else {
+            for (size_t py = 0; py < g->sh; py++) {
+                for (size_t px = 0; px < g->sw; px++) {
+                    const int slot = l.slot[py * g->sw + px];
+                    if (slot >= 0) fill_plane(g, &l, xb, py, px, planes + (size_t)slot * pf);
+                }
+            }
+            j.planes = planes;
+        }
+        j.out = g->out + b * g->cout * g->ho * g->wo;
+        bf_parallel_for(threads, n_qb * j.n_cb, run_range, &j);
+    }
+}

@@ -1,0 +1,211 @@
+"""The real-valued (float32) kernels: convolution (``fconv``) and max pooling.
+
+Every ISA is checked against a float64 torch reference within a proven rounding bound and
+against the scalar kernel (the specification), on awkward sizes: primes, 1x1, strides,
+padding, dilation, batches, channel counts that do not fill a kernel block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import runtime
+from runtime import _native
+from runtime.model import FloatConv
+
+ISAS = runtime.supported_isas()
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+def _fconv(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    *,
+    relu: bool,
+    threads: int,
+    isa: str,
+) -> np.ndarray:
+    n, cin, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    geometry = (n, cin, h, w, cout, kh, kw, *stride, *padding, *dilation)
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = np.full((n, cout, ho, wo), np.nan, np.float32)
+    scratch = np.empty(_native.fconv_scratch_bytes(geometry), np.uint8)
+    packed = FloatConv(weight, bias).packed(isa)
+    _native.fconv(x, packed, bias, out, scratch, geometry, relu, threads, isa)
+    return out
+
+
+def _reference(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """float64 result and the rounding bound of a float32 sum of k products:
+    k * eps * sum |w x| (+ |bias|)."""
+    xt, wt = torch.from_numpy(x).double(), torch.from_numpy(weight).double()
+    bt = None if bias is None else torch.from_numpy(bias).double()
+    ref = F.conv2d(xt, wt, bt, stride, padding, dilation).numpy()
+    mag = F.conv2d(xt.abs(), wt.abs(), None if bt is None else bt.abs(), stride, padding, dilation)
+    k = weight[0].size + 1
+    return ref, mag.numpy() * k * EPS32 + 1e-30
+
+
+conv_cases = st.fixed_dictionaries(
+    {
+        "n": st.integers(1, 3),
+        "cin": st.sampled_from([1, 2, 3, 5, 7, 13]),
+        "cout": st.sampled_from([1, 3, 4, 7, 8, 9, 17, 31]),
+        "h": st.integers(1, 23),
+        "w": st.integers(1, 41),
+        "k": st.tuples(st.integers(1, 7), st.integers(1, 7)),
+        "stride": st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        "padding": st.tuples(st.integers(0, 3), st.integers(0, 3)),
+        "dilation": st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        "bias": st.booleans(),
+        "relu": st.booleans(),
+        "threads": st.integers(1, 2),
+        "seed": st.integers(0, 2**32 - 1),
+    }
+)
+
+
+@FAST
+@given(case=conv_cases)
+def test_fconv_every_isa_matches_float64_and_scalar(case: dict) -> None:
+    (kh, kw), (ph, pw), (dh, dw) = case["k"], case["padding"], case["dilation"]
+    assume(case["h"] + 2 * ph >= dh * (kh - 1) + 1 and case["w"] + 2 * pw >= dw * (kw - 1) + 1)
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((case["n"], case["cin"], case["h"], case["w"])).astype(np.float32)
+    weight = rng.standard_normal((case["cout"], case["cin"], kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(case["cout"]).astype(np.float32) if case["bias"] else None
+    geo = (case["stride"], case["padding"], case["dilation"])
+    ref, bound = _reference(x, weight, bias, *geo)
+    if case["relu"]:
+        ref = np.maximum(ref, 0)
+    results = {}
+    for isa in ISAS:
+        out = _fconv(x, weight, bias, *geo, relu=case["relu"], threads=case["threads"], isa=isa)
+        assert out.shape == ref.shape
+        assert np.all(np.abs(out - ref) <= bound), isa
+        results[isa] = out
+    for isa, out in results.items():  # ISAs agree with the specification up to rounding
+        assert np.all(np.abs(out - results["scalar"]) <= 2 * bound), isa
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    ("shape", "cout", "k", "stride", "padding"),
+    [
+        ((1, 3, 224, 224), 64, 7, 2, 3),  # the ResNet stem
+        ((2, 64, 56, 56), 128, 1, 2, 0),  # a downsampling shortcut, batch 2
+        ((1, 16, 9, 9), 24, 1, 1, 0),  # pointwise: reads its input in place
+    ],
+)
+def test_fconv_network_shapes(
+    isa: str, shape: tuple[int, ...], cout: int, k: int, stride: int, padding: int
+) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = (rng.standard_normal((cout, shape[1], k, k)) / k).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    geo = ((stride, stride), (padding, padding), (1, 1))
+    ref, bound = _reference(x, weight, bias, *geo)
+    out = _fconv(x, weight, bias, *geo, relu=True, threads=2, isa=isa)
+    assert np.all(np.abs(out - np.maximum(ref, 0)) <= bound)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fconv_relu_keeps_nan_and_bias_only_output(isa: str) -> None:
+    x = np.zeros((1, 2, 5, 5), np.float32)
+    x[0, 1, 2, 2] = np.nan
+    weight = np.ones((3, 2, 1, 1), np.float32)
+    bias = np.array([-1.0, 0.5, 2.0], np.float32)
+    out = _fconv(x, weight, bias, (1, 1), (0, 0), (1, 1), relu=True, threads=1, isa=isa)
+    expected = np.broadcast_to(np.maximum(bias, 0).reshape(1, 3, 1, 1), out.shape).copy()
+    expected[0, :, 2, 2] = np.nan
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_fconv_rejects_bad_geometry_and_short_buffers() -> None:
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    packed = FloatConv(np.zeros((3, 2, 3, 3), np.float32), None).packed()
+    out = np.zeros((1, 3, 2, 2), np.float32)
+    geometry = (1, 2, 4, 4, 3, 3, 3, 1, 1, 0, 0, 1, 1)
+    scratch = np.zeros(_native.fconv_scratch_bytes(geometry), np.uint8)
+    _native.fconv(x, packed, None, out, scratch, geometry, False, 1)
+    with pytest.raises(ValueError, match="extent"):
+        _native.fconv(x, packed, None, out, scratch, (1, 2, 4, 4, 3, 5, 5, 1, 1, 0, 0, 1, 1), 0, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        _native.fconv(x, packed, None, out, scratch, (1, 2, 4, 4, 3, 3, 3, 0, 1, 0, 0, 1, 1), 0, 1)
+    with pytest.raises(ValueError, match="out has"):
+        _native.fconv(x, packed, None, out[:, :2], scratch, geometry, False, 1)
+    with pytest.raises(ValueError, match="weight has"):
+        _native.fconv(x, packed[:-1], None, out, scratch, geometry, False, 1)
+    with pytest.raises(ValueError, match="scratch has"):
+        _native.fconv(x, packed, None, out, scratch[:8], geometry, False, 1)
+    with pytest.raises(ValueError, match="bias has"):
+        _native.fconv(x, packed, np.zeros(2, np.float32), out, scratch, geometry, False, 1)
+
+
+@FAST
+@given(
+    planes=st.integers(1, 4),
+    h=st.integers(1, 19),
+    w=st.integers(1, 70),
+    k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    ceil_mode=st.booleans(),
+    nans=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_maxpool2d_every_isa_equals_torch(
+    planes: int,
+    h: int,
+    w: int,
+    k: tuple[int, int],
+    s: tuple[int, int],
+    pad: tuple[int, int],
+    ceil_mode: bool,
+    nans: int,
+    seed: int,
+) -> None:
+    assume(2 * pad[0] <= k[0] and 2 * pad[1] <= k[1] and h + 2 * pad[0] >= k[0])
+    assume(w + 2 * pad[1] >= k[1])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, planes, h, w)).astype(np.float32)
+    for _ in range(nans):
+        x[0, rng.integers(planes), rng.integers(h), rng.integers(w)] = np.nan
+    expected = F.max_pool2d(torch.from_numpy(x), k, s, pad, ceil_mode=ceil_mode).numpy()
+    _, _, ho, wo = expected.shape
+    for isa in ISAS:
+        out = np.full(expected.shape, 7.0, np.float32)
+        row = np.empty(w, np.float32)
+        _native.maxpool2d(x, out, row, (planes, h, w, ho, wo, *k, *s, *pad), isa)
+        np.testing.assert_array_equal(out, expected, err_msg=isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_maxpool2d_resnet_stem_shape(isa: str) -> None:
+    x = np.random.default_rng(3).standard_normal((1, 64, 112, 112)).astype(np.float32)
+    expected = F.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy()
+    out = np.empty_like(expected)
+    _native.maxpool2d(
+        x, out, np.empty(112, np.float32), (64, 112, 112, 56, 56, 3, 3, 2, 2, 1, 1), isa
+    )
+    np.testing.assert_array_equal(out, expected)
