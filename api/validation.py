@@ -1,15 +1,21 @@
 """Checks of untrusted uploads, run before anything is recorded.
 
-Models are validated by ``python -m engine.inspect`` in a subprocess (the API process
-never imports torch; a hostile file can at worst crash that subprocess). Datasets are
-``.npz`` archives read with numpy alone, ``allow_pickle`` off, member sizes capped before
-anything is decompressed.
+Models are checked in two steps. First :func:`bitfactor.modelformat.detect_format` judges
+the format from the content and checks its structure here, torch-free (the same function
+the engine runs before importing). Then ``python -m engine.inspect`` imports the model in
+a subprocess under limits: address space (``RLIMIT_AS``), CPU time (``RLIMIT_CPU``), no
+core files, and a wall-clock timeout. The API process never imports torch; a hostile file
+can at worst exhaust that subprocess, and a failure there is final: nothing is retried
+another way. Datasets are ``.npz`` archives read with numpy alone (``allow_pickle`` off,
+headers and sizes checked before anything is decompressed).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import zipfile
@@ -17,11 +23,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi import Request
+
+from api.errors import Problem
+from bitfactor.modelformat import detect_format
+
 MAX_DATASET_EXPANSION = 8  # decompressed size may be at most 8x the upload cap
+MULTIPART = "multipart/form-data"
+
+# Runs in the child before anything else: set the limits, then run the module as __main__.
+_LIMITED = (
+    "import resource, runpy, sys\n"
+    "def cap(kind, soft, hard):\n"
+    "    _, cur = resource.getrlimit(kind)\n"
+    "    if cur != resource.RLIM_INFINITY:\n"
+    "        soft, hard = min(soft, cur), min(hard, cur)\n"
+    "    resource.setrlimit(kind, (soft, hard))\n"
+    "mem, cpu = int(sys.argv[1]), int(sys.argv[2])\n"
+    "if mem > 0:\n"
+    "    cap(resource.RLIMIT_AS, mem, mem)\n"
+    "if cpu > 0:\n"
+    "    cap(resource.RLIMIT_CPU, cpu, cpu + 1)\n"
+    "cap(resource.RLIMIT_CORE, 0, 0)\n"
+    "sys.argv = [sys.argv[3], *sys.argv[4:]]\n"
+    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+)
+_OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "can't allocate memory", "Cannot allocate memory")
 
 
 class InvalidUpload(ValueError):
     """An upload that cannot be used, with a message for the user."""
+
+
+def require_multipart(request: Request) -> None:
+    """Refuse (415) an upload whose body is not ``multipart/form-data``.
+
+    The content type of the file *part* is advisory (the format is judged from the bytes);
+    the body itself must be a multipart form with a ``file`` part.
+    """
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";", 1)[0].strip().lower() != MULTIPART:
+        raise Problem(
+            "unsupported-media-type",
+            f"uploads are {MULTIPART} bodies with a 'file' part, got "
+            f"{content_type.split(';', 1)[0].strip() or 'no content type'!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -34,27 +80,66 @@ class ModelInfo:
     num_outputs: int | None
 
 
+def _checked_format(path: Path) -> str:
+    try:
+        return detect_format(path)
+    except ValueError as exc:
+        raise InvalidUpload(str(exc).replace(f"{path.name}: ", "")) from exc
+
+
+def _engine_available(module: str) -> bool:
+    """Whether this install can import models (the torch-free API image cannot)."""
+    try:
+        return (
+            importlib.util.find_spec("torch") is not None
+            and importlib.util.find_spec(module) is not None
+        )
+    except (ImportError, ValueError):
+        return False
+
+
 def inspect_model(
     path: Path,
     *,
     arch: str | None,
     arch_kwargs: dict[str, Any] | None,
     timeout: float,
+    max_memory_bytes: int = 0,
+    max_cpu_seconds: int = 0,
     module: str = "engine.inspect",
 ) -> ModelInfo:
-    """Validate a model file by importing it in a fresh interpreter (``engine.inspect``)."""
-    cmd = [sys.executable, "-m", module, str(path)]
+    """Check a model file here, then import it in a limited subprocess (``engine.inspect``).
+
+    ``max_memory_bytes`` and ``max_cpu_seconds`` (0: no limit) bound the subprocess, and
+    ``timeout`` its wall time. Without the engine installed, the checks done here decide.
+    """
+    fmt = _checked_format(path)
+    if fmt != "onnx" and not arch:
+        raise InvalidUpload(f"a {fmt} state dict needs an architecture name (arch)")
+    if not _engine_available(module):
+        # The torch-free image: the worker imports the model fully when a job runs.
+        return ModelInfo(format=fmt, input_shape=None, num_params=None, num_outputs=None)
+    cmd = [sys.executable, "-c", _LIMITED, str(max_memory_bytes), str(max_cpu_seconds), module]
+    cmd.append(str(path))
     if arch:
         cmd += ["--arch", arch]
     if arch_kwargs:
         cmd += ["--arch-kwargs", json.dumps(arch_kwargs)]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # One thread: CPU time is wall time, and no per-thread arenas eat the address space.
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise InvalidUpload(f"validating the model took longer than {timeout:.0f} s") from exc
+        raise InvalidUpload(
+            f"validating the model took longer than the time limit of {timeout:.0f} s"
+        ) from exc
     data: dict[str, Any] | None = None
     lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
     if lines:
@@ -63,15 +148,25 @@ def inspect_model(
             data = parsed if isinstance(parsed, dict) else None
         except json.JSONDecodeError:
             data = None
+    memory = f"the memory limit of {max_memory_bytes // 2**20} MiB"
+    if data is not None and data.get("limit") == "memory":
+        raise InvalidUpload(f"the model exceeded {memory} while loading")
     if data is not None and "error" in data:
         raise InvalidUpload(str(data["error"]))
     if proc.returncode != 0 or data is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        if "No module named" in tail:
-            # An API without the engine extra (the torch-free image): check the format
-            # here; the worker imports the model fully when the job runs.
-            return _format_only(path, arch=arch)
-        raise InvalidUpload(f"the model could not be imported ({tail})")
+        if proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL) and max_cpu_seconds:
+            raise InvalidUpload(
+                f"the model exceeded the CPU time limit of {max_cpu_seconds} s while loading"
+            )
+        if any(word in proc.stderr for word in _OUT_OF_MEMORY) and max_memory_bytes:
+            raise InvalidUpload(f"the model exceeded {memory} while loading")
+        if proc.returncode < 0:
+            raise InvalidUpload(
+                f"the model could not be imported: the importer was killed by signal "
+                f"{-proc.returncode}"
+            )
+        raise InvalidUpload(f"the model could not be imported ({tail[:300]})")
     shape = data.get("input_shape")
     return ModelInfo(
         format=str(data.get("format", "unknown")),
@@ -79,18 +174,6 @@ def inspect_model(
         num_params=int(data["num_params"]) if data.get("num_params") is not None else None,
         num_outputs=int(data["num_outputs"]) if data.get("num_outputs") is not None else None,
     )
-
-
-def _format_only(path: Path, *, arch: str | None) -> ModelInfo:
-    from bitfactor.modelformat import detect_format
-
-    try:
-        fmt = detect_format(path)
-    except ValueError as exc:
-        raise InvalidUpload(str(exc).replace(f"{path.name}: ", "")) from exc
-    if fmt != "onnx" and not arch:
-        raise InvalidUpload(f"a {fmt} state dict needs an architecture name (arch)")
-    return ModelInfo(format=fmt, input_shape=None, num_params=None, num_outputs=None)
 
 
 @dataclass(frozen=True)

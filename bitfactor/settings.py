@@ -91,6 +91,16 @@ class Settings(BaseSettings):
     inspect_timeout: float = Field(
         default=120.0, gt=0, description="Seconds allowed to validate an uploaded model."
     )
+    inspect_max_memory_mb: int = Field(
+        default=6144,
+        ge=0,
+        description="Address space (MiB) of the subprocess that imports an upload; 0: no limit.",
+    )
+    inspect_max_cpu_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="CPU seconds of the subprocess that imports an upload; 0: no limit.",
+    )
 
     @field_validator("environment")
     @classmethod

@@ -5,7 +5,12 @@
   see :mod:`engine.archs`).
 - ``.pt``/``.pth``: a state dict loaded with ``torch.load(weights_only=True)`` only, for a
   built-in architecture; pickled modules, TorchScript and ``torch.export`` archives are
-  refused by :func:`bitfactor.modelformat.detect_format` before torch sees the file.
+  refused by :func:`bitfactor.modelformat.detect_format` before torch sees the file, and a
+  failure of ``torch.load`` is final (never retried another way).
+
+Every file goes through :func:`~bitfactor.modelformat.detect_format` first (the checks the
+API applied at upload, shared code), and state dicts with NaN or infinite values are
+refused, naming the tensor.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ class LoadedModel:
     num_outputs: int
 
 
-def _state_dict_from_pt(path: Path) -> dict[str, torch.Tensor]:
+def load_pt_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a ``torch.save`` file, read with ``weights_only=True`` only."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
     except Exception as exc:  # UnpicklingError for anything but plain tensors and containers
         raise UserInputError(
             f"{path.name}: not a weights-only state dict ({type(exc).__name__}: "
@@ -46,6 +54,12 @@ def _state_dict_from_pt(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserInputError(f"{path.name}: expected a dict of tensors (a state dict)")
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def _check_finite(state: dict[str, torch.Tensor], name: str) -> None:
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserInputError(f"{name}: tensor {key!r} holds NaN or infinite values")
 
 
 def _load_state(module: nn.Module, state: dict[str, torch.Tensor], arch: str, name: str) -> None:
@@ -100,7 +114,8 @@ def load_model(
             except (SafetensorError, OSError, ValueError) as exc:
                 raise UserInputError(f"{p.name}: unreadable safetensors file ({exc})") from None
         else:
-            state = _state_dict_from_pt(p)
+            state = load_pt_state_dict(p)
+        _check_finite(state, p.name)
         _load_state(module, state, arch, p.name)
     module.eval()
     try:

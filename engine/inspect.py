@@ -1,8 +1,10 @@
 """``python -m engine.inspect PATH [--arch NAME] [--arch-kwargs JSON]``.
 
 Prints :func:`engine.importers.inspect_model` as JSON and exits 0; on bad input prints
-``{"error": "..."}`` and exits 2. The API runs this in a subprocess, so a hostile upload
-never touches the web process.
+``{"error": "..."}`` and exits 2; out of memory (the API runs it under ``RLIMIT_AS``) prints
+``{"error": ..., "limit": "memory"}`` and exits 3. The API runs this in a subprocess with
+limits (see :func:`api.validation.inspect_model`), so a hostile upload never touches the
+web process.
 """
 
 from __future__ import annotations
@@ -25,9 +27,17 @@ def main(argv: list[str] | None = None) -> int:
         from engine.importers import inspect_model
 
         info = inspect_model(args.path, arch=args.arch, arch_kwargs=kwargs)
+    except MemoryError:
+        print(json.dumps({"error": "out of memory while loading", "limit": "memory"}))
+        return 3
     except (ValueError, OSError) as exc:  # UserInputError is a ValueError
         print(json.dumps({"error": str(exc)}))
         return 2
+    except RuntimeError as exc:  # torch's allocator reports a failed allocation this way
+        if "allocate" not in str(exc):
+            raise
+        print(json.dumps({"error": "out of memory while loading", "limit": "memory"}))
+        return 3
     print(json.dumps(info))
     return 0
 

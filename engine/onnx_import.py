@@ -275,6 +275,9 @@ def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:
             f"{len(model.graph.output)}"
         )
     b = _Builder(model)
+    for name, array in b.consts.items():  # detect_format checks this too, for raw floats
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise UserInputError(f"{p.name}: tensor {name!r} holds NaN or infinite values")
     for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         dims = info.type.tensor_type.shape.dim
         b.shapes[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]

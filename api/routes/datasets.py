@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import OwnedDataset, SessionDep, StateDep, TenantDep, page_body
 from api.errors import Problem
 from api.schemas import DatasetOut, Page
 from api.uploads import check_content_length, receive
-from api.validation import InvalidUpload, inspect_dataset
+from api.validation import InvalidUpload, inspect_dataset, require_multipart
 from db.models import Dataset, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -22,7 +22,12 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     status_code=201,
     response_model=DatasetOut,
     summary="Upload a dataset (.npz with 'x' and optional integer labels 'y')",
-    responses={413: {"description": "Past the upload limit"}, 422: {"description": "Unusable"}},
+    responses={
+        413: {"description": "Past the upload limit"},
+        415: {"description": "Not a multipart/form-data body"},
+        422: {"description": "Unusable"},
+    },
+    dependencies=[Depends(require_multipart)],
 )
 async def upload_dataset(
     request: Request,

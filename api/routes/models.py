@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import OwnedModel, SessionDep, StateDep, TenantDep, page_body
 from api.errors import Problem
 from api.schemas import ModelOut, Page
 from api.uploads import check_content_length, receive
-from api.validation import InvalidUpload, inspect_model
+from api.validation import InvalidUpload, inspect_model, require_multipart
 from db.models import ModelFile, new_id
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -36,7 +36,12 @@ def _arch_kwargs(raw: str | None) -> dict[str, Any] | None:
     status_code=201,
     response_model=ModelOut,
     summary="Upload a model (ONNX, safetensors state dict, or weights-only .pt)",
-    responses={413: {"description": "Past the upload limit"}, 422: {"description": "Unusable"}},
+    responses={
+        413: {"description": "Past the upload limit"},
+        415: {"description": "Not a multipart/form-data body"},
+        422: {"description": "Unusable"},
+    },
+    dependencies=[Depends(require_multipart)],
 )
 async def upload_model(
     request: Request,
@@ -52,7 +57,10 @@ async def upload_model(
         str | None, Form(description="JSON object of the architecture's arguments.")
     ] = None,
 ) -> ModelFile:
-    """Stream the file to disk (size-capped), hash it, validate it in a subprocess."""
+    """Stream the file to disk (size-capped), hash it, check it, import it in a subprocess.
+
+    The format is judged from the bytes; the file part's content type is not consulted.
+    """
     settings = state.settings
     check_content_length(request, settings.max_upload_bytes)
     kwargs = _arch_kwargs(arch_kwargs)
@@ -67,6 +75,8 @@ async def upload_model(
                 arch=arch or None,
                 arch_kwargs=kwargs,
                 timeout=settings.inspect_timeout,
+                max_memory_bytes=settings.inspect_max_memory_mb * 2**20,
+                max_cpu_seconds=settings.inspect_max_cpu_seconds,
             )
         except InvalidUpload as exc:
             raise Problem("invalid-model", str(exc)) from exc
