@@ -13,9 +13,10 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from starlette.routing import Match
 
-from api import errors, metrics
+from api import errors, limits, metrics
+from api.errors import PROBLEM_JSON
 from api.routes import datasets, jobs, models, ops, predict, v2
-from api.schemas import ProblemOut
+from api.schemas import ProblemOut, V2Error
 from api.state import AppState
 from api.uploads import UploadLimitMiddleware
 from bitfactor import __version__
@@ -41,6 +42,56 @@ def _route_template(request: Request) -> str:
         if match == Match.FULL:
             return str(getattr(candidate, "path", "unmatched"))
     return "unmatched"
+
+
+# Error responses whose body is not an error (a model that is not ready answers 400).
+OWN_ERROR_BODIES = {("/v2/models/{name}/ready", "400")}
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Every operation's error responses in its OpenAPI schema, with their real bodies.
+
+    Errors can come from a route, from validation, or from a middleware (413, 429, 503)
+    on any operation; each documents ``4XX`` and ``5XX``, and every error code it names
+    carries the body it really has: problem+json, or ``{"error"}`` under ``/v2``. Operations
+    that need a key say so (``security``: bearer).
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "An API key."}
+        }
+        components = schema["components"].setdefault("schemas", {})
+        components["ProblemOut"] = ProblemOut.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        components["V2Error"] = V2Error.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith("/v2"):
+                media, ref, text = "application/json", "V2Error", '`{"error": "..."}`'
+            else:
+                media, ref, text = PROBLEM_JSON, "ProblemOut", "An RFC 9457 problem"
+            body = {media: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}
+            for operation in operations.values():
+                if path.startswith(("/v1/", "/v2/models/")):
+                    operation["security"] = [{"bearer": []}]
+                responses = operation.setdefault("responses", {})
+                for code in ("4XX", "5XX"):
+                    responses.setdefault(code, {"description": f"{text} (see docs/api.md)."})
+                for code, response in responses.items():
+                    if code[0] in "45" and (path, code) not in OWN_ERROR_BODIES:
+                        response["content"] = body
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_bytes=settings.max_upload_bytes,
         prefixes=("/v1/models", "/v1/datasets"),
     )
+    limits.install(app, settings)
+    _document_errors(app)
 
     @app.middleware("http")
     async def _observe(

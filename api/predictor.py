@@ -45,11 +45,18 @@ class LoadedModel:
         """The model's (single) input."""
         return self.inputs[0]
 
-    def check(self, x: np.ndarray, *, max_elements: int) -> np.ndarray:
-        """``x`` as a contiguous float32 batch of the input's shape; ValueError otherwise."""
+    def check(
+        self, x: np.ndarray, *, max_elements: int, max_batch: int | None = None
+    ) -> np.ndarray:
+        """``x`` as a contiguous float32 batch of the input's shape; ValueError otherwise.
+
+        At most ``max_elements`` values in all and ``max_batch`` rows (the first axis).
+        """
         spec = self.input
         if x.size > max_elements:
             raise ValueError(f"{x.size} values is more than the limit of {max_elements}")
+        if max_batch is not None and x.ndim >= 1 and x.shape[0] > max_batch:
+            raise ValueError(f"a batch of {x.shape[0]} is more than the limit of {max_batch}")
         if x.dtype.kind not in "fiub":
             raise ValueError(f"inputs must be numbers, got dtype {x.dtype}")
         if x.ndim != len(spec.shape):

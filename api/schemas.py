@@ -227,3 +227,66 @@ class ProblemOut(BaseModel):
     status: int
     detail: str
     instance: str
+
+
+class V2Error(BaseModel):
+    """The body of every ``/v2`` error (Open Inference Protocol)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": "no model 'abc'"}]})
+
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    """``GET /v2``: the server's name, version and protocol extensions."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2TensorMetadata(BaseModel):
+    """One input or output of a model (``-1`` = any size, the batch)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    """``GET /v2/models/{name}``: a job's packed model, its inputs and outputs."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2ModelReady(BaseModel):
+    """``GET /v2/models/{name}/ready``: 200 when ready, 400 when not (yet)."""
+
+    name: str
+    ready: bool
+
+
+class V2OutputTensor(BaseModel):
+    """One output tensor: ``data`` (flat, row-major), or with the binary extension
+    ``parameters.binary_data_size`` bytes after the JSON header."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    """``POST /v2/models/{name}/infer``'s JSON part."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    model_version: str
+    id: Any = None
+    outputs: list[V2OutputTensor]

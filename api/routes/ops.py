@@ -10,7 +10,12 @@ from api.metrics import REGISTRY
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def prometheus_metrics() -> Response:
     """Request and predict latencies, jobs by status, queue depth."""
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -72,6 +72,7 @@ async def predict(body: PredictRequest, job: OwnedJob, state: StateDep) -> dict[
         x = model.check(
             to_array(body.inputs, max_elements=state.settings.predict_max_elements),
             max_elements=state.settings.predict_max_elements,
+            max_batch=state.settings.predict_max_batch,
         )
     except ValueError as exc:
         raise Problem("invalid-input", str(exc)) from exc

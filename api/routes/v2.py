@@ -22,6 +22,7 @@ from api.deps import SessionDep, StateDep, TenantDep
 from api.errors import Problem
 from api.predictor import LoadedModel, TensorSpec
 from api.routes.predict import load_job_model
+from api.schemas import V2InferResponse, V2ModelMetadata, V2ModelReady, V2ServerMetadata
 from db import repo
 from db.models import Job
 
@@ -77,7 +78,7 @@ def ready(state: StateDep, session: SessionDep) -> dict[str, bool]:
     return {"ready": True}
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", response_model=V2ServerMetadata)
 def server_metadata() -> dict[str, Any]:
     """Name, version and protocol extensions."""
     from bitfactor import __version__
@@ -85,7 +86,7 @@ def server_metadata() -> dict[str, Any]:
     return {"name": "bitfactor", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
-@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}", summary="Model metadata", response_model=V2ModelMetadata)
 @router.get("/models/{name}/versions/{version}", include_in_schema=False)
 async def model_metadata(
     name: str, state: StateDep, session: SessionDep, tenant: TenantDep
@@ -101,7 +102,12 @@ async def model_metadata(
     }
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get(
+    "/models/{name}/ready",
+    summary="Model readiness",
+    response_model=V2ModelReady,
+    responses={400: {"model": V2ModelReady, "description": "The model is not ready."}},
+)
 @router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
 def model_ready(name: str, session: SessionDep, tenant: TenantDep) -> Response:
     """200 when the job succeeded and its model can be served; 400 otherwise."""
@@ -167,7 +173,70 @@ def _input_array(entry: Any, blob: bytes, offset: int, max_elements: int) -> tup
     return array.reshape(shape), offset
 
 
-@router.post("/models/{name}/infer", summary="Inference")
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {"type": "string", "enum": list(DATATYPES)},
+                    "data": {"type": "array", "items": {}},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data": {"type": "boolean"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference",
+    response_model=V2InferResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "JSON; with the binary tensor data extension the JSON header "
+            f"({HEADER_LENGTH} bytes) is followed by the tensors' bytes.",
+            "content": {
+                "application/json": {"schema": INFER_REQUEST_SCHEMA},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "JSON, or with binary outputs the JSON header "
+            f"({HEADER_LENGTH} bytes) followed by the tensors' bytes.",
+        }
+    },
+)
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
 async def infer(
     name: str, request: Request, state: StateDep, session: SessionDep, tenant: TenantDep
@@ -185,7 +254,7 @@ async def infer(
     limit = state.settings.predict_max_elements
     array, _ = _input_array(body["inputs"][0], blob, 0, limit)
     try:
-        x = model.check(array, max_elements=limit)
+        x = model.check(array, max_elements=limit, max_batch=state.settings.predict_max_batch)
     except ValueError as exc:
         raise Problem("bad-request", str(exc)) from exc
     start = time.perf_counter()
