@@ -52,7 +52,7 @@ ZIP_RATIO_FLOOR = 1024 * 1024
 PICKLE_MAX_BYTES = 64 * 1024 * 1024
 ONNX_MAX_NODES = 20_000
 ONNX_MAX_DEPTH = 8  # nesting of subgraphs (If/Loop bodies, functions)
-ONNX_OPSETS = (7, 21)  # default-domain opsets accepted (21: the newest onnx>=1.16 knows)
+ONNX_OPSETS = (7, 23)  # default-domain opsets accepted (torch exporters write 9..23)
 
 # ``(module, name)`` a weights-only state dict pickle may import; anything else is refused
 # before torch is asked (``torch.load(weights_only=True)`` then applies its own list).
