@@ -5,7 +5,7 @@
     python bench/runtime.py --model resnet18   # whole network vs torch and onnxruntime
     python bench/runtime.py --model resnet18 --json [--threads N]
     python bench/runtime.py --cpu-time         # single-thread timings in CPU time
-    python bench/runtime.py --model resnet18 --f16-real   # real weights stored as F16
+    python bench/runtime.py --model resnet18 --f32-real   # real weights stored as F32
 
 Layer mode times the runtime's fused binary conv (packed input, float output, zero
 padding) and torch's float32 ``conv2d`` on the same shapes at batch 1, single thread first,
@@ -17,7 +17,8 @@ on the same data, and prints the packed/float32 weight size ratio. JSON rows car
 
 Model mode builds a binary ResNet-18 ``.bfm`` directly (random weights; real 7x7 stem
 and final Linear, binary 3x3 convs handing off bits inside each block, real 1x1
-downsample shortcuts), and times it at batch 1, 224x224, against torch float32 ResNet-18
+downsample shortcuts; real weights stored as F16 like the engine's export, F32 with
+``--f32-real``), and times it at batch 1, 224x224, against torch float32 ResNet-18
 and onnxruntime float32 with the same thread count. Timings are medians; report ratios.
 """
 
@@ -239,11 +240,12 @@ STAGES = [(64, 64, 1), (64, 128, 2), (128, 256, 2), (256, 512, 2)]
 
 
 def build_resnet18(
-    net: _Net, *, half_real: bool = False
+    net: _Net, *, half_real: bool = True
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """The binary ResNet-18 graph, its tensors, and float weights for the torch twin.
 
-    ``half_real`` stores the real layers' weights (stem, shortcuts, Linear) as F16.
+    ``half_real`` stores the real layers' weights (stem, shortcuts, Linear) as F16, as
+    the engine's export does by default.
     """
     nodes: list[dict[str, Any]] = []
     tensors: dict[str, np.ndarray] = {}
@@ -405,7 +407,7 @@ def torch_resnet18(twin: dict[str, Any]) -> Any:
     return nn.Sequential(*layers).eval()
 
 
-def bench_model(threads: int, repeat: int, *, half_real: bool = False) -> dict[str, Any]:
+def bench_model(threads: int, repeat: int, *, half_real: bool = True) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
@@ -464,9 +466,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="one thread count (default: 1, then all cores)")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
     parser.add_argument(
-        "--f16-real",
+        "--f32-real",
         action="store_true",
-        help="model mode: store the real layers' weights as F16 (smaller file)",
+        help="model mode: store the real layers' weights as F32 (default F16, as exported)",
     )
     parser.add_argument(
         "--cpu-time",
@@ -480,11 +482,11 @@ def main() -> None:
 
     if args.model:
         counts = [args.threads] if args.threads else ([1] if args.json else sorted({1, cores}))
-        results = [bench_model(t, args.repeat, half_real=args.f16_real) for t in counts]
+        results = [bench_model(t, args.repeat, half_real=not args.f32_real) for t in counts]
         if args.json:
             print(json.dumps(results[0] if len(results) == 1 else results))
             return
-        weights = "F16" if args.f16_real else "F32"
+        weights = "F32" if args.f32_real else "F16"
         print(f"binary ResNet-18, batch 1, 224x224, isa {runtime.isa()}, real weights {weights}")
         print(
             f"{'threads':>7} {'ms binary':>10} {'ms torch':>9} {'ms onnxrt':>10} "

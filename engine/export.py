@@ -43,6 +43,53 @@ def _f32(t: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(t, dtype=np.float32)
 
 
+F16_MAX = float(np.finfo(np.float16).max)
+
+
+def _fits_f16(array: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(array)) and np.all(np.abs(array) <= F16_MAX))
+
+
+def _round_real_layer(
+    mod: nn.Module,
+    bn: nn.Module | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    g: torch.Tensor | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float16 tensors to store for a real layer with folded ``weight`` and ``bias``
+    (float64; ``g`` the folded batch norm's scale), and the module (and its batch norm)
+    rounded in place so that the torch model computes what the file stores.
+
+    Weight: ``mod.weight = f16(W) / g`` (rows with ``g = 0`` contribute nothing and stay).
+    Bias: the batch norm's shift (or the layer's own bias without a batch norm) absorbs
+    the difference ``f16(b) - b``. A tensor outside float16's range, or a bias nothing can
+    absorb, stays float32 (and unrounded)."""
+    w32, b32 = _f32(weight), _f32(bias)
+    stored_w: np.ndarray = w32
+    stored_b: np.ndarray = b32
+    mod_weight = mod.weight
+    assert isinstance(mod_weight, torch.Tensor)
+    if _fits_f16(w32):
+        stored_w = w32.astype(np.float16)
+        target = torch.from_numpy(stored_w.astype(np.float64))
+        with torch.no_grad():
+            if g is None:
+                mod_weight.copy_(target)
+            else:
+                shape = (-1,) + (1,) * (target.dim() - 1)
+                nonzero = (g != 0).view(shape).expand_as(target)
+                rounded = torch.where(nonzero, target / g.view(shape), mod_weight.double())
+                mod_weight.copy_(rounded)
+    absorber = bn.bias if bn is not None else mod.bias
+    if _fits_f16(b32) and isinstance(absorber, torch.Tensor):
+        stored_b = b32.astype(np.float16)
+        delta = torch.from_numpy(stored_b.astype(np.float64)) - bias
+        with torch.no_grad():
+            absorber.copy_(absorber.double() + delta)
+    return stored_w, stored_b
+
+
 def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``(g, h)`` with ``bn(x) = x * g + h`` per channel (eval mode)."""
     assert isinstance(bn, _BN)
@@ -64,8 +111,9 @@ def _pair(v: Any, n: int) -> list[int]:
 
 
 class _Exporter:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, real_dtype: str = "float16") -> None:
         self.gm = gm
+        self.real_dtype = real_dtype
         self.nodes: list[dict[str, Any]] = []
         self.tensors: dict[str, np.ndarray] = {}
         self.names: dict[fx.Node, str] = {}
@@ -195,14 +243,21 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
         else torch.zeros(out_ch, dtype=torch.float64)
     )
     fused = ex.sole_bn_user(node)
+    g: torch.Tensor | None = None
     if fused is not None:
         g, h = _bn_affine(fused[1])
         weight = weight * g.view((-1,) + (1,) * (weight.dim() - 1))
         bias = bias * g + h
         ex.folded.add(fused[0])
+    if ex.real_dtype == "float16":
+        stored_w, stored_b = _round_real_layer(
+            mod, None if fused is None else fused[1], weight, bias, g
+        )
+    else:
+        stored_w, stored_b = _f32(weight), _f32(bias)
     params = {
-        "weight": ex.tensor(f"{name}.weight", _f32(weight)),
-        "bias": ex.tensor(f"{name}.bias", _f32(bias)),
+        "weight": ex.tensor(f"{name}.weight", stored_w),
+        "bias": ex.tensor(f"{name}.bias", stored_b),
     }
     if isinstance(mod, nn.Linear):
         out = ex.emit("linear", name, [x_name], params=params)
@@ -398,14 +453,23 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         raise UserInputError(f"export: operation {node.name} ({target}) is not supported")
 
 
+REAL_DTYPES = ("float16", "float32")
+
+
 def build_graph(
-    gm: fx.GraphModule, input_shape: tuple[int, ...]
+    gm: fx.GraphModule, input_shape: tuple[int, ...], *, real_dtype: str = "float16"
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The ``.bfm`` graph (a JSON-able dict) and tensors of a converted model."""
+    """The ``.bfm`` graph (a JSON-able dict) and tensors of a converted model.
+
+    ``real_dtype`` is the storage of the real conv/linear layers' weights and biases
+    (``float16`` by default: half the bytes; the runtime computes in float32 either way).
+    A tensor outside float16's range stays float32."""
+    if real_dtype not in REAL_DTYPES:
+        raise ValueError(f"real_dtype must be one of {REAL_DTYPES}, got {real_dtype!r}")
     gm = gm.cpu().eval()
     with torch.no_grad():
         ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
-    ex = _Exporter(gm)
+    ex = _Exporter(gm, real_dtype)
     outputs: list[dict[str, Any]] = []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -439,11 +503,14 @@ def export_bfm(
     path: str | os.PathLike[str],
     *,
     provenance: dict[str, Any] | None = None,
+    real_dtype: str = "float16",
 ) -> str:
-    """Write the ``.bfm`` file of a converted model; returns the file's sha256."""
+    """Write the ``.bfm`` file of a converted model; returns the file's sha256.
+
+    ``real_dtype``: see :func:`build_graph`."""
     from runtime.bfm import write_bfm
 
-    graph, tensors = build_graph(gm, input_shape)
+    graph, tensors = build_graph(gm, input_shape, real_dtype=real_dtype)
     prov = {"created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     prov.update(provenance or {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
