@@ -59,3 +59,27 @@ def test_garbage_is_refused_with_a_clear_message(tmp_path: Path, content: bytes)
     path.write_bytes(content)
     with pytest.raises(ValueError, match=r"x\.bin"):
         detect_format(path)
+
+
+def test_checks_accept_what_the_real_writers_produce(tmp_path: Path) -> None:
+    """No false refusals: every dtype, empty tensors, metadata, pickle protocol 4."""
+    tensors = {
+        "f32": torch.randn(3, 4),
+        "f64": torch.randn(2, 2, dtype=torch.float64),
+        "f16": torch.ones(3, dtype=torch.float16),
+        "bf16": torch.ones(2, dtype=torch.bfloat16),
+        "i64": torch.arange(5),
+        "i8": torch.ones(4, dtype=torch.int8),
+        "bool": torch.tensor(True),
+        "empty": torch.zeros(0, 5),
+    }
+    save_file(tensors, str(tmp_path / "a.bin"), metadata={"format": "pt"})
+    assert detect_format(tmp_path / "a.bin") == "safetensors"
+    torch.save({**tensors, "p": torch.nn.Parameter(torch.ones(3)), "epoch": 3}, tmp_path / "b")
+    assert detect_format(tmp_path / "b") == "pt"
+    torch.save(tensors, tmp_path / "c", pickle_protocol=4)  # STACK_GLOBAL through the memo
+    assert detect_format(tmp_path / "c") == "pt"
+    tensors["bf16"][1] = float("inf")
+    save_file(tensors, str(tmp_path / "d.bin"))
+    with pytest.raises(ValueError, match="'bf16' holds NaN or infinite"):
+        detect_format(tmp_path / "d.bin")
