@@ -21,6 +21,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -229,20 +230,22 @@ class RedisTokenBucket:
         self.prefix = prefix
         # A full bucket refills in burst / rate seconds; an idle key expires after that.
         self.ttl = max(1, math.ceil(burst / self.rate) + 1)
-        self._clients: dict[int, Any] = {}
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def _script(self) -> Any:
         # redis.asyncio connections belong to one event loop; keep one client per loop.
         import redis.asyncio
 
-        loop = id(asyncio.get_running_loop())
-        entry = self._clients.get(loop)
-        if entry is None:
+        loop = asyncio.get_running_loop()
+        script = self._clients.get(loop)
+        if script is None:
             client = redis.asyncio.Redis.from_url(
                 self.url, socket_timeout=1.0, socket_connect_timeout=1.0
             )
-            entry = self._clients[loop] = (client, client.register_script(TOKEN_BUCKET_LUA))
-        return entry[1]
+            script = self._clients[loop] = client.register_script(TOKEN_BUCKET_LUA)
+        return script
 
     async def acquire(self, key: str) -> float | None:
         try:
