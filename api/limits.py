@@ -217,8 +217,8 @@ return {allowed, tostring(wait)}
 class RedisTokenBucket:
     """The same token buckets, in Redis, shared by every API process using ``url``.
 
-    If Redis does not answer, requests are let through (logged): the limiter protects the
-    service, it must not become the reason it is down.
+    If Redis does not answer, requests are let through (logged) and Redis is left alone for
+    a few seconds: the limiter protects the service, it must not become the reason it is down.
     """
 
     def __init__(
@@ -230,6 +230,8 @@ class RedisTokenBucket:
         self.prefix = prefix
         # A full bucket refills in burst / rate seconds; an idle key expires after that.
         self.ttl = max(1, math.ceil(burst / self.rate) + 1)
+        self.retry_after_failure_s = 5.0
+        self._down_until = 0.0
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -248,13 +250,20 @@ class RedisTokenBucket:
         return script
 
     async def acquire(self, key: str) -> float | None:
+        if time.monotonic() < self._down_until:
+            return None
         try:
             allowed, wait = await self._script()(
                 keys=[self.prefix + key], args=[self.rate, self.burst, self.ttl]
             )
         except Exception as exc:  # redis.RedisError, OSError: fail open
+            # A dead Redis does not slow requests down: it is asked again a while later.
+            self._down_until = time.monotonic() + self.retry_after_failure_s
             log.warning(
-                "rate limit: Redis at %s did not answer (%s); request allowed", self.url, exc
+                "rate limit: Redis at %s did not answer (%s); not limiting for %g s",
+                self.url,
+                exc,
+                self.retry_after_failure_s,
             )
             return None
         return None if int(allowed) else float(wait)
