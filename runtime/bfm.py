@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,9 +30,13 @@ MAX_FILE_BYTES = 4 << 30
 MAX_HEADER_BYTES = 64 << 20
 MAX_TENSORS = 100_000
 MAX_TENSOR_ELEMENTS = 1 << 31
+MAX_TENSOR_DIMS = 8
 MAX_NODES = 100_000
 MAX_DIM = 1 << 24
 MAX_VALUE_ELEMENTS = 1 << 30  # per batch item, for every value of the graph
+# a binary layer's dot products (in_channels x kernel taps) stay below 2**30: the C kernels'
+# int32 accumulators hold K - 2 * popcount without overflow
+MAX_BINARY_TAPS = (1 << 30) - 1
 
 _SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
     "U64": np.dtype("<u8"),
@@ -148,7 +153,7 @@ class _Node:
         self.name = name
         self.where = f"node {name!r}"
         op = raw.get("op")
-        if op not in KNOWN_OPS:
+        if not isinstance(op, str) or op not in KNOWN_OPS:
             raise FormatError(f"{self.where}: unknown op {op!r}")
         self.op: str = op
         self.inputs = self._names("inputs", raw.get("inputs"))
@@ -331,6 +336,8 @@ def _infer_node(node: _Node, ins: list[ValueInfo]) -> ValueInfo:
         k = _ints(
             f"{w}: attr 'kernel_size'", node.attr("kernel_size", required=True), nsp, minimum=1
         )
+        if cin * math.prod(k) > MAX_BINARY_TAPS:
+            raise _fail(w, f"{cin} channels x kernel {list(k)} exceed {MAX_BINARY_TAPS} taps")
         s = _ints(f"{w}: attr 'stride'", node.attr("stride", [1] * nsp), nsp, minimum=1)
         p = _ints(f"{w}: attr 'padding'", node.attr("padding", [0] * nsp), nsp, minimum=0)
         d = _ints(f"{w}: attr 'dilation'", node.attr("dilation", [1] * nsp), nsp, minimum=1)
@@ -388,7 +395,9 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         wshape = node.tensors[wname].shape
         if len(wshape) != nsp + 2:
             raise _fail(w, f"weight {wname!r} must have {nsp + 2} dims, has {len(wshape)}")
-        cout, cin_g, *kernel = (int(v) for v in wshape)
+        cout, cin_g, *kernel = (
+            _int(f"{w}: weight {wname!r} dim {i}", int(v), minimum=1) for i, v in enumerate(wshape)
+        )
         cin = shape[1]
         if cin % groups or cout % groups or cin // groups != cin_g:
             raise _fail(w, f"weight {tuple(wshape)} does not fit {cin} channels, groups {groups}")
@@ -404,7 +413,7 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         wname = node.params.get("weight")
         if wname is None or wname not in node.tensors or node.tensors[wname].ndim != 2:
             raise _fail(w, "param 'weight' must name a 2-d tensor")
-        fout = int(node.tensors[wname].shape[0])
+        fout = _int(f"{w}: weight {wname!r} dim 0", int(node.tensors[wname].shape[0]), minimum=1)
         node.param("weight", REAL_WEIGHT, (fout, int(shape[1])))
         node.param("bias", REAL_WEIGHT, (fout,), required=False)
         return ValueInfo("float", (None, fout))
@@ -618,11 +627,11 @@ def _parse_metadata(metadata: Mapping[str, str] | None) -> tuple[dict[str, Any],
         )
     try:
         graph = json.loads(metadata.get("graph", ""))
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise FormatError(f"metadata 'graph': not valid JSON ({exc})") from None
     try:
         provenance = json.loads(metadata.get("provenance", "{}"))
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise FormatError(f"metadata 'provenance': not valid JSON ({exc})") from None
     if not isinstance(provenance, dict):
         raise FormatError("metadata 'provenance': expected a JSON object")
@@ -642,7 +651,7 @@ def _parse_header(data: bytes | memoryview) -> dict[str, Any]:
         )
     try:
         header = json.loads(bytes(data[8 : 8 + header_len]))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # ValueError: also over-long integers
         raise FormatError(f"header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise FormatError("header is not a JSON object")
@@ -662,7 +671,12 @@ def _parse_header(data: bytes | memoryview) -> dict[str, Any]:
         if not isinstance(shape, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in shape
         ):
-            raise FormatError(f"tensor {name!r}: bad shape {shape!r}")
+            raise FormatError(f"tensor {name!r}: bad shape {reprlib.repr(shape)}")
+        if len(shape) > MAX_TENSOR_DIMS or any(v > MAX_TENSOR_ELEMENTS for v in shape):
+            raise FormatError(
+                f"tensor {name!r}: shape {reprlib.repr(shape)}: dims or elements exceed the "
+                f"limit ({MAX_TENSOR_DIMS} dims, {MAX_TENSOR_ELEMENTS} elements)"
+            )
         count = math.prod(shape)
         if count > MAX_TENSOR_ELEMENTS:
             raise FormatError(f"tensor {name!r}: {count} elements exceed the limit")
@@ -671,15 +685,18 @@ def _parse_header(data: bytes | memoryview) -> dict[str, Any]:
             or len(offsets) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in offsets)
         ):
-            raise FormatError(f"tensor {name!r}: bad data_offsets {offsets!r}")
+            raise FormatError(f"tensor {name!r}: bad data_offsets {reprlib.repr(offsets)}")
         begin, end = offsets
+        if not 0 <= begin <= end <= body:
+            raise FormatError(
+                f"tensor {name!r}: data_offsets {reprlib.repr(offsets)} outside the "
+                f"{body} bytes of data (truncated file?)"
+            )
         nbytes = count * _SAFETENSORS_DTYPES[dtype].itemsize
-        if begin < 0 or end - begin != nbytes:
+        if end - begin != nbytes:
             raise FormatError(
                 f"tensor {name!r}: shape {shape} needs {nbytes} bytes, offsets give {end - begin}"
             )
-        if end > body:
-            raise FormatError(f"truncated file: tensor {name!r} ends at {end}, data has {body}")
         end_max = max(end_max, end)
     meta = header.get("__metadata__")
     if meta is not None and (

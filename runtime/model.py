@@ -394,22 +394,26 @@ class _Step:
         # padded extent covers every window (ceil_mode may reach past the right padding)
         hp = max(h + 2 * ph, (ho - 1) * sh + kh)
         wp = max(w + 2 * pw, (wo - 1) * sw + kw)
-        divisor = None
-        if not is_max:
-            include_pad = bool(a.get("count_include_pad", True))
+        include_pad = bool(a.get("count_include_pad", True))
 
-            def counts(size: int, k: int, s: int, p: int, out_n: int) -> np.ndarray:
-                result = np.empty(out_n, dtype=np.float32)
-                for o in range(out_n):
-                    start = o * s - p
-                    end = min(start + k, size + p)
-                    full = end - start
-                    start, end = max(start, 0), min(end, size)
-                    result[o] = full if include_pad else end - start
-                return result
+        def counts(size: int, k: int, s: int, p: int, out_n: int) -> np.ndarray:
+            """Elements each window divides by (numpy: out_n may be large)."""
+            start = np.arange(out_n, dtype=np.int64) * s - p
+            end = np.minimum(start + k, size + p)
+            if not include_pad:
+                start, end = np.maximum(start, 0), np.minimum(end, size)
+            return (end - start).astype(np.float32)
 
-            divisor = np.outer(counts(h, kh, sh, ph, ho), counts(w, kw, sw, pw, wo))
-            inv = (1.0 / divisor).astype(np.float32)
+        def inverse_counts(plan: _Plan) -> np.ndarray:
+            """1 / window counts, made on a plan's first run (not at load: it is as large
+            as the output, which only the file's declared shapes bound)."""
+            key = (self.index, "inv")
+            inv = plan.temps.get(key)
+            if inv is None:
+                divisor = np.outer(counts(h, kh, sh, ph, ho), counts(w, kw, sw, pw, wo))
+                inv = plan.temps[key] = (1.0 / divisor).astype(np.float32)
+            return inv
+
         fill = -np.inf if is_max else 0.0
 
         geometry = (h, w, ho, wo, kh, kw, sh, sw, ph, pw)
@@ -437,7 +441,7 @@ class _Step:
                     else:
                         combine(out4, window, out=out4)
             if not is_max:
-                np.multiply(out4, inv, out=out4)
+                np.multiply(out4, inverse_counts(plan), out=out4)
 
         return run_pool
 
