@@ -44,6 +44,8 @@ RATE_EXEMPT_PATHS = frozenset({"/healthz", "/metrics", "/v2/health/live", "/v2/h
 # Upload routes have their own body cap (api/uploads.py) and validation deadline.
 UPLOAD_PREFIXES = ("/v1/models", "/v1/datasets")
 TIMEOUT_RETRY_AFTER_S = 5
+# The rest of a refused body is never read: the connection cannot carry another request.
+CLOSE = {"Connection": "close"}
 
 
 def is_upload(scope: Scope) -> bool:
@@ -108,7 +110,12 @@ class BodyLimitMiddleware:
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
                 await send_problem(
-                    scope, send, "payload-too-large", detail, max_bytes=self.max_bytes
+                    scope,
+                    send,
+                    "payload-too-large",
+                    detail,
+                    headers=CLOSE,
+                    max_bytes=self.max_bytes,
                 )
                 return
         seen = 0
@@ -139,7 +146,9 @@ class BodyLimitMiddleware:
             if not exceeded or response_started:
                 raise
         if exceeded and not response_started:
-            await send_problem(scope, send, "payload-too-large", detail, max_bytes=self.max_bytes)
+            await send_problem(
+                scope, send, "payload-too-large", detail, headers=CLOSE, max_bytes=self.max_bytes
+            )
 
 
 # -- rate limit ------------------------------------------------------------------------
