@@ -1,0 +1,27 @@
+/*
+ * sanitizer_selftest.c - compiled into the sanitizer build of runtime._native only (see
+ * build_asan.py), never into the normal one. Each entry point makes one real kernel of
+ * the runtime do something wrong, so a test can prove that the sanitizers watching the
+ * fuzzer are armed: a run that reports nothing proves something only if this one dies.
+ */
+#include <stdlib.h>
+
+#include "bf_common.h"
+#include "popcount/popcount.h"
+
+/* 1: the scalar popcount kernel reads one word past a 3-word heap buffer (ASan). */
+int64_t bf_selftest_heap_overflow(void) {
+    bf_word *words = malloc(3 * sizeof(bf_word));
+    if (!words) return -1;
+    for (int i = 0; i < 3; i++) words[i] = (bf_word)i;
+    volatile size_t n = 4;
+    const int64_t total = bf_popcount__scalar(words, n);
+    free(words);
+    return total;
+}
+
+/* 2: a signed 32-bit accumulator overflows, as the binary conv's K - 2P would (UBSan). */
+int32_t bf_selftest_signed_overflow(int32_t k) {
+    volatile int32_t big = k;
+    return big * 2;
+}
