@@ -109,21 +109,31 @@ static int positive_sizes(const Py_ssize_t *values, int n) {
 
 /* --- xnor_panel ----------------------------------------------------------------------- */
 
-/* xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa): packs the n_ch weight rows of `w`
- * into the ISA's panel layout (aligned, heap) and runs its panel kernel into channel-major
- * c (n_ch, n_pix). */
+/* xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa, n_seg=1, seg_stride=0,
+ * pixel_major=False): packs the n_ch weight rows of `w` into the ISA's panel layout
+ * (aligned, heap) and runs its panel kernel on pixel rows of `a` read as n_seg segments of
+ * kw / n_seg words (segment s of pixel p at word p * lda + s * seg_stride), into
+ * channel-major c (n_ch, n_pix), or pixel-major c (n_pix, n_ch). */
 static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"a", "w", "c", "n_pix", "n_ch", "kw", "lda", "ldw", "isa", NULL};
+    static char *kwlist[] = {"a",   "w",     "c",          "n_pix",       "n_ch", "kw", "lda",
+                             "ldw", "isa",   "n_seg",      "seg_stride",  "pixel_major", NULL};
     PyObject *a_obj, *w_obj, *c_obj, *isa_name = NULL;
-    Py_ssize_t sz[5];
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnnnnn|O", kwlist, &a_obj, &w_obj, &c_obj,
-                                     &sz[0], &sz[1], &sz[2], &sz[3], &sz[4], &isa_name))
+    Py_ssize_t sz[5], n_seg_arg = 1, seg_stride_arg = 0;
+    int pixel_major = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnnnnn|Onnp", kwlist, &a_obj, &w_obj,
+                                     &c_obj, &sz[0], &sz[1], &sz[2], &sz[3], &sz[4], &isa_name,
+                                     &n_seg_arg, &seg_stride_arg, &pixel_major))
         return NULL;
-    if (positive_sizes(sz, 5) < 0) return NULL;
+    if (positive_sizes(sz, 5) < 0 || positive_sizes(&n_seg_arg, 1) < 0) return NULL;
     const size_t np_ = (size_t)sz[0], nch = (size_t)sz[1], kw = (size_t)sz[2],
-                 lda = (size_t)sz[3], ldw = (size_t)sz[4];
-    if (lda < kw || ldw < kw) {
+                 lda = (size_t)sz[3], ldw = (size_t)sz[4], n_seg = (size_t)n_seg_arg;
+    if (seg_stride_arg < 0 || seg_stride_arg > ((Py_ssize_t)1 << 31) || kw % n_seg != 0) {
+        PyErr_SetString(PyExc_ValueError, "n_seg must divide kw; seg_stride must be >= 0");
+        return NULL;
+    }
+    const size_t seg_len = kw / n_seg, seg_stride = (size_t)seg_stride_arg;
+    if ((n_seg == 1 && lda < kw) || ldw < kw) {
         PyErr_SetString(PyExc_ValueError, "lda and ldw must be >= kw");
         return NULL;
     }
@@ -131,7 +141,8 @@ static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs)
     if (!table) return NULL;
     bf_buffers bufs = {.count = 0};
     void *a, *w, *c;
-    if (get_buffer(&bufs, a_obj, "a", ((np_ - 1) * lda + kw) * 8, 0, 0, &a) < 0 ||
+    if (get_buffer(&bufs, a_obj, "a", ((np_ - 1) * lda + (n_seg - 1) * seg_stride + seg_len) * 8,
+                   0, 0, &a) < 0 ||
         get_buffer(&bufs, w_obj, "w", ((nch - 1) * ldw + kw) * 8, 0, 0, &w) < 0 ||
         get_buffer(&bufs, c_obj, "c", np_ * nch * 4, 1, 0, &c) < 0) {
         release_all(&bufs);
@@ -141,14 +152,22 @@ static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs)
     const size_t bytes = (words * sizeof(bf_word) + BF_OVERREAD_BYTES + BF_ALIGN - 1) /
                          BF_ALIGN * BF_ALIGN;
     bf_word *panel = aligned_alloc(BF_ALIGN, bytes);
-    if (!panel) {
+    const bf_word **rows = malloc(np_ * n_seg * sizeof(*rows));
+    if (!panel || !rows) {
+        free(panel);
+        free(rows);
         release_all(&bufs);
         return PyErr_NoMemory();
     }
+    for (size_t p = 0; p < np_; p++)
+        for (size_t s = 0; s < n_seg; s++)
+            rows[p * n_seg + s] = (const bf_word *)a + p * lda + s * seg_stride;
     Py_BEGIN_ALLOW_THREADS
     bf_xnor_panel_pack(table->panel_lanes, nch, kw, (const bf_word *)w, ldw, panel);
-    table->xnor_panel(np_, nch, kw, (const bf_word *)a, lda, panel, (int32_t *)c, np_);
+    table->xnor_panel(np_, nch, rows, n_seg, seg_len, panel, kw, (int32_t *)c,
+                      pixel_major ? 1 : np_, pixel_major ? nch : 1);
     Py_END_ALLOW_THREADS
+    free(rows);
     free(panel);
     release_all(&bufs);
     Py_RETURN_NONE;
@@ -426,13 +445,45 @@ static int fconv_geometry(PyObject *geometry, bf_fconv_args *g) {
     return 0;
 }
 
+/* Parse an optional fused pool (kh, kw, sh, sw, ph, pw, ho, wo) after the convolution `g`
+ * into `p` (NULL or None: none); returns 0, or -1 with a Python error set. */
+static int fconv_pool_geometry(PyObject *obj, const bf_fconv_args *g, bf_fconv_pool *p) {
+    memset(p, 0, sizeof(*p));
+    if (obj == NULL || obj == Py_None) return 1;
+    Py_ssize_t v[8];
+    if (!PyArg_ParseTuple(obj, "nnnnnnnn;fconv pool: 8 integers", &v[0], &v[1], &v[2], &v[3],
+                          &v[4], &v[5], &v[6], &v[7]))
+        return -1;
+    for (int i = 0; i < 8; i++) {
+        if (v[i] < (i == 4 || i == 5 ? 0 : 1) || v[i] > ((Py_ssize_t)1 << 24)) {
+            PyErr_Format(PyExc_ValueError, "fconv pool[%d] = %zd is out of range", i, v[i]);
+            return -1;
+        }
+    }
+    p->kh = (size_t)v[0]; p->kw = (size_t)v[1]; p->sh = (size_t)v[2]; p->sw = (size_t)v[3];
+    p->ph = (size_t)v[4]; p->pw = (size_t)v[5]; p->ho = (size_t)v[6]; p->wo = (size_t)v[7];
+    /* every window starts inside the input or its left padding and overlaps the input */
+    if (p->ph >= p->kh || p->pw >= p->kw || p->sh > p->kh || (p->ho - 1) * p->sh >= g->ho + p->ph ||
+        (p->wo - 1) * p->sw >= g->wo + p->pw) {
+        PyErr_SetString(PyExc_ValueError, "fconv pool: a window lies outside the input");
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_fconv_scratch_bytes(PyObject *self, PyObject *args) {
     (void)self;
-    PyObject *geometry;
-    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &geometry)) return NULL;
+    PyObject *geometry, *pool_obj = NULL;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "O!|Oi", &PyTuple_Type, &geometry, &pool_obj, &threads))
+        return NULL;
     bf_fconv_args g;
+    bf_fconv_pool pool;
     if (fconv_geometry(geometry, &g) < 0) return NULL;
-    return PyLong_FromSize_t(bf_fconv_scratch_bytes(&g));
+    const int has_pool = fconv_pool_geometry(pool_obj, &g, &pool);
+    if (has_pool < 0) return NULL;
+    g.pool = has_pool == 0 ? &pool : NULL;
+    return PyLong_FromSize_t(bf_fconv_scratch_bytes(&g, threads < 1 ? 1 : threads));
 }
 
 static PyObject *py_fconv_channels(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -447,37 +498,51 @@ static PyObject *py_fconv_channels(PyObject *self, PyObject *args, PyObject *kwa
 
 static PyObject *py_fconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *kwlist[] = {"x",    "weight",  "bias", "out", "scratch", "geometry",
-                             "relu", "threads", "isa",  NULL};
-    PyObject *obj[5], *geometry, *isa_name = NULL;
+    static char *kwlist[] = {"x",    "weight",  "bias", "out",  "scratch", "geometry",
+                             "relu", "threads", "isa",  "pool", NULL};
+    PyObject *obj[5], *geometry, *isa_name = NULL, *pool_obj = NULL;
     int relu, threads;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO!pi|O", kwlist, &obj[0], &obj[1],
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO!pi|OO", kwlist, &obj[0], &obj[1],
                                      &obj[2], &obj[3], &obj[4], &PyTuple_Type, &geometry, &relu,
-                                     &threads, &isa_name))
+                                     &threads, &isa_name, &pool_obj))
         return NULL;
     bf_fconv_args g;
+    bf_fconv_pool pool;
     if (fconv_geometry(geometry, &g) < 0) return NULL;
+    const int has_pool = fconv_pool_geometry(pool_obj, &g, &pool);
+    if (has_pool < 0) return NULL;
     const bf_kernels *table = resolve_isa(isa_name);
     if (!table) return NULL;
     g.kernel = table->fconv;
     g.mr = table->fconv_mr;
     g.nr = table->fconv_nr;
     g.relu = relu;
+    if (has_pool == 0) {
+        pool.kernel = table->maxpool2d;
+        g.pool = &pool;
+    }
+    if (threads < 1) threads = 1;
     const size_t k = g.cin * g.kh * g.kw, blocks = (g.cout + g.mr - 1) / g.mr;
     bf_buffers bufs = {.count = 0};
     void *p[5];
     if (get_buffer(&bufs, obj[0], "x", g.n * g.cin * g.h * g.w * 4, 0, 0, &p[0]) < 0 ||
         get_buffer(&bufs, obj[1], "weight", blocks * g.mr * k * 4, 0, 0, &p[1]) < 0 ||
         get_buffer(&bufs, obj[2], "bias", g.cout * 4, 0, 1, &p[2]) < 0 ||
-        get_buffer(&bufs, obj[3], "out", g.n * g.cout * g.ho * g.wo * 4, 1, 0, &p[3]) < 0 ||
-        get_buffer(&bufs, obj[4], "scratch", bf_fconv_scratch_bytes(&g), 1, 0, &p[4]) < 0) {
+        get_buffer(&bufs, obj[3], "out",
+                   g.pool ? g.n * g.cout * pool.ho * pool.wo * 4 : g.n * g.cout * g.ho * g.wo * 4,
+                   1, 0, &p[3]) < 0 ||
+        get_buffer(&bufs, obj[4], "scratch", bf_fconv_scratch_bytes(&g, threads), 1, 0, &p[4]) <
+            0) {
         release_all(&bufs);
         return NULL;
     }
     g.x = (const float *)p[0];
     g.weight = (const float *)p[1];
     g.bias = (const float *)p[2];
-    g.out = (float *)p[3];
+    if (g.pool)
+        pool.out = (float *)p[3];
+    else
+        g.out = (float *)p[3];
     g.scratch = p[4];
     const int used = bf_fconv_threads(&g, threads);
     Py_BEGIN_ALLOW_THREADS
@@ -576,7 +641,8 @@ static PyMethodDef methods[] = {
      "xnor_gemm(a, b, c, m, n, kw, lda, ldb, isa=None) -> None\n\n"
      "c[i, j] = popcount of a[i] xor b[j] over kw words (int32, row stride n)."},
     {"xnor_panel", (PyCFunction)(void (*)(void))py_xnor_panel, METH_VARARGS | METH_KEYWORDS,
-     "xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa=None) -> None\n\n"
+     "xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa=None, n_seg=1, seg_stride=0, "
+     "pixel_major=False) -> None\n\n"
      "c[ch, p] = popcount of a[p] xor w[ch] over kw words (int32, row stride n_pix), through "
      "the ISA's panel layout and kernel (the binary convolution's product)."},
     {"panel_pack", py_panel_pack, METH_VARARGS,
@@ -596,11 +662,14 @@ static PyMethodDef methods[] = {
      "the weight rows already repacked with `panel_lanes` lanes (used when that is the ISA's "
      "lane count; otherwise each chunk is repacked in scratch)."},
     {"fconv", (PyCFunction)(void (*)(void))py_fconv, METH_VARARGS | METH_KEYWORDS,
-     "fconv(x, weight, bias, out, scratch, geometry, relu, threads, isa=None) -> int\n\n"
+     "fconv(x, weight, bias, out, scratch, geometry, relu, threads, isa=None, pool=None) -> int\n\n"
      "Float32 NCHW convolution (groups 1) on weights packed for fconv_channels(isa); "
-     "geometry (n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw). Returns the threads used."},
+     "geometry (n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw). With pool (kh, kw, sh, "
+     "sw, ph, pw, ho, wo) a max pooling follows (after relu) and `out` is the pooled output. "
+     "Returns the threads used."},
     {"fconv_scratch_bytes", py_fconv_scratch_bytes, METH_VARARGS,
-     "fconv_scratch_bytes(geometry) -> int\n\nScratch bytes an fconv call needs."},
+     "fconv_scratch_bytes(geometry, pool=None, threads=1) -> int\n\n"
+     "Scratch bytes an fconv call needs."},
     {"fconv_channels", (PyCFunction)(void (*)(void))py_fconv_channels,
      METH_VARARGS | METH_KEYWORDS,
      "fconv_channels(isa=None) -> int\n\nOutput channels per packed weight block of the ISA."},

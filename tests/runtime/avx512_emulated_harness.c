@@ -2,9 +2,9 @@
  * avx512_emulated_harness.c - runs the AVX-512 panel kernel's C code on any x86-64 CPU by
  * replacing the AVX-512 intrinsics it uses with plain C lane loops (the 128/256-bit ones
  * are the real SSE/AVX2 instructions), and compares it with the scalar panel kernel.
- * This checks the kernel's logic (tiling, tails, padded lanes, the transposed stores), not
- * the compiler's instruction selection: the real kernel runs in test_kernels.py on CPUs
- * with AVX-512 VPOPCNTDQ. Built by test_avx512_emulated.py; prints "ok <cases>".
+ * This checks the kernel's logic (tiling, tails, padded lanes, segmented pixel rows, both
+ * output layouts and their stores), not the compiler's instruction selection: the real
+ * kernel runs in test_kernels.py on CPUs with AVX-512 VPOPCNTDQ. Built by test_avx512_emulated.py; prints "ok <cases>".
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -48,26 +48,11 @@ static inline emu_m512i emu_popcnt(emu_m512i a) {
     for (int i = 0; i < 8; i++) a.v[i] = (uint64_t)__builtin_popcountll(a.v[i]);
     return a;
 }
-static inline BF_TARGET_AVX2 __m256i emu_cvtepi64_epi32(emu_m512i a) {
-    int32_t t[8];
-    for (int i = 0; i < 8; i++) t[i] = (int32_t)a.v[i]; /* truncation, as vpmovqd */
-    return _mm256_loadu_si256((const __m256i *)t);
-}
-
-/* 32-bit views of the 512-bit type for the transposing stores */
+/* 32-bit views of the 512-bit type for the stores of the counts */
 static inline emu_m512i emu_from32(const int32_t *t) {
     emu_m512i r;
     memcpy(r.v, t, sizeof r.v);
     return r;
-}
-static inline BF_TARGET_AVX2 emu_m512i emu_castsi256_si512(__m256i a) {
-    emu_m512i r = emu_setzero(); /* upper half undefined in hardware; never read */
-    _mm256_storeu_si256((__m256i *)r.v, a);
-    return r;
-}
-static inline BF_TARGET_AVX2 emu_m512i emu_inserti64x4(emu_m512i a, __m256i b, int half) {
-    _mm256_storeu_si256((__m256i *)(a.v + 4 * (half & 1)), b);
-    return a;
 }
 static inline emu_m512i emu_setr_epi32(int e0, int e1, int e2, int e3, int e4, int e5, int e6,
                                        int e7, int e8, int e9, int e10, int e11, int e12,
@@ -98,6 +83,10 @@ static inline emu_m512i emu_permutex2var_epi32(emu_m512i a, emu_m512i idx, emu_m
 static inline BF_TARGET_AVX2 __m128i emu_extracti32x4(emu_m512i a, int quarter) {
     return _mm_loadu_si128((const __m128i *)(a.v + 2 * (quarter & 3)));
 }
+static inline BF_TARGET_AVX2 __m256i emu_castsi512_si256(emu_m512i a) {
+    return _mm256_loadu_si256((const __m256i *)a.v);
+}
+static inline void emu_storeu(void *p, emu_m512i a) { memcpy(p, a.v, sizeof a.v); }
 
 #undef __m512i
 #define __m512i emu_m512i
@@ -113,12 +102,10 @@ static inline BF_TARGET_AVX2 __m128i emu_extracti32x4(emu_m512i a, int quarter) 
 #define _mm512_xor_si512 emu_xor
 #undef _mm512_popcnt_epi64
 #define _mm512_popcnt_epi64 emu_popcnt
-#undef _mm512_cvtepi64_epi32
-#define _mm512_cvtepi64_epi32 emu_cvtepi64_epi32
-#undef _mm512_castsi256_si512
-#define _mm512_castsi256_si512 emu_castsi256_si512
-#undef _mm512_inserti64x4
-#define _mm512_inserti64x4 emu_inserti64x4
+#undef _mm512_castsi512_si256
+#define _mm512_castsi512_si256 emu_castsi512_si256
+#undef _mm512_storeu_si512
+#define _mm512_storeu_si512 emu_storeu
 #undef _mm512_setr_epi32
 #define _mm512_setr_epi32 emu_setr_epi32
 #undef _mm512_set1_epi32
@@ -141,49 +128,68 @@ static uint64_t next_word(void) { /* xorshift64* */
     return state * 0x2545F4914F6CDD1DULL;
 }
 
+/* The kernels on pixel rows of kw words read as n_seg segments (segment s of pixel p at
+ * word p * lda + s * seg_stride), into counts with strides (c_ch, c_pix). */
+static int compare(size_t np_, size_t nc, size_t kw, size_t n_seg, int pixel_major,
+                   int saturate) {
+    const size_t seg_len = kw / n_seg, seg_stride = seg_len + 3, lda = n_seg * seg_stride + 1;
+    const size_t ldw = kw + 2;
+    bf_word *a = malloc(np_ * lda * sizeof(bf_word));
+    bf_word *w = malloc(nc * ldw * sizeof(bf_word));
+    const bf_word **rows = malloc(np_ * n_seg * sizeof(*rows));
+    int32_t *c0 = malloc(np_ * nc * sizeof(int32_t));
+    int32_t *c1 = malloc(np_ * nc * sizeof(int32_t));
+    const size_t b0 = bf_xnor_panel_words(BF_PANEL_LANES_SCALAR, nc, kw) * 8 + 64;
+    const size_t b1 = bf_xnor_panel_words(BF_PANEL_LANES_AVX512, nc, kw) * 8 + 64;
+    bf_word *p0 = aligned_alloc(64, (b0 + 63) / 64 * 64);
+    bf_word *p1 = aligned_alloc(64, (b1 + 63) / 64 * 64);
+    if (!a || !w || !rows || !c0 || !c1 || !p0 || !p1) return 2;
+    for (size_t i = 0; i < np_ * lda; i++) a[i] = saturate ? ~(bf_word)0 : next_word();
+    for (size_t i = 0; i < nc * ldw; i++) w[i] = saturate ? 0 : next_word();
+    for (size_t p = 0; p < np_; p++)
+        for (size_t s = 0; s < n_seg; s++) rows[p * n_seg + s] = a + p * lda + s * seg_stride;
+    for (size_t i = 0; i < np_ * nc; i++) c0[i] = c1[i] = -7;
+    const size_t c_ch = pixel_major ? 1 : np_, c_pix = pixel_major ? nc : 1;
+    bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, nc, kw, w, ldw, p0);
+    bf_xnor_panel__scalar(np_, nc, rows, n_seg, seg_len, p0, kw, c0, c_ch, c_pix);
+    bf_xnor_panel_pack(BF_PANEL_LANES_AVX512, nc, kw, w, ldw, p1);
+    bf_xnor_panel__avx512vpopcnt(np_, nc, rows, n_seg, seg_len, p1, kw, c1, c_ch, c_pix);
+    int bad = 0;
+    for (size_t i = 0; i < np_ * nc && !bad; i++)
+        if (c0[i] != c1[i] || c0[i] < 0) {
+            printf("mismatch pixels=%zu channels=%zu kw=%zu n_seg=%zu pixel_major=%d at %zu: "
+                   "%d vs %d\n",
+                   np_, nc, kw, n_seg, pixel_major, i, c0[i], c1[i]);
+            bad = 1;
+        }
+    free(a);
+    free(w);
+    free(rows);
+    free(c0);
+    free(c1);
+    free(p0);
+    free(p1);
+    return bad;
+}
+
 int main(void) {
     static const size_t pixels[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 49};
     static const size_t channels[] = {1, 3, 7, 8, 9, 16, 24, 31, 32, 33, 40, 63, 64, 65};
-    static const size_t kws[] = {1, 2, 5, 9, 18, 31, 32, 33, 72, 100};
+    static const size_t kws[] = {1, 2, 3, 5, 9, 18, 31, 32, 33, 72, 100};
     const size_t np_n = sizeof pixels / sizeof *pixels, nc_n = sizeof channels / sizeof *channels;
     const size_t nk = sizeof kws / sizeof *kws;
     long cases = 0;
     for (size_t pi = 0; pi < np_n; pi++)
         for (size_t ci = 0; ci < nc_n; ci++)
-            for (size_t ki = 0; ki < nk; ki++) {
-                const size_t np_ = pixels[pi], nc = channels[ci], kw = kws[ki];
-                const size_t lda = kw + 1, ldw = kw + 2;
-                bf_word *a = malloc(np_ * lda * sizeof(bf_word));
-                bf_word *w = malloc(nc * ldw * sizeof(bf_word));
-                int32_t *c0 = malloc(np_ * nc * sizeof(int32_t));
-                int32_t *c1 = malloc(np_ * nc * sizeof(int32_t));
-                const size_t b0 = bf_xnor_panel_words(BF_PANEL_LANES_SCALAR, nc, kw) * 8 + 64;
-                const size_t b1 = bf_xnor_panel_words(BF_PANEL_LANES_AVX512, nc, kw) * 8 + 64;
-                bf_word *p0 = aligned_alloc(64, (b0 + 63) / 64 * 64);
-                bf_word *p1 = aligned_alloc(64, (b1 + 63) / 64 * 64);
-                if (!a || !w || !c0 || !c1 || !p0 || !p1) return 2;
-                const int saturate = (pi + ci + ki) % 5 == 0; /* every bit differs */
-                for (size_t i = 0; i < np_ * lda; i++) a[i] = saturate ? ~(bf_word)0 : next_word();
-                for (size_t i = 0; i < nc * ldw; i++) w[i] = saturate ? 0 : next_word();
-                for (size_t i = 0; i < np_ * nc; i++) c0[i] = c1[i] = -7;
-                bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, nc, kw, w, ldw, p0);
-                bf_xnor_panel__scalar(np_, nc, kw, a, lda, p0, c0, np_);
-                bf_xnor_panel_pack(BF_PANEL_LANES_AVX512, nc, kw, w, ldw, p1);
-                bf_xnor_panel__avx512vpopcnt(np_, nc, kw, a, lda, p1, c1, np_);
-                for (size_t i = 0; i < np_ * nc; i++)
-                    if (c0[i] != c1[i] || c0[i] < 0) {
-                        printf("mismatch pixels=%zu channels=%zu kw=%zu at %zu: %d vs %d\n", np_,
-                               nc, kw, i, c0[i], c1[i]);
-                        return 1;
-                    }
-                cases++;
-                free(a);
-                free(w);
-                free(c0);
-                free(c1);
-                free(p0);
-                free(p1);
-            }
+            for (size_t ki = 0; ki < nk; ki++)
+                for (int pixel_major = 0; pixel_major < 2; pixel_major++) {
+                    const size_t kw = kws[ki], n_seg = kw % 3 == 0 ? 3 : 1;
+                    const int saturate = (pi + ci + ki) % 5 == 0; /* every bit differs */
+                    const int r = compare(pixels[pi], channels[ci], kw, n_seg, pixel_major,
+                                          saturate);
+                    if (r) return r;
+                    cases++;
+                }
     printf("ok %ld\n", cases);
     return 0;
 }

@@ -49,9 +49,12 @@ int main(void) {
                 }
                 /* the NEON table's convolution product: the panel kernel, channels = a rows */
                 bf_word *panel = malloc(bf_xnor_panel_words(BF_PANEL_LANES_SCALAR, m, kw) * 8);
-                if (!panel) return 2;
+                const bf_word **rows = malloc(n * sizeof(*rows));
+                if (!panel || !rows) return 2;
+                for (size_t p = 0; p < n; p++) rows[p] = b + p * ldb;
                 bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, m, kw, a, lda, panel);
-                bf_xnor_panel__scalar(n, m, kw, b, ldb, panel, c1, n);
+                bf_xnor_panel__scalar(n, m, rows, 1, kw, panel, kw, c1, n, 1);
+                free(rows);
                 free(panel);
                 for (size_t i = 0; i < m * n; i++) {
                     if (c0[i] != c1[i]) {

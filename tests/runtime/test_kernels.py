@@ -100,6 +100,37 @@ def test_xnor_panel_every_isa_equals_scalar_equals_xnor_gemm(
         np.testing.assert_array_equal(_panel(a, w, n_pix, n_ch, kw, isa), scalar, err_msg=isa)
 
 
+@FAST
+@given(
+    n_pix=st.integers(1, 23),
+    n_ch=st.integers(1, 75),
+    n_seg=st.integers(1, 4),
+    seg_len=st.integers(1, 27),
+    gap=st.integers(0, 5),
+    pixel_major=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_xnor_panel_reads_segments_and_writes_either_layout(
+    n_pix: int, n_ch: int, n_seg: int, seg_len: int, gap: int, pixel_major: bool, seed: int
+) -> None:
+    # how the convolution calls it: a pixel's row is n_seg segments of seg_len words spread
+    # over its input (gap words between them here), counts channel- or pixel-major
+    rng = np.random.default_rng(seed)
+    kw, stride = n_seg * seg_len, seg_len + gap
+    lda = n_seg * stride
+    a = rng.integers(0, 2**64, (n_pix, lda), dtype=np.uint64, endpoint=False)
+    w = rng.integers(0, 2**64, (n_ch, kw), dtype=np.uint64, endpoint=False)
+    rows = a.reshape(n_pix, n_seg, stride)[:, :, :seg_len].reshape(n_pix, kw)
+    expect = _popcount_reference(w, rows, kw)  # (n_ch, n_pix)
+    for isa in ISAS:
+        c = np.full((n_pix, n_ch) if pixel_major else (n_ch, n_pix), -7, dtype=np.int32)
+        _native.xnor_panel(
+            a, w, c, n_pix, n_ch, kw, lda, kw, isa,
+            n_seg=n_seg, seg_stride=stride, pixel_major=pixel_major,
+        )  # fmt: skip
+        np.testing.assert_array_equal(c.T if pixel_major else c, expect, err_msg=isa)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_xnor_panel_long_rows_do_not_overflow_counters(isa: str) -> None:
     n_pix, n_ch, kw = 7, 13, 1000
@@ -271,6 +302,28 @@ def test_bconv_scalar_equals_float64_reference_and_every_isa_equals_scalar(
     np.testing.assert_array_equal(outputs["scalar", 1], expected)
     for key, out in outputs.items():
         np.testing.assert_array_equal(out, outputs["scalar", 1], err_msg=str(key))
+
+
+@pytest.mark.parametrize("dilation", [(1, 1), (1, 2)])
+def test_bconv_kernels_of_more_than_64_taps_pad_exactly(dilation: tuple[int, int]) -> None:
+    # 9 x 9 taps: a border pixel's out-of-bounds taps no longer fit one 64-bit mask
+    rng = np.random.default_rng(5)
+    n, cin, cout, h, w, k = 2, 5, 9, 10, 13, 9
+    x = _pm1(rng, (n, cin, h, w))
+    wt = _pm1(rng, (cout, cin, k, k))
+    op = BinaryConv.create(
+        pack_signs(wt.transpose(0, 2, 3, 1)),
+        in_channels=cin,
+        scale=np.ones(cout, dtype=np.float32),
+        padding=(4, 8),
+        dilation=dilation,
+    )
+    expected = reference_acc(x, wt, (1, 1), (4, 8), dilation, "zero")
+    xb = pack_signs(x.transpose(0, 2, 3, 1))
+    for isa in ISAS:
+        out = np.full(op.output_shape(n, h, w), np.nan, dtype=np.float32)
+        op(xb, out, np.empty(op.scratch_bytes(1), np.uint8), isa=isa)
+        np.testing.assert_array_equal(out, expected, err_msg=isa)
 
 
 transform_cases = st.fixed_dictionaries(

@@ -5,42 +5,35 @@
 
 #include "../bf_parallel.h"
 
-/* Pixels per tile: long runs of each channel's float outputs (few pages touched per
- * tile), while the im2col tile stays near 32 KiB. */
-static size_t tile_m(size_t kpad) {
-    size_t mt = ((size_t)32768 / (kpad * sizeof(bf_word))) & ~(size_t)7;
-    if (mt < BF_BCONV_TILE_M) mt = BF_BCONV_TILE_M;
-    if (mt > 256) mt = 256;
-    return mt;
-}
-#define MT tile_m(g->kpad)
+/* Pixels per tile: the tile's int32 counts (MT x 64 channels) stay in L1 beside the
+ * weight panel; the float output is written in runs of MT pixels per channel. */
+#define MT ((size_t)BF_BCONV_TILE_M)
 #define NT BF_BCONV_TILE_N
 /* Word-pairs (xor + popcount of 64 bits) that justify one more pool thread (~40 us). */
 #define BF_WORK_PER_THREAD ((size_t)1 << 17)
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-static size_t tile_a_bytes(size_t kpad) {
-    return round_up(tile_m(kpad) * kpad * sizeof(bf_word), BF_ALIGN);
+/* Per-thread scratch, in this order: segments built for pixels whose kernel row is cut by
+ * the border, the tile's segment pointers, a zero segment, the tile's border pixels and
+ * their tap counts, the popcounts, three pixel rows, two channel rows, the repacked weight panel. */
+static size_t seg_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(bf_word), BF_ALIGN); }
+static size_t ptr_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(void *), BF_ALIGN); }
+static size_t zero_bytes(size_t kpad) {
+    return round_up(kpad * sizeof(bf_word) + BF_OVERREAD_BYTES, BF_ALIGN);
 }
-static size_t tile_c_bytes(size_t kpad) {
-    return round_up(tile_m(kpad) * NT * sizeof(int32_t), BF_ALIGN);
-}
-static size_t row_bytes(size_t kpad) { return round_up(tile_m(kpad) * sizeof(bf_word), BF_ALIGN); }
+static size_t tile_c_bytes(void) { return round_up(MT * NT * sizeof(int32_t), BF_ALIGN); }
+static size_t row_bytes(void) { return round_up(MT * sizeof(uint64_t), BF_ALIGN); }
+static size_t chan_bytes(void) { return round_up(NT * sizeof(float), BF_ALIGN); }
 static size_t panel_bytes(size_t kpad) { return round_up(NT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t per_thread_bytes(size_t kpad) {
-    /* im2col tile, padded-tap list (taps <= kpad), popcounts, three pixel rows, weight panel */
-    return 2 * tile_a_bytes(kpad) + tile_c_bytes(kpad) + 3 * row_bytes(kpad) + panel_bytes(kpad) +
-           BF_OVERREAD_BYTES;
+    return seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) + 2 * row_bytes() + tile_c_bytes() +
+           3 * row_bytes() + 2 * chan_bytes() + panel_bytes(kpad) + BF_OVERREAD_BYTES;
 }
 
 size_t bf_bconv_scratch_bytes(size_t kpad, int threads) {
     if (threads < 1) threads = 1;
     return (size_t)threads * per_thread_bytes(kpad) + BF_ALIGN;
-}
-
-static int direct_input(const bf_bconv_args *g) {
-    return g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
 }
 
 int bf_bconv_threads(const bf_bconv_args *g, int threads) {
@@ -53,14 +46,6 @@ int bf_bconv_threads(const bf_bconv_args *g, int threads) {
     return threads < (int)useful ? (threads < 1 ? 1 : threads) : (int)useful;
 }
 
-static inline void copy_words(bf_word *BF_RESTRICT dst, const bf_word *BF_RESTRICT src, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = src[i];
-}
-
-static inline void zero_words(bf_word *dst, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = 0;
-}
-
 /* The copies here are a few words each (one 3x3 row of 64 channels is 3 words): GCC would
  * turn the loops into memcpy/memset calls, which cost more than the copies. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -69,71 +54,153 @@ static inline void zero_words(bf_word *dst, size_t n) {
 #define BF_NO_LIBCALLS
 #endif
 
-/* im2col of pixels [p0, p0 + mt) into `a` (mt rows of kpad words). */
-BF_NO_LIBCALLS static void build_tile(const bf_bconv_args *g, size_t p0, size_t mt, bf_word *a) {
-    const size_t cw = BF_WORDS_FOR(g->cin);
-    const size_t hw = g->ho * g->wo;
-    const size_t row_words = g->kw * cw;
-    for (size_t i = 0; i < mt; i++) {
-        const size_t p = p0 + i, b = p / hw, r = p % hw, oy = r / g->wo, ox = r % g->wo;
-        bf_word *row = a + i * g->kpad;
-        const long x0 = (long)(ox * g->sw) - (long)g->pw;
-        const int x_inside = x0 >= 0 && x0 + (long)((g->kw - 1) * g->dw) < (long)g->w;
-        const bf_word *image = g->x + b * g->h * g->w * cw;
-        size_t k = 0;
-        for (size_t ky = 0; ky < g->kh; ky++) {
-            const long iy = (long)(oy * g->sh + ky * g->dh) - (long)g->ph;
-            if (iy < 0 || iy >= (long)g->h) {
-                zero_words(row + k, row_words);
-                k += row_words;
-                continue;
+/* How the kernel reads a pixel's row of taps: one segment of kw * cin_w words per kernel
+ * row (taps of a row are contiguous in the channels-last input), or one per tap when the
+ * row's taps are dilated apart. */
+static size_t n_segments(const bf_bconv_args *g) { return g->dw == 1 ? g->kh : g->kh * g->kw; }
+static size_t segment_words(const bf_bconv_args *g) {
+    return g->dw == 1 ? g->kw * BF_WORDS_FOR(g->cin) : BF_WORDS_FOR(g->cin);
+}
+
+/*
+ * Segment pointers of pixels [p0, p0 + mt) into `rows`: straight into the input, or to
+ * `zero` (a segment of words 0, i.e. +1 inputs) for a kernel row above or below the
+ * image, or to a copy in `built` with zero words for the taps left or right of it.
+ * kvec[i] = the number of taps x channels pixel i really has (K less its out-of-bounds
+ * taps' share under zero padding; K under one padding). Border pixels' indices are listed
+ * in `border`, their out-of-bounds taps as bits of `masks` (same position; bit
+ * ky * kw + kx, all bits set past 64 taps); returns their number.
+ */
+BF_NO_LIBCALLS static size_t build_rows(const bf_bconv_args *g, size_t p0, size_t mt,
+                                        const bf_word **rows, bf_word *built,
+                                        const bf_word *zero, int32_t *kvec, uint64_t *border,
+                                        uint64_t *masks) {
+    const size_t cw = BF_WORDS_FOR(g->cin), hw = g->ho * g->wo, n_seg = n_segments(g);
+    const size_t seg_len = segment_words(g), kh = g->kh, kw = g->kw, dh = g->dh, dw = g->dw;
+    const long h = (long)g->h, w = (long)g->w;
+    const size_t line_words = g->w * cw, image_words = g->h * line_words;
+    const int32_t k_total = (int32_t)(g->cin * kh * kw);
+    /* output rows and columns whose taps are all inside the input */
+    const size_t ey = (kh - 1) * dh, ex = (kw - 1) * dw;
+    const size_t oy_lo = (g->ph + g->sh - 1) / g->sh, ox_lo = (g->pw + g->sw - 1) / g->sw;
+    const size_t oy_hi = g->h + g->ph >= ey + 1 ? (g->h + g->ph - ey - 1) / g->sh + 1 : 0;
+    const size_t ox_hi = g->w + g->pw >= ex + 1 ? (g->w + g->pw - ex - 1) / g->sw + 1 : 0;
+    const size_t step = g->sw * cw;
+    size_t b = p0 / hw, oy = (p0 % hw) / g->wo, ox = (p0 % hw) % g->wo, n_border = 0;
+    for (size_t i = 0; i < mt;) {
+        const bf_word *image = g->x + b * image_words;
+        const long y0 = (long)(oy * g->sh) - (long)g->ph, x0 = (long)(ox * g->sw) - (long)g->pw;
+        const bf_word **seg = rows + i * n_seg;
+        if (oy >= oy_lo && oy < oy_hi && ox >= ox_lo && ox < ox_hi) {
+            /* a run of inside pixels along the row: pointers only */
+            size_t run = (ox_hi < g->wo ? ox_hi : g->wo) - ox;
+            if (run > mt - i) run = mt - i;
+            const bf_word *at = image + (size_t)y0 * line_words + (size_t)x0 * cw;
+            if (dw == 1) {
+                for (size_t q = 0; q < run; q++, at += step, seg += n_seg) {
+                    kvec[i + q] = k_total;
+                    for (size_t ky = 0; ky < kh; ky++) seg[ky] = at + ky * dh * line_words;
+                }
+            } else {
+                for (size_t q = 0; q < run; q++, at += step, seg += n_seg) {
+                    kvec[i + q] = k_total;
+                    for (size_t ky = 0; ky < kh; ky++)
+                        for (size_t kx = 0; kx < kw; kx++)
+                            seg[ky * kw + kx] = at + ky * dh * line_words + kx * dw * cw;
+                }
             }
-            const bf_word *line = image + (size_t)iy * g->w * cw;
-            if (x_inside && g->dw == 1) { /* the taps of this row are contiguous */
-                copy_words(row + k, line + (size_t)x0 * cw, row_words);
-                k += row_words;
-                continue;
+            i += run;
+            ox += run;
+            if (ox == g->wo) {
+                ox = 0;
+                if (++oy == g->ho) oy = 0, b++;
             }
-            for (size_t kx = 0; kx < g->kw; kx++, k += cw) {
-                const long ix = x0 + (long)(kx * g->dw);
-                if (ix < 0 || ix >= (long)g->w)
-                    zero_words(row + k, cw);
-                else
-                    copy_words(row + k, line + (size_t)ix * cw, cw);
+            continue;
+        }
+        /* a border pixel: row by row */
+        const int x_inside = x0 >= 0 && x0 + (long)ex < w;
+        uint64_t mask = 0;
+        size_t n_out = 0;
+        for (size_t ky = 0; ky < kh; ky++) {
+            const long iy = y0 + (long)(ky * dh);
+            const int row_out = iy < 0 || iy >= h;
+            const bf_word *line = image + (size_t)(row_out ? 0 : iy) * line_words;
+            if (dw == 1) {
+                if (row_out) {
+                    seg[ky] = zero;
+                } else if (x_inside) {
+                    seg[ky] = line + (size_t)x0 * cw;
+                } else {
+                    for (size_t kx = 0; kx < kw; kx++) {
+                        const long ix = x0 + (long)kx;
+                        bf_word *dst = built + kx * cw;
+                        if (ix < 0 || ix >= w) {
+                            for (size_t k = 0; k < cw; k++) dst[k] = 0;
+                        } else {
+                            const bf_word *src = line + (size_t)ix * cw;
+                            for (size_t k = 0; k < cw; k++) dst[k] = src[k];
+                        }
+                    }
+                    seg[ky] = built;
+                    built += seg_len;
+                }
+            }
+            for (size_t kx = 0; kx < kw; kx++) {
+                const long ix = x0 + (long)(kx * dw);
+                const int out = row_out || ix < 0 || ix >= w;
+                const size_t tap = ky * kw + kx;
+                if (out) {
+                    mask |= tap < 64 ? (uint64_t)1 << tap : ~(uint64_t)0;
+                    n_out++;
+                }
+                if (dw != 1) seg[tap] = out ? zero : line + (size_t)ix * cw;
             }
         }
-        zero_words(row + k, g->kpad - k);
+        kvec[i] = k_total;
+        if (mask && g->pad_zero) {
+            kvec[i] = k_total - (int32_t)(n_out * g->cin);
+            masks[n_border] = mask;
+            border[n_border++] = (uint64_t)i;
+        }
+        i++;
+        if (++ox == g->wo) {
+            ox = 0;
+            if (++oy == g->ho) oy = 0, b++;
+        }
     }
+    return n_border;
 }
 
-static int pixel_on_border(const bf_bconv_args *g, size_t p) {
-    const size_t hw = g->ho * g->wo, r = p % hw, oy = r / g->wo, ox = r % g->wo;
-    const long y0 = (long)(oy * g->sh) - (long)g->ph;
-    const long y1 = y0 + (long)((g->kh - 1) * g->dh);
-    const long x0 = (long)(ox * g->sw) - (long)g->pw;
-    const long x1 = x0 + (long)((g->kw - 1) * g->dw);
-    return y0 < 0 || y1 >= (long)g->h || x0 < 0 || x1 >= (long)g->w;
-}
-
-/* List the out-of-bounds taps of the tile's pixels as (pixel index << 32 | tap) entries
- * (zero padding); returns their number. */
-static size_t list_padded_taps(const bf_bconv_args *g, size_t p0, size_t mt, uint64_t *list) {
-    const size_t hw = g->ho * g->wo;
-    size_t count = 0;
-    for (size_t i = 0; i < mt; i++) {
-        if (!pixel_on_border(g, p0 + i)) continue;
-        const size_t r = (p0 + i) % hw, oy = r / g->wo, ox = r % g->wo;
-        for (size_t ky = 0; ky < g->kh; ky++) {
-            const long iy = (long)(oy * g->sh + ky * g->dh) - (long)g->ph;
-            const int row_out = iy < 0 || iy >= (long)g->h;
+/* What the out-of-bounds taps in `mask` of pixel p, read as +1 inputs, added to channels
+ * co0...: corr[j] = sum over those n_out taps of wsum[tap][co0 + j]. With acc = kvec - 2 P'
+ * (kvec = K - n_out * cin), the popcount to use is P' = P + half[j], half[j] =
+ * (corr[j] - n_out * cin) / 2 (exact: every wsum has the parity of cin). */
+static void padding_correction(const bf_bconv_args *g, size_t co0, size_t nt, uint64_t mask,
+                               size_t p, int32_t *BF_RESTRICT half) {
+    const size_t taps = g->kh * g->kw;
+    size_t n_out = 0;
+    for (size_t j = 0; j < nt; j++) half[j] = 0;
+    if (mask == ~(uint64_t)0 && taps > 64) { /* recompute the taps of this pixel */
+        const size_t hw = g->ho * g->wo, r = p % hw, oy = r / g->wo, ox = r % g->wo;
+        for (size_t ky = 0; ky < g->kh; ky++)
             for (size_t kx = 0; kx < g->kw; kx++) {
+                const long iy = (long)(oy * g->sh + ky * g->dh) - (long)g->ph;
                 const long ix = (long)(ox * g->sw + kx * g->dw) - (long)g->pw;
-                if (row_out || ix < 0 || ix >= (long)g->w)
-                    list[count++] = ((uint64_t)i << 32) | (uint64_t)(ky * g->kw + kx);
+                if (iy >= 0 && iy < (long)g->h && ix >= 0 && ix < (long)g->w) continue;
+                const int32_t *BF_RESTRICT ws = g->wsum + (ky * g->kw + kx) * g->cout + co0;
+                for (size_t j = 0; j < nt; j++) half[j] += ws[j];
+                n_out++;
             }
+    } else {
+        for (size_t tap = 0; tap < taps && tap < 64; tap++) {
+            if (!(mask >> tap & 1)) continue;
+            const int32_t *BF_RESTRICT ws = g->wsum + tap * g->cout + co0;
+            for (size_t j = 0; j < nt; j++) half[j] += ws[j];
+            n_out++;
         }
     }
-    return count;
+    const int32_t share = (int32_t)(n_out * g->cin);
+    for (size_t j = 0; j < nt; j++) half[j] = (half[j] - share) / 2;
 }
 
 static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
@@ -149,40 +216,92 @@ static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 #endif
 
 /*
- * Output transform of a tile of popcounts `c`: channel-major, nt rows (channels co0...)
- * of mt pixels (p0...), row stride ldc. Every loop runs over contiguous pixels:
- * y = ((acc * scale) * pos) + bias, activation, then float NCHW runs (+ residual,
- * post-activation) or bits packed against the thresholds, 64 channels per word.
+ * Output transform of a tile of popcounts `c` (mt pixels p0... x nt channels co0...):
+ * acc = kvec - 2 * popcount (after the border pixels' padding corrections), then
+ * y = ((acc * scale) * pos) + bias, activation, + residual, post-activation, then float
+ * NCHW or bits packed against the thresholds, 64 channels per word.
+ *
+ * Float output takes channel-major counts (row stride ldc per channel): every loop runs
+ * over a channel's contiguous pixels, as the output rows are laid out. Bits output takes
+ * pixel-major counts (row stride ldc per pixel): every loop runs over a pixel's channels,
+ * which end in that pixel's output word.
  */
-BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, size_t mt, size_t co0,
-                                          size_t nt,
-                      int32_t *BF_RESTRICT c, size_t ldc, float *BF_RESTRICT y,
-                      float *BF_RESTRICT pos, bf_word *BF_RESTRICT bits,
-                      const uint64_t *BF_RESTRICT padded, size_t n_padded) {
-    const int32_t k_total = (int32_t)(g->cin * g->kh * g->kw);
+BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, size_t mt,
+                                          size_t co0, size_t nt, int32_t *BF_RESTRICT c,
+                                          size_t ldc, float *BF_RESTRICT y,
+                                          float *BF_RESTRICT pos, float *BF_RESTRICT ych,
+                                          const int32_t *BF_RESTRICT kvec,
+                                          int32_t *BF_RESTRICT half,
+                                          const uint64_t *BF_RESTRICT border,
+                                          const uint64_t *BF_RESTRICT masks, size_t n_border) {
     const size_t hw = g->ho * g->wo, wo = g->wo, cout = g->cout;
-    for (size_t j = 0; j < nt; j++) { /* popcounts -> +/-1 dot products, in place */
-        int32_t *BF_RESTRICT cj = c + j * ldc;
-        for (size_t i = 0; i < mt; i++) cj[i] = k_total - 2 * cj[i];
-    }
-    /* zero padding: take out what the out-of-bounds taps (read as +1) added */
-    for (size_t j = 0; j < nt && n_padded; j++) {
-        int32_t *BF_RESTRICT cj = c + j * ldc;
-        const int32_t *BF_RESTRICT ws = g->wsum + co0 + j;
-        for (size_t e = 0; e < n_padded; e++)
-            cj[padded[e] >> 32] -= ws[(padded[e] & 0xffffffffu) * cout];
+    const int out_bits = g->out_bits;
+    const size_t c_ch = out_bits ? 1 : ldc, c_pix = out_bits ? ldc : 1;
+    /* zero padding: P' = P + half, so that acc = kvec - 2 P' leaves out exactly what the
+     * out-of-bounds taps (read as +1) added */
+    const int cache = g->kh * g->kw <= 64;
+    uint64_t have = 0;
+    for (size_t e = 0; e < n_border; e++) {
+        const size_t i = (size_t)border[e];
+        if (!cache || masks[e] != have || e == 0) {
+            padding_correction(g, co0, nt, masks[e], p0 + i, half);
+            have = masks[e];
+        }
+        int32_t *BF_RESTRICT ci = c + i * c_pix;
+        for (size_t j = 0; j < nt; j++) ci[j * c_ch] += half[j];
     }
     if (g->pos_h)
         for (size_t i = 0; i < mt; i++) {
             const size_t r = (p0 + i) % hw;
             pos[i] = g->pos_h[r / wo] * g->pos_w[r % wo];
         }
-    const int activation = g->activation, post_relu = g->post_relu, out_bits = g->out_bits;
+    const int activation = g->activation, post_relu = g->post_relu;
     const float lo = g->min_val, hi = g->max_val;
-    if (out_bits)
-        for (size_t i = 0; i < mt; i++) bits[i] = 0;
+    if (out_bits) {
+        const float *BF_RESTRICT sc = g->scale + co0;
+        const float *BF_RESTRICT bi = g->bias ? g->bias + co0 : NULL;
+        const float *BF_RESTRICT sl = g->slope ? g->slope + co0 : NULL;
+        const float *BF_RESTRICT th = g->out_threshold ? g->out_threshold + co0 : NULL;
+        const size_t cout_w = BF_WORDS_FOR(cout);
+        bf_word *BF_RESTRICT out = (bf_word *)g->out + co0 / BF_WORD_BITS;
+        for (size_t i = 0; i < mt; i++) {
+            const int32_t *BF_RESTRICT ci = c + i * ldc, kk = kvec[i];
+            if (g->pos_h) {
+                const float ps = pos[i];
+                for (size_t j = 0; j < nt; j++) ych[j] = ((float)(kk - 2 * ci[j]) * sc[j]) * ps;
+            } else {
+                for (size_t j = 0; j < nt; j++) ych[j] = (float)(kk - 2 * ci[j]) * sc[j];
+            }
+            if (bi)
+                for (size_t j = 0; j < nt; j++) ych[j] = ych[j] + bi[j];
+            else
+                for (size_t j = 0; j < nt; j++) ych[j] = ych[j] + 0.0f;
+            if (activation == BF_ACT_RELU) {
+                for (size_t j = 0; j < nt; j++) ych[j] = relu(ych[j]);
+            } else if (activation == BF_ACT_PRELU) {
+                for (size_t j = 0; j < nt; j++) ych[j] = ych[j] >= 0.0f ? ych[j] : ych[j] * sl[j];
+            } else if (activation == BF_ACT_HARDTANH) {
+                for (size_t j = 0; j < nt; j++)
+                    ych[j] = ych[j] < lo ? lo : (ych[j] > hi ? hi : ych[j]);
+            }
+            if (g->residual) { /* NCHW: this pixel's channels are hw apart */
+                const size_t p = p0 + i, b = p / hw, r = p % hw;
+                const float *BF_RESTRICT res = g->residual + (b * cout + co0) * hw + r;
+                for (size_t j = 0; j < nt; j++) ych[j] = ych[j] + res[j * hw];
+            }
+            if (post_relu)
+                for (size_t j = 0; j < nt; j++) ych[j] = relu(ych[j]);
+            bf_word word = 0;
+            if (th)
+                for (size_t j = 0; j < nt; j++) word |= (bf_word)(ych[j] < th[j]) << j;
+            else
+                for (size_t j = 0; j < nt; j++) word |= (bf_word)(ych[j] < 0.0f) << j;
+            out[(p0 + i) * cout_w] = word;
+        }
+        return;
+    }
     /* float output of a tile inside one image: compute in place in the output row */
-    const int in_place = !out_bits && (p0 % hw) + mt <= hw;
+    const int in_place = (p0 % hw) + mt <= hw;
     float *const y_tile = y;
     for (size_t j = 0; j < nt; j++) {
         const size_t co = co0 + j;
@@ -190,9 +309,10 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
         const float sc = g->scale[co], bi = g->bias ? g->bias[co] : 0.0f;
         y = in_place ? (float *)g->out + ((p0 / hw) * cout + co) * hw + p0 % hw : y_tile;
         if (g->pos_h)
-            for (size_t i = 0; i < mt; i++) y[i] = ((float)cj[i] * sc) * pos[i] + bi;
+            for (size_t i = 0; i < mt; i++)
+                y[i] = ((float)(kvec[i] - 2 * cj[i]) * sc) * pos[i] + bi;
         else
-            for (size_t i = 0; i < mt; i++) y[i] = (float)cj[i] * sc + bi;
+            for (size_t i = 0; i < mt; i++) y[i] = (float)(kvec[i] - 2 * cj[i]) * sc + bi;
         if (activation == BF_ACT_RELU) {
             for (size_t i = 0; i < mt; i++) y[i] = relu(y[i]);
         } else if (activation == BF_ACT_PRELU) {
@@ -214,22 +334,12 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
             }
             if (post_relu)
                 for (size_t i = 0; i < len; i++) yr[i] = relu(yr[i]);
-            if (!out_bits && !in_place) {
+            if (!in_place) {
                 float *BF_RESTRICT o = (float *)g->out + at;
                 for (size_t i = 0; i < len; i++) o[i] = yr[i];
             }
             i0 += len;
         }
-        if (out_bits) {
-            const float t = g->out_threshold ? g->out_threshold[co] : 0.0f;
-            const unsigned shift = (unsigned)(co % BF_WORD_BITS);
-            for (size_t i = 0; i < mt; i++) bits[i] |= (bf_word)(y[i] < t) << shift;
-        }
-    }
-    if (out_bits) {
-        const size_t cout_w = BF_WORDS_FOR(cout);
-        bf_word *BF_RESTRICT out = (bf_word *)g->out;
-        for (size_t i = 0; i < mt; i++) out[(p0 + i) * cout_w + co0 / BF_WORD_BITS] = bits[i];
     }
 }
 
@@ -241,52 +351,54 @@ typedef struct {
 static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     const bf_bconv_job *job = (const bf_bconv_job *)ctx;
     const bf_bconv_args *g = job->g;
-    const size_t kpad = g->kpad, cw = BF_WORDS_FOR(g->cin);
-    char *base = (char *)round_up((size_t)g->scratch, BF_ALIGN) +
-                 (size_t)thread_index * per_thread_bytes(kpad);
-    bf_word *a_tile = (bf_word *)base;
-    uint64_t *padded = (uint64_t *)(base + tile_a_bytes(kpad));
-    size_t n_padded = 0;
-    int32_t *c_tile = (int32_t *)(base + 2 * tile_a_bytes(kpad));
-    char *rows = base + 2 * tile_a_bytes(kpad) + tile_c_bytes(kpad);
-    float *y_row = (float *)rows;
-    float *pos_row = (float *)(rows + row_bytes(kpad));
-    bf_word *bits_row = (bf_word *)(rows + 2 * row_bytes(kpad));
-    bf_word *panel = (bf_word *)(rows + 3 * row_bytes(kpad));
-    size_t packed = (size_t)-1;
-    const int direct = direct_input(g);
-    size_t built = (size_t)-1;
+    const size_t kpad = g->kpad;
+    char *at = (char *)round_up((size_t)g->scratch, BF_ALIGN) +
+               (size_t)thread_index * per_thread_bytes(kpad);
+    bf_word *built = (bf_word *)at;
+    at += seg_bytes(kpad);
+    const bf_word **rows = (const bf_word **)(void *)at;
+    at += ptr_bytes(kpad);
+    bf_word *zero = (bf_word *)at;
+    at += zero_bytes(kpad);
+    uint64_t *border = (uint64_t *)at;
+    at += row_bytes();
+    int32_t *kvec = (int32_t *)at;
+    at += row_bytes();
+    int32_t *c_tile = (int32_t *)at;
+    at += tile_c_bytes();
+    float *y_row = (float *)at;
+    float *pos_row = (float *)(at + row_bytes());
+    uint64_t *masks = (uint64_t *)(at + 2 * row_bytes());
+    at += 3 * row_bytes();
+    float *y_chan = (float *)at;
+    int32_t *half = (int32_t *)(at + chan_bytes());
+    at += 2 * chan_bytes();
+    bf_word *panel = (bf_word *)at;
+    const size_t n_seg = n_segments(g), seg_len = segment_words(g);
+    for (size_t k = 0; k < seg_len; k++) zero[k] = 0;
+    size_t packed = (size_t)-1, built_for = (size_t)-1, n_border = 0;
     for (size_t item = begin; item < end; item++) {
         const size_t mi = item / job->n_chunks, ni = item % job->n_chunks;
         const size_t p0 = mi * MT, co0 = ni * NT;
         const size_t mt = job->pixels - p0 < MT ? job->pixels - p0 : MT;
         const size_t nt = g->cout - co0 < NT ? g->cout - co0 : NT;
-        const bf_word *a;
-        size_t lda, kw;
-        if (direct) {
-            a = g->x + p0 * cw;
-            lda = cw;
-            kw = cw;
-        } else {
-            if (built != mi) {
-                build_tile(g, p0, mt, a_tile);
-                n_padded = g->pad_zero ? list_padded_taps(g, p0, mt, padded) : 0;
-                built = mi;
-            }
-            a = a_tile;
-            lda = kpad;
-            kw = kpad;
+        if (built_for != mi) {
+            n_border = build_rows(g, p0, mt, rows, built, zero, kvec, border, masks);
+            built_for = mi;
         }
         const bf_word *w_panel = panel;
-        if (g->panels && kw == kpad) { /* chunks start at multiples of 64 channels, of L */
+        if (g->panels) { /* chunks start at multiples of 64 channels, of L */
             w_panel = g->panels + co0 * kpad;
         } else if (packed != ni) { /* this chunk's weights as lane-interleaved panels */
-            bf_xnor_panel_pack(g->panel_lanes, nt, kw, g->weight + co0 * kpad, kpad, panel);
+            bf_xnor_panel_pack(g->panel_lanes, nt, kpad, g->weight + co0 * kpad, kpad, panel);
             packed = ni;
         }
-        /* channel-major product: rows are this chunk's channels, columns the pixels */
-        g->panel(mt, nt, kw, a, lda, w_panel, c_tile, mt);
-        transform(g, p0, mt, co0, nt, c_tile, mt, y_row, pos_row, bits_row, padded, n_padded);
+        /* float output: channel-major counts (rows of mt pixels); bits: pixel-major */
+        const size_t ldc = g->out_bits ? NT : mt;
+        g->panel(mt, nt, rows, n_seg, seg_len, w_panel, kpad, c_tile, g->out_bits ? 1 : ldc,
+                 g->out_bits ? ldc : 1);
+        transform(g, p0, mt, co0, nt, c_tile, ldc, y_row, pos_row, y_chan, kvec, half, border,
+                  masks, n_border);
     }
 }
 
@@ -295,6 +407,6 @@ void bf_bconv(const bf_bconv_args *g, int threads) {
     job.g = g;
     job.pixels = g->n * g->ho * g->wo;
     job.n_chunks = (g->cout + NT - 1) / NT;
-    const size_t items = ((job.pixels + tile_m(g->kpad) - 1) / tile_m(g->kpad)) * job.n_chunks;
+    const size_t items = ((job.pixels + MT - 1) / MT) * job.n_chunks;
     bf_parallel_for(threads, items, run_range, &job);
 }

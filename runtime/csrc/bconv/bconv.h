@@ -2,11 +2,13 @@
  * bconv.h - binary convolution with the fused output transform (docs/format.md).
  *
  * One driver serves bconv2d, bconv1d (h = kh = 1) and blinear (h = w = kh = kw = 1):
- *   1. im2col of the packed input into a per-thread tile (MT pixels x kpad words; taps
- *      outside the input are zero words, i.e. +1, and padding words are zero), or the
- *      input itself for 1x1 / stride 1 / no padding;
+ *   1. no im2col: each pixel's taps are read in place as segments of the packed input (one
+ *      per kernel row: kw * cin_w contiguous words; one per tap when dilated along x);
+ *      a kernel row outside the input reads a segment of zero words (+1), a row cut by
+ *      the left or right border is copied with zero words for its outside taps;
  *   2. the ISA's xnor_panel product against the weights (cout rows of kpad words, repacked
- *      per 64-channel chunk into the kernel's lane-interleaved panel) -> popcounts P;
+ *      per 64-channel chunk into the kernel's lane-interleaved panel, or ready-made in
+ *      `panels`) -> popcounts P, channel-major for float output, pixel-major for bits;
  *   3. acc = K - 2 P with K = cin * kh * kw; for zero padding, each out-of-bounds tap's
  *      contribution (wsum[tap][co] = cin - 2 popcount(weight tap), what +1 inputs give)
  *      is subtracted, so those taps add exactly 0;
@@ -21,14 +23,14 @@
 #include "../bf_common.h"
 #include "../xnor_panel/xnor_panel.h"
 
-#define BF_BCONV_TILE_M 32 /* at least; up to 256 pixels while the im2col tile fits 32 KiB */
+#define BF_BCONV_TILE_M 64 /* pixels per work item: its counts (x 64 channels) stay in L1 */
 #define BF_BCONV_TILE_N 64
 
 enum { BF_ACT_NONE = 0, BF_ACT_RELU = 1, BF_ACT_PRELU = 2, BF_ACT_HARDTANH = 3 };
 
 typedef struct {
     size_t n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
-    size_t kpad;      /* words per weight row (>= kh * kw * cin_w; runtime.ops uses equal) */
+    size_t kpad;      /* words per weight row (>= kh * kw * cin_w, only those are read) */
     int pad_zero;     /* 1: zero padding, 0: one padding */
     int activation;   /* BF_ACT_* */
     float min_val, max_val;

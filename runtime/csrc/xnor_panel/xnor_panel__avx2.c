@@ -31,88 +31,96 @@ BF_AVX2_INLINE __m128i narrow(__m256i v) {
     return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(v, idx));
 }
 
-/* P pixels (rows of a) x G groups of 4 channels; `lanes` valid channels in the tile. */
-BF_AVX2_INLINE void tile(const int P, const int G, size_t kw, const bf_word *a, size_t lda,
-                         const bf_word *w, int32_t *c, size_t ldc, size_t lanes) {
+/* P pixels (their segment pointers) x G groups of 4 channels; `lanes` valid channels. */
+BF_AVX2_INLINE void tile(const int P, const int G, const bf_word *const *rows, size_t n_seg,
+                         size_t seg_len, const bf_word *w, size_t kw, int32_t *c, size_t c_ch,
+                         size_t c_pix, size_t lanes) {
     const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i zero = _mm256_setzero_si256();
-    __m256i tot[PT][2];
+    __m256i tot[PT][2], acc[PT][2];
     for (int p = 0; p < P; p++)
-        for (int g = 0; g < G; g++) tot[p][g] = zero;
-    size_t k = 0;
-    while (k < kw) {
-        __m256i acc[PT][2];
-        for (int p = 0; p < P; p++)
-            for (int g = 0; g < G; g++) acc[p][g] = zero;
-        const size_t end = kw - k < CHUNK ? kw : k + CHUNK;
-        for (; k < end; k++) {
+        for (int g = 0; g < G; g++) tot[p][g] = acc[p][g] = zero;
+    int counted = 0; /* words in the byte accumulators (each byte <= 8 per word) */
+    for (size_t s = 0; s < n_seg; s++) {
+        const bf_word *ap[PT];
+        for (int p = 0; p < P; p++) ap[p] = rows[(size_t)p * n_seg + s];
+        const bf_word *ws = w + s * seg_len * L;
+        for (size_t k = 0; k < seg_len; k++) {
             __m256i wv[2];
             for (int g = 0; g < G; g++)
-                wv[g] = _mm256_loadu_si256((const __m256i *)(w + (g * kw + k) * L));
+                wv[g] = _mm256_loadu_si256((const __m256i *)(ws + (g * kw + k) * L));
             for (int p = 0; p < P; p++) {
-                const __m256i av = _mm256_set1_epi64x((long long)a[p * lda + k]);
+                const __m256i av = _mm256_set1_epi64x((long long)ap[p][k]);
                 for (int g = 0; g < G; g++)
                     acc[p][g] = _mm256_add_epi8(
                         acc[p][g], popcount_bytes(_mm256_xor_si256(av, wv[g]), table, low));
             }
+            if (++counted == CHUNK) { /* fold before a byte can overflow */
+                for (int p = 0; p < P; p++)
+                    for (int g = 0; g < G; g++) {
+                        tot[p][g] = _mm256_add_epi64(tot[p][g], _mm256_sad_epu8(acc[p][g], zero));
+                        acc[p][g] = zero;
+                    }
+                counted = 0;
+            }
         }
-        for (int p = 0; p < P; p++)
-            for (int g = 0; g < G; g++)
-                tot[p][g] = _mm256_add_epi64(tot[p][g], _mm256_sad_epu8(acc[p][g], zero));
     }
+    for (int p = 0; p < P; p++)
+        for (int g = 0; g < G; g++)
+            tot[p][g] = _mm256_add_epi64(tot[p][g], _mm256_sad_epu8(acc[p][g], zero));
     for (int g = 0; g < G; g++) {
         const size_t valid = lanes > (size_t)g * L ? lanes - (size_t)g * L : 0;
-        int32_t *cg = c + (size_t)g * L * ldc;
-        if (P == 4 && PT == 4 && valid >= L) {
+        int32_t *cg = c + (size_t)g * L * c_ch;
+        if (c_ch == 1 && valid >= L) { /* pixel-major: 4 channels of a pixel are contiguous */
+            for (int p = 0; p < P; p++)
+                _mm_storeu_si128((__m128i *)(cg + (size_t)p * c_pix), narrow(tot[p][g]));
+        } else if (c_pix == 1 && P == 4 && PT == 4 && valid >= L) {
             __m128 r0 = _mm_castsi128_ps(narrow(tot[0][g])), r1 = _mm_castsi128_ps(narrow(tot[1][g]));
             __m128 r2 = _mm_castsi128_ps(narrow(tot[2][g])), r3 = _mm_castsi128_ps(narrow(tot[3][g]));
             _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-            _mm_storeu_si128((__m128i *)(cg + 0 * ldc), _mm_castps_si128(r0));
-            _mm_storeu_si128((__m128i *)(cg + 1 * ldc), _mm_castps_si128(r1));
-            _mm_storeu_si128((__m128i *)(cg + 2 * ldc), _mm_castps_si128(r2));
-            _mm_storeu_si128((__m128i *)(cg + 3 * ldc), _mm_castps_si128(r3));
+            _mm_storeu_si128((__m128i *)(cg + 0 * c_ch), _mm_castps_si128(r0));
+            _mm_storeu_si128((__m128i *)(cg + 1 * c_ch), _mm_castps_si128(r1));
+            _mm_storeu_si128((__m128i *)(cg + 2 * c_ch), _mm_castps_si128(r2));
+            _mm_storeu_si128((__m128i *)(cg + 3 * c_ch), _mm_castps_si128(r3));
         } else {
             for (int p = 0; p < P; p++) {
                 int32_t t[4];
                 _mm_storeu_si128((__m128i *)t, narrow(tot[p][g]));
-                for (size_t l = 0; l < valid && l < L; l++) cg[l * ldc + p] = t[l];
+                for (size_t l = 0; l < valid && l < L; l++) cg[l * c_ch + (size_t)p * c_pix] = t[l];
             }
         }
     }
 }
 
-BF_TARGET_AVX2 void bf_xnor_panel__avx2(size_t n_pix, size_t n_ch, size_t kw, const bf_word *a,
-                                        size_t lda, const bf_word *panel, int32_t *c,
-                                        size_t ldc) {
+/* All pixels against G groups of 4 channels: tiles of PT pixels, then one 1 to PT - 1. */
+BF_AVX2_INLINE void groups_of(const int G, size_t n_pix, const bf_word *const *rows,
+                              size_t n_seg, size_t seg_len, const bf_word *w, size_t kw,
+                              int32_t *cg, size_t c_ch, size_t c_pix, size_t lanes) {
+    size_t p = 0;
+    for (; p + PT <= n_pix; p += PT)
+        tile(PT, G, rows + p * n_seg, n_seg, seg_len, w, kw, cg + p * c_pix, c_ch, c_pix, lanes);
+    const bf_word *const *r = rows + p * n_seg;
+    int32_t *cp = cg + p * c_pix;
+    switch (n_pix - p) {
+    case 3: tile(3, G, r, n_seg, seg_len, w, kw, cp, c_ch, c_pix, lanes); break;
+    case 2: tile(2, G, r, n_seg, seg_len, w, kw, cp, c_ch, c_pix, lanes); break;
+    case 1: tile(1, G, r, n_seg, seg_len, w, kw, cp, c_ch, c_pix, lanes); break;
+    default: break;
+    }
+}
+
+BF_TARGET_AVX2 void bf_xnor_panel__avx2(size_t n_pix, size_t n_ch, const bf_word *const *rows,
+                                        size_t n_seg, size_t seg_len, const bf_word *panel,
+                                        size_t kw, int32_t *c, size_t c_ch, size_t c_pix) {
     const size_t groups = (n_ch + L - 1) / L;
     size_t g = 0;
-    for (; g + 2 <= groups; g += 2) {
-        const bf_word *w = panel + g * kw * L;
-        int32_t *cg = c + g * L * ldc;
-        const size_t lanes = n_ch - g * L;
-        size_t p = 0;
-        for (; p + PT <= n_pix; p += PT) tile(PT, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
-        switch (n_pix - p) { /* the last 1 to PT - 1 pixels in one tile */
-        case 3: tile(3, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
-        case 2: tile(2, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
-        case 1: tile(1, 2, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
-        default: break;
-        }
-    }
-    if (g < groups) {
-        const bf_word *w = panel + g * kw * L;
-        int32_t *cg = c + g * L * ldc;
-        const size_t lanes = n_ch - g * L;
-        size_t p = 0;
-        for (; p + PT <= n_pix; p += PT) tile(PT, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes);
-        switch (n_pix - p) { /* the last 1 to PT - 1 pixels in one tile */
-        case 3: tile(3, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
-        case 2: tile(2, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
-        case 1: tile(1, 1, kw, a + p * lda, lda, w, cg + p, ldc, lanes); break;
-        default: break;
-        }
-    }
+    for (; g + 2 <= groups; g += 2)
+        groups_of(2, n_pix, rows, n_seg, seg_len, panel + g * kw * L, kw, c + g * L * c_ch, c_ch,
+                  c_pix, n_ch - g * L);
+    if (g < groups)
+        groups_of(1, n_pix, rows, n_seg, seg_len, panel + g * kw * L, kw, c + g * L * c_ch, c_ch,
+                  c_pix, n_ch - g * L);
 }
 #endif

@@ -27,49 +27,57 @@ void bf_xnor_panel_pack(size_t lanes, size_t n_ch, size_t kw, const bf_word *w, 
         }
 }
 
-BF_ALWAYS_INLINE void panel_body(size_t n_pix, size_t n_ch, size_t kw, const bf_word *a,
-                                 size_t lda, const bf_word *panel, int32_t *c, size_t ldc) {
+BF_ALWAYS_INLINE void panel_body(size_t n_pix, size_t n_ch, const bf_word *const *rows,
+                                 size_t n_seg, size_t seg_len, const bf_word *panel, size_t kw,
+                                 int32_t *c, size_t c_ch, size_t c_pix) {
     const size_t groups = (n_ch + L - 1) / L;
     for (size_t g = 0; g < groups; g++) {
         const bf_word *w = panel + g * kw * L;
         const size_t lanes = n_ch - g * L < L ? n_ch - g * L : L;
-        int32_t *cg = c + g * L * ldc;
+        int32_t *cg = c + g * L * c_ch;
         size_t p = 0;
         for (; p + 2 <= n_pix; p += 2) {
-            const bf_word *a0 = a + p * lda, *a1 = a0 + lda;
             int64_t s0[L] = {0}, s1[L] = {0};
-            for (size_t k = 0; k < kw; k++) {
-                const bf_word x0 = a0[k], x1 = a1[k];
-                for (int l = 0; l < L; l++) {
-                    s0[l] += BF_POPCOUNT64(x0 ^ w[k * L + l]);
-                    s1[l] += BF_POPCOUNT64(x1 ^ w[k * L + l]);
+            for (size_t s = 0; s < n_seg; s++) {
+                const bf_word *a0 = rows[p * n_seg + s], *a1 = rows[(p + 1) * n_seg + s];
+                const bf_word *ws = w + s * seg_len * L;
+                for (size_t k = 0; k < seg_len; k++) {
+                    const bf_word x0 = a0[k], x1 = a1[k];
+                    for (int l = 0; l < L; l++) {
+                        s0[l] += BF_POPCOUNT64(x0 ^ ws[k * L + l]);
+                        s1[l] += BF_POPCOUNT64(x1 ^ ws[k * L + l]);
+                    }
                 }
             }
             for (size_t l = 0; l < lanes; l++) {
-                cg[l * ldc + p] = (int32_t)s0[l];
-                cg[l * ldc + p + 1] = (int32_t)s1[l];
+                cg[l * c_ch + p * c_pix] = (int32_t)s0[l];
+                cg[l * c_ch + (p + 1) * c_pix] = (int32_t)s1[l];
             }
         }
         for (; p < n_pix; p++) {
-            const bf_word *a0 = a + p * lda;
             int64_t s0[L] = {0};
-            for (size_t k = 0; k < kw; k++)
-                for (int l = 0; l < L; l++) s0[l] += BF_POPCOUNT64(a0[k] ^ w[k * L + l]);
-            for (size_t l = 0; l < lanes; l++) cg[l * ldc + p] = (int32_t)s0[l];
+            for (size_t s = 0; s < n_seg; s++) {
+                const bf_word *a0 = rows[p * n_seg + s], *ws = w + s * seg_len * L;
+                for (size_t k = 0; k < seg_len; k++)
+                    for (int l = 0; l < L; l++) s0[l] += BF_POPCOUNT64(a0[k] ^ ws[k * L + l]);
+            }
+            for (size_t l = 0; l < lanes; l++) cg[l * c_ch + p * c_pix] = (int32_t)s0[l];
         }
     }
 }
 
-void bf_xnor_panel__scalar(size_t n_pix, size_t n_ch, size_t kw, const bf_word *a, size_t lda,
-                           const bf_word *panel, int32_t *c, size_t ldc) {
-    panel_body(n_pix, n_ch, kw, a, lda, panel, c, ldc);
+void bf_xnor_panel__scalar(size_t n_pix, size_t n_ch, const bf_word *const *rows, size_t n_seg,
+                           size_t seg_len, const bf_word *panel, size_t kw, int32_t *c,
+                           size_t c_ch, size_t c_pix) {
+    panel_body(n_pix, n_ch, rows, n_seg, seg_len, panel, kw, c, c_ch, c_pix);
 }
 
 #if BF_ARCH_X86
-BF_TARGET_POPCNT void bf_xnor_panel__scalar_popcnt(size_t n_pix, size_t n_ch, size_t kw,
-                                                   const bf_word *a, size_t lda,
-                                                   const bf_word *panel, int32_t *c,
-                                                   size_t ldc) {
-    panel_body(n_pix, n_ch, kw, a, lda, panel, c, ldc);
+BF_TARGET_POPCNT void bf_xnor_panel__scalar_popcnt(size_t n_pix, size_t n_ch,
+                                                   const bf_word *const *rows, size_t n_seg,
+                                                   size_t seg_len, const bf_word *panel,
+                                                   size_t kw, int32_t *c, size_t c_ch,
+                                                   size_t c_pix) {
+    panel_body(n_pix, n_ch, rows, n_seg, seg_len, panel, kw, c, c_ch, c_pix);
 }
 #endif
