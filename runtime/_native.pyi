@@ -66,7 +66,9 @@ def maxpool2d(
     x: _Array, out: _Array, row: _Array, geometry: tuple[int, ...], isa: str | None = None, /
 ) -> None: ...
 def fconv_channels(isa: str | None = None) -> int: ...
-def fconv_scratch_bytes(geometry: tuple[int, ...], /) -> int: ...
+def fconv_scratch_bytes(
+    geometry: tuple[int, ...], pool: tuple[int, ...] | None = None, threads: int = 1, /
+) -> int: ...
 def fconv(
     x: _Array,
     weight: _Array,
@@ -77,4 +79,5 @@ def fconv(
     relu: bool,
     threads: int,
     isa: str | None = None,
+    pool: tuple[int, ...] | None = None,
 ) -> int: ...

@@ -168,8 +168,8 @@ class _Step:
         self.out_info = values[self.output]
         self.alias = self.op in ("flatten", "reshape")  # output is a view of the input
         self.binary: BinaryConv | None = None
-        # kernel scratch for a batch of n (real ops in C), besides the binary layers'
-        self.scratch_bytes: Callable[[int], int] | None = None
+        # kernel scratch for (batch, threads) (real ops in C), besides the binary layers'
+        self.scratch_bytes: Callable[[int, int], int] | None = None
         self.run: Callable[[_Plan, list[np.ndarray], np.ndarray], None] = self._build()
 
     # -- helpers --------------------------------------------------------------------------
@@ -293,6 +293,7 @@ class _Step:
             return self._build_fconv(
                 weight, bias, (cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw), fused_relu
             )
+        assert FUSED_POOL not in a  # _fuse_pool fuses only what _build_fconv runs
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         k = cin_g * kh * kw
@@ -365,12 +366,34 @@ class _Step:
     ) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
         """A groups-1 convolution through the C kernel (``runtime/csrc/fconv``)."""
         conv = FloatConv(weight, None if bias is None else _f32(bias))
-        self.scratch_bytes = lambda n: int(_native.fconv_scratch_bytes((n, *geometry)))
+        pool_attrs = self.attrs.get(FUSED_POOL)
+        pool = None
+        if pool_attrs is not None:  # a max pooling fused after the conv (and relu)
+            _, pho, pwo = (int(d or 0) for d in self.out_info.shape[1:])
+            pool = (
+                *pool_attrs["kernel_size"],
+                *pool_attrs["stride"],
+                *pool_attrs["padding"],
+                pho,
+                pwo,
+            )
+        self.scratch_bytes = lambda n, threads: int(
+            _native.fconv_scratch_bytes((n, *geometry), pool, threads)
+        )
 
         def run_fconv(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
             geo = (plan.n, *geometry)
             _native.fconv(
-                ins[0], conv.packed(), conv.bias, out, plan.scratch, geo, relu, plan.threads
+                ins[0],
+                conv.packed(),
+                conv.bias,
+                out,
+                plan.scratch,
+                geo,
+                relu,
+                plan.threads,
+                None,
+                pool,
             )
 
         return run_fconv
@@ -544,6 +567,41 @@ class _Step:
 
 
 FUSED_RELU = "__fused_relu"  # set by _fuse_relu on a loaded (already validated) node
+FUSED_POOL = "__fused_maxpool"  # set by _fuse_pool: the max pooling's attrs
+
+
+def _fuse_pool(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str, Any]]:
+    """Run a ``maxpool2d`` inside the real conv (and fused relu) before it, where that
+    conv feeds only it and runs in C: the conv's output is then pooled band by band while
+    in cache and never written whole (``runtime/csrc/fconv``)."""
+    readers: dict[str, int] = {}
+    for node in nodes:
+        for name in node["inputs"]:
+            readers[name] = readers.get(name, 0) + 1
+    result: list[dict[str, Any]] = []
+    for node in nodes:
+        source = result[-1] if result else None
+        if (
+            node["op"] == "maxpool2d"
+            and source is not None
+            and source["op"] == "conv2d"
+            and int(source.get("attrs", {}).get("groups", 1)) == 1
+            and source["outputs"][0] == node["inputs"][0]
+            and readers.get(source["outputs"][0]) == 1
+            and source["outputs"][0] not in outputs
+        ):
+            pa = node.get("attrs", {})
+            k = [int(v) for v in pa["kernel_size"]]
+            st = [int(v) for v in pa.get("stride", k)]
+            pd = [int(v) for v in pa.get("padding", [0, 0])]
+            conv_stride = [int(v) for v in source.get("attrs", {}).get("stride", [1, 1])]
+            if st[0] <= k[0] and conv_stride[0] * conv_stride[1] <= 64:
+                pool = {"kernel_size": k, "stride": st, "padding": pd}
+                attrs = {**source.get("attrs", {}), FUSED_POOL: pool}
+                result[-1] = {**source, "outputs": list(node["outputs"]), "attrs": attrs}
+                continue
+        result.append(node)
+    return result
 
 
 def _fuse_relu(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str, Any]]:
@@ -636,6 +694,7 @@ class Model:
         output_names = {v["name"] for v in graph["outputs"]}
         nodes, tensors = _fold_batchnorm(nodes, tensors, output_names)
         nodes = _fuse_relu(nodes, output_names)
+        nodes = _fuse_pool(nodes, output_names)
         self._steps = [_Step(i, node, values, tensors) for i, node in enumerate(nodes)]
         self._threads = default_threads() if threads is None else self._check_threads(threads)
         self._local = threading.local()
@@ -692,7 +751,7 @@ class Model:
             if step.binary is not None:
                 scratch = max(scratch, step.binary.scratch_bytes(threads))
             if step.scratch_bytes is not None:
-                scratch = max(scratch, step.scratch_bytes(n))
+                scratch = max(scratch, step.scratch_bytes(n, threads))
             # buffers whose last reader is this step can serve later steps
             for name, last in list(live_until.items()):
                 if last <= step.index:

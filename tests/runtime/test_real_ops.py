@@ -209,3 +209,99 @@ def test_maxpool2d_resnet_stem_shape(isa: str) -> None:
         x, out, np.empty(112, np.float32), (64, 112, 112, 56, 56, 3, 3, 2, 2, 1, 1), isa
     )
     np.testing.assert_array_equal(out, expected)
+
+
+def _fconv_pool(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    conv: tuple[int, int],
+    pool: tuple[int, int, int, bool],
+    *,
+    relu: bool,
+    threads: int,
+    isa: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fconv with a fused max pooling, and the float64 reference with its bound."""
+    (stride, padding), (pk, ps, pp, ceil_mode) = conv, pool
+    ref, bound = _reference(x, weight, bias, (stride,) * 2, (padding,) * 2, (1, 1))
+    y = torch.from_numpy(np.maximum(ref, 0) if relu else ref)
+    ref = F.max_pool2d(y, pk, ps, pp, ceil_mode=ceil_mode).numpy()
+    # the max of values each within its bound is within the largest bound of the window
+    bound = F.max_pool2d(torch.from_numpy(bound), pk, ps, pp, ceil_mode=ceil_mode).numpy()
+    n, cin, h, w = x.shape
+    cout, _, k, _ = weight.shape
+    geometry = (n, cin, h, w, cout, k, k, stride, stride, padding, padding, 1, 1)
+    pooled = (pk, pk, ps, ps, pp, pp, ref.shape[2], ref.shape[3])
+    out = np.full(ref.shape, np.nan, np.float32)
+    scratch = np.empty(_native.fconv_scratch_bytes(geometry, pooled, threads), np.uint8)
+    packed = FloatConv(weight, bias).packed(isa)
+    _native.fconv(x, packed, bias, out, scratch, geometry, relu, threads, isa, pooled)
+    return out, ref, bound
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    ("conv", "pool"),
+    [
+        ((2, 1), (3, 2, 1, False)),  # the ResNet stem's pattern
+        ((1, 1), (3, 2, 1, True)),
+        ((1, 0), (2, 2, 0, False)),  # no carried rows
+        ((1, 1), (3, 1, 1, False)),  # two carried rows
+        ((2, 1), (4, 3, 2, True)),
+    ],
+)
+def test_fconv_fused_maxpool_over_many_bands(
+    isa: str, conv: tuple[int, int], pool: tuple[int, int, int, bool]
+) -> None:
+    # 64 channels x ~200 columns: a band holds a few rows, so bands and carries are used
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 2, 61, 203)).astype(np.float32)
+    weight = rng.standard_normal((64, 2, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    for threads in (1, 2):
+        out, ref, bound = _fconv_pool(
+            x, weight, bias, conv, pool, relu=True, threads=threads, isa=isa
+        )
+        assert np.all(np.abs(out - ref) <= bound)
+
+
+@FAST
+@given(
+    case=conv_cases,
+    pool=st.tuples(st.integers(1, 4), st.integers(1, 4), st.integers(0, 2), st.booleans()),
+)
+def test_fconv_fused_maxpool_matches_float64(case: dict, pool: tuple[int, int, int, bool]) -> None:
+    pk, ps, pp, _ = pool
+    k, stride, padding = case["k"][0], case["stride"][0], case["padding"][0]
+    h, w = case["h"], case["w"]
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    assume(ho >= 1 and wo >= 1 and ps <= pk and 2 * pp <= pk)
+    assume(ho + 2 * pp >= pk and wo + 2 * pp >= pk)
+    rng = np.random.default_rng(case["seed"])
+    x = rng.standard_normal((case["n"], case["cin"], h, w)).astype(np.float32)
+    weight = rng.standard_normal((case["cout"], case["cin"], k, k)).astype(np.float32)
+    bias = rng.standard_normal(case["cout"]).astype(np.float32)
+    for isa in ISAS:
+        out, ref, bound = _fconv_pool(
+            x,
+            weight,
+            bias,
+            (stride, padding),
+            pool,
+            relu=case["relu"],
+            threads=case["threads"],
+            isa=isa,
+        )
+        assert np.all(np.abs(out - ref) <= bound), isa
+
+
+def test_fconv_pool_rejects_windows_outside_the_input() -> None:
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    packed = FloatConv(np.zeros((1, 1, 1, 1), np.float32), None).packed()
+    geometry = (1, 1, 8, 8, 1, 1, 1, 1, 1, 0, 0, 1, 1)
+    out = np.zeros((1, 1, 9, 9), np.float32)
+    scratch = np.zeros(_native.fconv_scratch_bytes(geometry, (2, 2, 1, 1, 0, 0, 7, 7)), np.uint8)
+    for pool in [(2, 2, 1, 1, 2, 0, 7, 7), (2, 2, 3, 1, 0, 0, 3, 7), (2, 2, 1, 1, 0, 0, 9, 7)]:
+        with pytest.raises(ValueError, match="window"):
+            _native.fconv(x, packed, None, out, scratch, geometry, False, 1, None, pool)

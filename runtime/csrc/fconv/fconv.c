@@ -7,6 +7,8 @@
 
 /* Multiply-adds that justify one more pool thread (~40 us of one core). */
 #define BF_FCONV_WORK_PER_THREAD ((size_t)1 << 21)
+/* A fused pool's band of convolution rows (all channels) stays near this size (L2). */
+#define BF_FCONV_BAND_BYTES ((size_t)256 << 10)
 
 typedef struct {
     int direct;          /* stride 1, no padding: the kernel reads the input itself */
@@ -46,11 +48,38 @@ static size_t plane_floats(const bf_fconv_args *g, const layout *l) {
     return g->cin * l->hpl * l->wpl;
 }
 
-size_t bf_fconv_scratch_bytes(const bf_fconv_args *g) {
+/* Pooled rows per band and the band's convolution rows (new rows plus kh - sh carried). */
+static void band_rows(const bf_fconv_args *g, size_t *pooled, size_t *rows) {
+    const bf_fconv_pool *p = g->pool;
+    const size_t row_bytes = g->cout * g->wo * sizeof(float);
+    const size_t fit = BF_FCONV_BAND_BYTES / (row_bytes ? row_bytes : 1);
+    const size_t carry = p->kh - p->sh;
+    size_t pb = fit > carry + p->sh ? (fit - carry) / p->sh : 1;
+    if (pb > p->ho) pb = p->ho;
+    *pooled = pb;
+    *rows = pb * p->sh + carry;
+}
+
+static size_t band_bytes(const bf_fconv_args *g) {
+    size_t pb, rows;
+    band_rows(g, &pb, &rows);
+    return round_up(g->cout * rows * g->wo * sizeof(float), BF_ALIGN);
+}
+
+static size_t pool_row_bytes(const bf_fconv_args *g) {
+    return round_up(g->wo * sizeof(float), BF_ALIGN);
+}
+
+static size_t planes_bytes(const bf_fconv_args *g, const layout *l) {
+    return round_up(l->direct ? 0 : l->slots * plane_floats(g, l) * sizeof(float), BF_ALIGN);
+}
+
+size_t bf_fconv_scratch_bytes(const bf_fconv_args *g, int threads) {
     layout l;
     if (make_layout(g, &l) < 0) return 0;
-    const size_t planes = l.direct ? 0 : l.slots * plane_floats(g, &l) * sizeof(float);
-    return round_up(planes, BF_ALIGN) + round_up(k_of(g) * sizeof(size_t), BF_ALIGN) + BF_ALIGN;
+    size_t bytes = planes_bytes(g, &l) + round_up(k_of(g) * sizeof(size_t), BF_ALIGN) + BF_ALIGN;
+    if (g->pool) bytes += band_bytes(g) + (size_t)(threads < 1 ? 1 : threads) * pool_row_bytes(g);
+    return bytes;
 }
 
 int bf_fconv_threads(const bf_fconv_args *g, int threads) {
@@ -100,17 +129,21 @@ static void fill_plane(const bf_fconv_args *g, const layout *l, const float *x, 
 
 typedef struct {
     const bf_fconv_args *g;
-    const float *planes;  /* the batch item's planes (or its input, direct) */
-    float *out;           /* the batch item's output */
+    const float *planes;  /* the batch item's planes (or its input, direct), from q = 0 */
+    float *out;           /* where output row 0 of channel 0 goes */
+    size_t ldo;           /* floats between channels of `out` */
     const size_t *off;
     size_t k, wpl, q_end, n_cb;
+    /* fused pool: the band's rows [ya, yb) in `out`, pooled rows [py0, py1) */
+    float *pooled;        /* the batch item's pooled output */
+    float *rows;          /* per-thread pooling rows */
+    size_t ya, yb, py0, py1;
 } job;
 
 static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     (void)thread_index;
     const job *j = ctx;
     const bf_fconv_args *g = j->g;
-    const size_t plane_out = g->ho * g->wo;
     for (size_t item = begin; item < end; item++) {
         const size_t qb = item / j->n_cb, cb = item % j->n_cb;
         const size_t q0 = qb * g->nr;
@@ -119,7 +152,68 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
         const size_t mr = g->cout - c0 < g->mr ? g->cout - c0 : g->mr;
         g->kernel(j->k, j->planes + q0, j->off, g->weight + cb * j->k * g->mr, nq, mr,
                   g->bias ? g->bias + c0 : NULL, g->relu, q0, j->wpl, g->wo,
-                  j->out + c0 * plane_out, plane_out);
+                  j->out + c0 * j->ldo, j->ldo);
+    }
+}
+
+/* Pool the band's channels [begin, end) into pooled rows [py0, py1). */
+static void pool_range(void *ctx, size_t begin, size_t end, int thread_index) {
+    const job *j = ctx;
+    const bf_fconv_args *g = j->g;
+    const bf_fconv_pool *p = g->pool;
+    float *row = j->rows + (size_t)thread_index * (pool_row_bytes(g) / sizeof(float));
+    /* pooled row py reads band row py * sh - ph - ya: the kernel's padding, shifted */
+    const size_t ph = j->ya + p->ph - j->py0 * p->sh;
+    for (size_t c = begin; c < end; c++) {
+        p->kernel(j->out + c * j->ldo, j->pooled + (c * p->ho + j->py0) * p->wo, 1,
+                  j->yb - j->ya, g->wo, j->py1 - j->py0, p->wo, p->kh, p->kw, p->sh, p->sw, ph,
+                  p->pw, row);
+    }
+}
+
+/* The convolution into rows [y0, y1) of the band buffer (which holds rows from ya). */
+static void conv_rows(job *j, const float *planes, size_t y0, size_t y1, int threads) {
+    const bf_fconv_args *g = j->g;
+    job part = *j;
+    part.planes = planes + y0 * j->wpl;
+    part.out = j->out + (y0 - j->ya) * g->wo;
+    part.q_end = (y1 - y0 - 1) * j->wpl + g->wo;
+    const size_t n_qb = (part.q_end + g->nr - 1) / g->nr;
+    bf_parallel_for(threads, n_qb * j->n_cb, run_range, &part);
+}
+
+static void conv_pool(job *j, const float *planes, float *band, float *rows, float *pooled,
+                      int threads) {
+    const bf_fconv_args *g = j->g;
+    const bf_fconv_pool *p = g->pool;
+    size_t pb, band_h;
+    band_rows(g, &pb, &band_h);
+    j->out = band;
+    j->ldo = band_h * g->wo;
+    j->rows = rows;
+    j->pooled = pooled;
+    size_t done = 0; /* convolution rows computed so far */
+    size_t prev_ya = 0;
+    for (size_t py0 = 0; py0 < p->ho; py0 += pb) {
+        const size_t py1 = py0 + pb < p->ho ? py0 + pb : p->ho;
+        const size_t ya = py0 * p->sh > p->ph ? py0 * p->sh - p->ph : 0;
+        size_t yb = (py1 - 1) * p->sh + p->kh - p->ph;
+        if (yb > g->ho) yb = g->ho;
+        /* carry the rows [ya, done) the previous band already holds to the top */
+        if (done > ya && ya > prev_ya) {
+            for (size_t c = 0; c < g->cout; c++)
+                memmove(band + c * j->ldo, band + c * j->ldo + (ya - prev_ya) * g->wo,
+                        (done - ya) * g->wo * sizeof(float));
+        }
+        j->ya = ya;
+        j->yb = yb;
+        j->py0 = py0;
+        j->py1 = py1;
+        const size_t first = done > ya ? done : ya;
+        if (first < yb) conv_rows(j, planes, first, yb, threads);
+        done = yb;
+        prev_ya = ya;
+        bf_parallel_for(threads, g->cout, pool_range, j);
     }
 }
 
@@ -127,10 +221,11 @@ void bf_fconv(const bf_fconv_args *g, int threads) {
     layout l;
     if (make_layout(g, &l) < 0) return; /* the binding checks the geometry first */
     const size_t k = k_of(g);
-    const size_t planes_bytes = l.direct ? 0 : l.slots * plane_floats(g, &l) * sizeof(float);
     unsigned char *base = (unsigned char *)round_up((size_t)g->scratch, BF_ALIGN);
     float *planes = (float *)base;
-    size_t *off = (size_t *)(base + round_up(planes_bytes, BF_ALIGN));
+    size_t *off = (size_t *)(base + planes_bytes(g, &l));
+    float *band = (float *)((unsigned char *)off + round_up(k * sizeof(size_t), BF_ALIGN));
+    float *rows = g->pool ? (float *)((unsigned char *)band + band_bytes(g)) : NULL;
     const size_t pf = plane_floats(g, &l), area = l.hpl * l.wpl;
     for (size_t ci = 0; ci < g->cin; ci++) {
         for (size_t ky = 0; ky < g->kh; ky++) {
@@ -158,7 +253,13 @@ void bf_fconv(const bf_fconv_args *g, int threads) {
             }
             j.planes = planes;
         }
+        if (g->pool) {
+            conv_pool(&j, j.planes, band, rows,
+                      g->pool->out + b * g->cout * g->pool->ho * g->pool->wo, threads);
+            continue;
+        }
         j.out = g->out + b * g->cout * g->ho * g->wo;
+        j.ldo = g->ho * g->wo;
         bf_parallel_for(threads, n_qb * j.n_cb, run_range, &j);
     }
 }

@@ -21,6 +21,7 @@
 #define BF_FCONV_H
 
 #include "../bf_common.h"
+#include "../maxpool/maxpool.h"
 
 /* One block: outputs q0 .. q0 + nq - 1 (nq <= NR) of channels cb*MR .. cb*MR + mr - 1.
  * `x` points at plane element q0 (tap t reads x[off[t] + i] for lanes i < nq, nothing
@@ -49,6 +50,17 @@ void bf_fconv_8x32__avx512(size_t k, const float *x, const size_t *off, const fl
                            size_t wpl, size_t wo, float *out, size_t ldo);
 #endif
 
+/* A max pooling fused after the convolution (and its ReLU): the driver computes the
+ * convolution in bands of output rows into scratch (a band's last kh - sh rows carried
+ * into the next, never recomputed) and pools each band into `out` while it is in cache;
+ * the convolution's own output is never written. Needs ph < kh and sh <= kh. */
+typedef struct {
+    size_t kh, kw, sh, sw, ph, pw;
+    size_t ho, wo;         /* pooled extent */
+    float *out;            /* (n, cout, ho, wo) */
+    bf_maxpool2d_fn kernel;
+} bf_fconv_pool;
+
 /* A whole convolution (the driver). */
 typedef struct {
     size_t n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw;
@@ -61,10 +73,12 @@ typedef struct {
     void *scratch;          /* bf_fconv_scratch_bytes(args) bytes */
     bf_fconv_fn kernel;
     size_t mr, nr;
+    const bf_fconv_pool *pool; /* NULL: write `out` */
 } bf_fconv_args;
 
-/* Scratch bytes for one call (planes of one batch item and the tap offsets). */
-size_t bf_fconv_scratch_bytes(const bf_fconv_args *g);
+/* Scratch bytes for one call on up to `threads` threads (planes of one batch item, the
+ * tap offsets; with a fused pool its band and the threads' pooling rows). */
+size_t bf_fconv_scratch_bytes(const bf_fconv_args *g, int threads);
 /* Threads worth using for this convolution, at most `threads`. */
 int bf_fconv_threads(const bf_fconv_args *g, int threads);
 void bf_fconv(const bf_fconv_args *g, int threads);
