@@ -16,7 +16,8 @@ static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
 /* Per-thread scratch, in this order: segments built for pixels whose kernel row is cut by
  * the border, the tile's segment pointers, a zero segment, the tile's border pixels and
- * their tap counts, the popcounts, three pixel rows, two channel rows, the repacked weight panel. */
+ * their tap counts, the popcounts, three pixel rows, channel rows (floats, padding
+ * corrections), the repacked weight panel. */
 static size_t seg_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t ptr_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(void *), BF_ALIGN); }
 static size_t zero_bytes(size_t kpad) {
@@ -25,10 +26,12 @@ static size_t zero_bytes(size_t kpad) {
 static size_t tile_c_bytes(void) { return round_up(MT * NT * sizeof(int32_t), BF_ALIGN); }
 static size_t row_bytes(void) { return round_up(MT * sizeof(uint64_t), BF_ALIGN); }
 static size_t chan_bytes(void) { return round_up(NT * sizeof(float), BF_ALIGN); }
+#define BF_BCONV_MASKS 8 /* padding corrections kept per work item */
 static size_t panel_bytes(size_t kpad) { return round_up(NT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t per_thread_bytes(size_t kpad) {
     return seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) + 2 * row_bytes() + tile_c_bytes() +
-           3 * row_bytes() + 2 * chan_bytes() + panel_bytes(kpad) + BF_OVERREAD_BYTES;
+           3 * row_bytes() + (1 + BF_BCONV_MASKS) * chan_bytes() + panel_bytes(kpad) +
+           BF_OVERREAD_BYTES;
 }
 
 size_t bf_bconv_scratch_bytes(size_t kpad, int threads) {
@@ -236,19 +239,29 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
                                           const uint64_t *BF_RESTRICT masks, size_t n_border) {
     const size_t hw = g->ho * g->wo, wo = g->wo, cout = g->cout;
     const int out_bits = g->out_bits;
-    const size_t c_ch = out_bits ? 1 : ldc, c_pix = out_bits ? ldc : 1;
     /* zero padding: P' = P + half, so that acc = kvec - 2 P' leaves out exactly what the
-     * out-of-bounds taps (read as +1) added */
+     * out-of-bounds taps (read as +1) added; the half vectors of the last BF_BCONV_MASKS
+     * distinct tap masks are kept (a 3x3 kernel's border has 8) */
+    uint64_t cached[BF_BCONV_MASKS];
+    size_t n_cached = 0, next = 0;
     const int cache = g->kh * g->kw <= 64;
-    uint64_t have = 0;
     for (size_t e = 0; e < n_border; e++) {
         const size_t i = (size_t)border[e];
-        if (!cache || masks[e] != have || e == 0) {
-            padding_correction(g, co0, nt, masks[e], p0 + i, half);
-            have = masks[e];
+        size_t slot = 0;
+        while (slot < n_cached && cached[slot] != masks[e]) slot++;
+        if (!cache || slot == n_cached) {
+            slot = n_cached < BF_BCONV_MASKS ? n_cached++ : next++ % BF_BCONV_MASKS;
+            padding_correction(g, co0, nt, masks[e], p0 + i, half + slot * NT);
+            cached[slot] = cache ? masks[e] : 0;
         }
-        int32_t *BF_RESTRICT ci = c + i * c_pix;
-        for (size_t j = 0; j < nt; j++) ci[j * c_ch] += half[j];
+        const int32_t *BF_RESTRICT hs = half + slot * NT;
+        if (out_bits) {
+            int32_t *BF_RESTRICT ci = c + i * ldc;
+            for (size_t j = 0; j < nt; j++) ci[j] += hs[j];
+        } else {
+            int32_t *BF_RESTRICT ci = c + i;
+            for (size_t j = 0; j < nt; j++) ci[j * ldc] += hs[j];
+        }
     }
     if (g->pos_h)
         for (size_t i = 0; i < mt; i++) {
@@ -257,6 +270,10 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
         }
     const int activation = g->activation, post_relu = g->post_relu;
     const float lo = g->min_val, hi = g->max_val;
+    if (out_bits && g->bits) {
+        g->bits(g, p0, mt, co0, nt, c, ldc, kvec, pos);
+        return;
+    }
     if (out_bits) {
         const float *BF_RESTRICT sc = g->scale + co0;
         const float *BF_RESTRICT bi = g->bias ? g->bias + co0 : NULL;
@@ -372,7 +389,7 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     at += 3 * row_bytes();
     float *y_chan = (float *)at;
     int32_t *half = (int32_t *)(at + chan_bytes());
-    at += 2 * chan_bytes();
+    at += (1 + BF_BCONV_MASKS) * chan_bytes();
     bf_word *panel = (bf_word *)at;
     const size_t n_seg = n_segments(g), seg_len = segment_words(g);
     for (size_t k = 0; k < seg_len; k++) zero[k] = 0;

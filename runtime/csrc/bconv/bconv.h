@@ -28,7 +28,16 @@
 
 enum { BF_ACT_NONE = 0, BF_ACT_RELU = 1, BF_ACT_PRELU = 2, BF_ACT_HARDTANH = 3 };
 
-typedef struct {
+typedef struct bf_bconv_args bf_bconv_args;
+
+/* The bits-output transform of mt pixels x nt channels of pixel-major popcounts c (row
+ * stride ldc), kvec[i] = K of pixel i, pos[i] its position scale (with pos_h): an ISA's
+ * vectorized copy of the plain C one, equal to it exactly. */
+typedef void (*bf_bconv_bits_fn)(const bf_bconv_args *g, size_t p0, size_t mt, size_t co0,
+                                 size_t nt, const int32_t *c, size_t ldc, const int32_t *kvec,
+                                 const float *pos);
+
+struct bf_bconv_args {
     size_t n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
     size_t kpad;      /* words per weight row (>= kh * kw * cin_w, only those are read) */
     int pad_zero;     /* 1: zero padding, 0: one padding */
@@ -52,7 +61,13 @@ typedef struct {
     size_t panel_lanes;
     const bf_word *panels;      /* all weights as panel_lanes-lane panels of kpad words, or
                                    NULL: then each 64-channel chunk is repacked in scratch */
-} bf_bconv_args;
+    bf_bconv_bits_fn bits;      /* or NULL: the plain C bits transform */
+};
+
+#if BF_ARCH_X86
+void bf_bconv_bits__avx512(const bf_bconv_args *g, size_t p0, size_t mt, size_t co0, size_t nt,
+                           const int32_t *c, size_t ldc, const int32_t *kvec, const float *pos);
+#endif
 
 /* Scratch bytes a call with `threads` threads needs. */
 size_t bf_bconv_scratch_bytes(size_t kpad, int threads);
