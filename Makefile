@@ -9,7 +9,7 @@ STAMP := $(VENV)/.bitfactor-installed
 CSRC := $(shell find runtime/csrc -name '*.[ch]' 2>/dev/null)
 NATIVE_STAMP := $(VENV)/.bitfactor-native
 
-.PHONY: install build demo test lint format bench clean
+.PHONY: install build demo test lint format bench fuzz clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ test: build lint
 
 bench: build
 	$(PY) bench/runtime.py
+
+# 100 000 mutated .bfm files against an ASan+UBSan build made aside (docs/development.md)
+fuzz: $(STAMP)
+	$(PY) tests/fuzz/fuzz_bfm.py --count $(or $(FUZZ_INPUTS),100000)
 
 clean:
 	rm -rf build runtime/*.so .pytest_cache .mypy_cache .ruff_cache
