@@ -192,7 +192,7 @@ def inspect_dataset(path: Path, *, max_bytes: int) -> DatasetInfo:
     try:
         with zipfile.ZipFile(path) as archive:
             members = {info.filename: info for info in archive.infolist()}
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError) as exc:
         raise InvalidUpload(f"the archive is damaged: {exc}") from exc
     unknown = sorted(set(members) - {"x.npy", "y.npy"})
     if unknown:

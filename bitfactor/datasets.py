@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,15 @@ MAX_MEMBERS = 16
 MAX_NDIM = 8
 MAX_COMPRESSION_RATIO = 100  # for members past RATIO_FLOOR bytes
 RATIO_FLOOR = 1024 * 1024
+# What reading a damaged zip raises: a bad directory, deflate stream, version or encryption.
+_ZIP_READ_ERRORS = (
+    zipfile.BadZipFile,
+    OSError,
+    EOFError,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 def _check_member(p: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
@@ -46,7 +56,7 @@ def _check_member(p: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> N
             else:
                 raise ValueError(f"unsupported .npy version {version}")
             header = f.tell()
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        except (ValueError, *_ZIP_READ_ERRORS) as exc:
             raise ValueError(f"{p.name}: array {key!r} has a damaged .npy header ({exc})") from None
     if dtype.hasobject:
         raise ValueError(
@@ -95,7 +105,7 @@ def _check_archive(p: Path, max_bytes: int) -> None:
             for info in infos:
                 if info.filename in ("x.npy", "y.npy"):
                     _check_member(p, archive, info)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _ZIP_READ_ERRORS as exc:
         raise ValueError(f"{p.name}: not a readable .npz archive ({exc})") from None
 
 
@@ -125,7 +135,7 @@ def load_npz(
                 raise ValueError(f"{p.name}: expected an array 'x', got keys {sorted(keys)}")
             x = npz["x"]
             y = npz["y"] if "y" in keys else None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except _ZIP_READ_ERRORS as exc:
         raise ValueError(f"{p.name}: not a readable .npz archive ({exc})") from None
     except MemoryError:
         raise ValueError(f"{p.name}: the arrays do not fit in memory") from None

@@ -30,6 +30,7 @@ import os
 import pickletools
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +137,36 @@ _ONNX_BITS = {
     24: 8,  # FLOAT8E8M0
 }
 _ONNX_STRING = 8
+# TensorProto field numbers and the wire types they may use (packed or not).
+_TENSOR_WIRES = {
+    1: {0, 2},
+    2: {0},
+    3: {2},
+    4: {5, 2},
+    5: {0, 2},
+    6: {2},
+    7: {0, 2},
+    8: {2},
+    9: {2},
+    10: {1, 2},
+    11: {0, 2},
+    13: {2},
+    14: {0},
+}
 # ModelProto field numbers and their protobuf wire types (0 varint, 2 length-delimited).
 _ONNX_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2}
+
+
+# What reading a damaged zip raises: a bad directory, deflate stream, version or encryption.
+_ZIP_READ_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    EOFError,
+    OSError,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 class ModelFileError(ValueError):
@@ -371,7 +400,7 @@ def _check_pt(p: Path) -> ModelFormat:
             if bad is not None:
                 raise ModelFileError(f"{p.name}: zip entry {bad!r} is damaged (CRC mismatch)")
             data = archive.read(info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
+    except (*_ZIP_READ_ERRORS, ValueError) as exc:
         if isinstance(exc, ModelFileError):
             raise
         raise ModelFileError(f"{p.name}: a damaged or truncated zip archive ({exc})") from None
@@ -509,6 +538,8 @@ class _OnnxScan:
         counts = 0
         floats: list[tuple[int, int, str]] = []  # spans of float32/float64 values
         for number, wire, value in _fields(self.data, *span):
+            if number in _TENSOR_WIRES and wire not in _TENSOR_WIRES[number]:
+                raise ValueError(f"TensorProto field {number} has wire type {wire}")
             if number == 1:  # dims: packed or one varint each
                 if wire == 2:
                     pos = value[0]
@@ -591,9 +622,9 @@ class _OnnxScan:
         if bad:
             raise self.fail(f"{label} holds NaN or infinite values")
 
-    def _external(self, role: str, name: str, entry: tuple[int, int] | None) -> str:
+    def _external(self, role: str, name: str, entry: tuple[int, int] | int | None) -> str:
         where = ""
-        if entry is not None:
+        if isinstance(entry, tuple):
             pairs = dict.fromkeys(("key", "value"), "")
             for number, wire, value in _fields(self.data, *entry):
                 if wire == 2 and number in (1, 2):

@@ -224,6 +224,11 @@ def _build(root: Path) -> Built:
         "npz-absurd-header": Case(c.npz_absurd_header(), "declares shape", route="/v1/datasets"),
         "npz-not-a-zip": Case(b"x = [1, 2, 3]\n" * 4, ".npz", route="/v1/datasets"),
         "npz-empty": Case(b"", "empty", route="/v1/datasets"),
+        "npz-damaged-deflate": Case(damaged_deflate(), "damaged", route="/v1/datasets"),
+        "npz-zip-version-99": Case(
+            zip_version(c.npz_of(x=np.ones((2, 2), np.float32))), "version", route="/v1/datasets"
+        ),
+        "pt-zip-version-99": Case(zip_version(pt_valid), "version", data=arch),
         "npz-duplicate-member": Case(
             c.zip_of([("x.npy", _npy(np.ones((2, 2)))), ("x.npy", _npy(np.ones((2, 2))))]),
             "twice",
@@ -237,6 +242,25 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def damaged_deflate() -> bytes:
+    """A compressed npz whose deflate stream has one byte changed."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=np.random.default_rng(0).normal(size=(64, 8)))
+    data = bytearray(buffer.getvalue())
+    data[200] ^= 0xFF  # inside x.npy's compressed data (the local header is ~40 bytes)
+    return bytes(data)
+
+
+def zip_version(data: bytes) -> bytes:
+    """Every central directory entry claims it needs zip version 9.9 to extract."""
+    out = bytearray(data)
+    at = out.find(b"PK\x01\x02")
+    while at >= 0:
+        out[at + 6 : at + 8] = (99).to_bytes(2, "little")
+        at = out.find(b"PK\x01\x02", at + 4)
+    return bytes(out)
 
 
 def struct_swap(data: bytes) -> bytes:
@@ -298,6 +322,9 @@ CASE_IDS = [
     "npz-absurd-header",
     "npz-not-a-zip",
     "npz-empty",
+    "npz-damaged-deflate",
+    "npz-zip-version-99",
+    "pt-zip-version-99",
     "npz-duplicate-member",
 ]
 
@@ -460,3 +487,49 @@ def test_the_importer_subprocess_is_limited_and_never_retried(
             module=module,
         )
     assert message in str(info.value)
+
+
+def _mutations(seed: bytes, rng: np.random.Generator, count: int) -> list[bytes]:
+    out = []
+    for _ in range(count):
+        data = bytearray(seed)
+        kind = rng.integers(3)
+        if kind == 0:  # flip a few bits
+            for at in rng.integers(len(data), size=rng.integers(1, 5)):
+                data[at] ^= 1 << int(rng.integers(8))
+        elif kind == 1:  # truncate
+            data = data[: int(rng.integers(len(data)))]
+        else:  # insert junk
+            at = int(rng.integers(len(data)))
+            data[at:at] = rng.bytes(int(rng.integers(1, 17)))
+        out.append(bytes(data))
+    return out
+
+
+def test_mutated_files_are_checked_or_refused_never_crash(built: Built, tmp_path: Path) -> None:
+    """Random damage to valid files: the torch-free checks answer a ValueError, nothing else."""
+    from api.validation import InvalidUpload, inspect_dataset
+    from bitfactor.modelformat import detect_format
+
+    rng = np.random.default_rng(6)
+    compressed = io.BytesIO()
+    np.savez_compressed(compressed, x=np.ones((40, 3), np.float32), y=np.arange(40))
+    seeds: dict[str, bytes] = {
+        "onnx": built.onnx_valid,
+        "onnx-subgraph": c.onnx_external_in_subgraph("x"),
+        "safetensors": c.safetensors_valid(np.arange(64)),
+        "pt": built.pt_valid,
+        "npz": c.npz_of(x=np.ones((4, 3), np.float32), y=np.arange(4)),
+        "npz-compressed": compressed.getvalue(),
+    }
+    path = tmp_path / "mutant.bin"
+    for name, seed in seeds.items():
+        for mutant in _mutations(seed, rng, 150):
+            path.write_bytes(mutant)
+            try:
+                if name.startswith("npz"):
+                    inspect_dataset(path, max_bytes=10**7)
+                else:
+                    detect_format(path)
+            except (ValueError, InvalidUpload):
+                pass
