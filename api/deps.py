@@ -16,6 +16,7 @@ from api.errors import Problem
 from api.state import AppState
 from db import repo
 from db.models import Dataset, Job, ModelFile, Tenant
+from db.session import is_transient
 
 
 def get_state(request: Request) -> AppState:
@@ -29,8 +30,18 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 def get_session(state: StateDep) -> Iterator[Session]:
     """A database session for one request, committed by the route when it writes."""
-    with state.sessions() as session:
+    session = state.sessions()
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except Exception as exc:
+            # The database went away mid-request: the request already has its answer
+            # (503); a failed rollback on the dead connection must not replace it.
+            if not is_transient(exc):
+                raise
+            session.invalidate()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

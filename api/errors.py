@@ -13,11 +13,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from db.session import is_transient
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://bitfactor.dev/problems/"
 log = logging.getLogger("bitfactor.api")
+RETRY_AFTER_SECONDS = 5
 
 # Every kind of error the API answers with, its status and title (docs/api.md lists them).
 KINDS: dict[str, tuple[int, str]] = {
@@ -40,7 +45,8 @@ KINDS: dict[str, tuple[int, str]] = {
     "rate-limited": (429, "Too many requests"),
     "request-timeout": (503, "The request took too long"),
     "broker-unavailable": (503, "The job queue is unavailable"),
-    "artifact-corrupted": (500, "A stored file failed its checksum"),
+    "service-unavailable": (503, "A backing service is unavailable; retry later"),
+    "artifact-corrupted": (503, "A stored file failed its checksum"),
     "internal-error": (500, "Internal server error"),
 }
 
@@ -140,6 +146,22 @@ def install(app: FastAPI) -> None:
         return _render(
             request,
             Problem(kind, detail, status=exc.status_code, headers=dict(exc.headers or {})),
+        )
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(SATimeoutError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        if not is_transient(exc):
+            log.error("database error on %s %s", request.method, request.url.path, exc_info=exc)
+            return _render(request, Problem("internal-error", "an unexpected error occurred"))
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return _render(
+            request,
+            Problem(
+                "service-unavailable",
+                "the database is unavailable; retry after the delay in Retry-After",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            ),
         )
 
     @app.exception_handler(Exception)

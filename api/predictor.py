@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 import runtime
+from db.storage import StorageError
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,20 @@ class ModelCache:
         self._lock = threading.Lock()
 
     def get(self, key: str, path: Path) -> LoadedModel:
-        """The model stored at ``path`` under ``key``, loaded on first use."""
+        """The model stored at ``path`` under ``key`` (its sha256), loaded on first use.
+
+        The bytes are read once, hashed and loaded from memory: a file that does not match
+        its sha256 raises :class:`db.storage.StorageError` and is never loaded.
+        """
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        loaded = LoadedModel(runtime.load(path))
+        data = path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != key:
+            raise StorageError(f"{path.name} is corrupted (sha256 {actual} != {key})")
+        loaded = LoadedModel(runtime.load(data))
         with self._lock:
             self._items[key] = loaded
             self._items.move_to_end(key)

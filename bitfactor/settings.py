@@ -62,6 +62,16 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_.-]{1,100}$",
         description="Celery queue of training jobs (the API sends there; workers consume it).",
     )
+    job_lease_seconds: float = Field(
+        default=60.0,
+        ge=2.0,
+        description="A running job whose heartbeat is older than this is requeued (worker lost).",
+    )
+    db_retry_seconds: float = Field(
+        default=300.0,
+        ge=0.0,
+        description="How long a worker retries a database write that fails transiently.",
+    )
     predict_max_elements: int = Field(
         default=4_000_000, gt=0, description="Largest predict input (number of values)."
     )

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, func, or_, select, update
@@ -115,20 +115,42 @@ def get_owned(session: Session, model: type[Row], *, tenant_id: str, row_id: str
     return row
 
 
-def claim_job(session: Session, *, job_id: str, worker_id: str, max_attempts: int) -> str:
+def claim_job(
+    session: Session,
+    *,
+    job_id: str,
+    worker_id: str,
+    max_attempts: int,
+    lease_seconds: float | None = None,
+    dead_owner: str | None = None,
+) -> str:
     """Claim a job for a worker (one atomic UPDATE); returns what the worker should do.
 
     ``"run"``: the row is now ``running`` and owned by ``worker_id`` (a first delivery, or a
     redelivery after a worker was lost, which resumes from the last checkpoint);
     ``"canceled"``: it was canceled before it started; ``"exhausted"``: too many deliveries,
-    now ``failed``; ``"skip"``: nothing to do (already finished, or unknown).
+    now ``failed``; ``"skip"``: nothing to do (already finished, unknown, or running under a
+    live lease of another worker: a duplicate message).
+
+    A ``running`` row is taken over only when its owner is gone: its heartbeat is older
+    than ``lease_seconds`` (None: always, the behaviour without leases), or its owner is
+    ``dead_owner`` (the caller saw that process die on its own host).
     """
     now = utcnow()
+    takeover = Job.status == "running"
+    if lease_seconds is not None:
+        gone = [
+            Job.heartbeat_at.is_(None),
+            Job.heartbeat_at < now - timedelta(seconds=lease_seconds),
+        ]
+        if dead_owner is not None:
+            gone.append(Job.worker_id == dead_owner)
+        takeover = and_(takeover, or_(*gone))
     claimed = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status.in_(("queued", "running")),
+            or_(Job.status == "queued", takeover),
             Job.attempts < max_attempts,
         )
         .values(
@@ -143,12 +165,14 @@ def claim_job(session: Session, *, job_id: str, worker_id: str, max_attempts: in
     session.commit()
     if claimed:
         return "run"
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status in TERMINAL_STATUSES:
         return "skip"
     if job.status == "canceling":
         finish_job(session, job_id=job_id, status="canceled")
         return "canceled"
+    if job.attempts < max_attempts:
+        return "skip"  # running, and its owner's lease is alive
     finish_job(
         session,
         job_id=job_id,
@@ -167,15 +191,96 @@ def finish_job(
     error: str | None = None,
     result: dict[str, Any] | None = None,
     artifact: tuple[str, str, int] | None = None,
-) -> None:
-    """End a job: a terminal status, and its error or result and artifact."""
+    owner: str | None = None,
+    only_from: Sequence[str] | None = None,
+) -> bool:
+    """End a job: a terminal status, and its error or result and artifact.
+
+    With ``owner``, only while that worker still holds the job (a worker whose lease was
+    taken over writes nothing); with ``only_from``, only from those statuses (so a cancel
+    committed first wins over ``succeeded``). Returns whether the row changed.
+    """
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
     if result is not None:
         values["result"] = result
     if artifact is not None:
         values["artifact_key"], values["artifact_sha256"], values["artifact_size"] = artifact
-    session.execute(update(Job).where(Job.id == job_id).values(**values))
+    query = update(Job).where(Job.id == job_id)
+    if owner is not None:
+        query = query.where(Job.worker_id == owner, Job.status.in_(("running", "canceling")))
+    if only_from is not None:
+        query = query.where(Job.status.in_(tuple(only_from)))
+    changed = session.execute(
+        query.values(**values).execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
     session.commit()
+    return bool(changed)
+
+
+def heartbeat(session: Session, *, job_id: str, worker_id: str, **values: Any) -> bool:
+    """Renew a running job's lease (and write ``values``, e.g. progress) while ``worker_id``
+    holds it; False when another worker took it over or the job has ended."""
+    changed = session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.worker_id == worker_id,
+            Job.status.in_(("running", "canceling")),
+        )
+        .values(heartbeat_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]
+    session.commit()
+    return bool(changed)
+
+
+def expired_jobs(session: Session, *, lease_seconds: float) -> list[str]:
+    """Ids of ``running``/``canceling`` jobs whose owner's heartbeat is older than the lease."""
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    return list(
+        session.scalars(
+            select(Job.id).where(
+                Job.status.in_(("running", "canceling")),
+                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+            )
+        )
+    )
+
+
+def release_expired(session: Session, *, job_id: str, lease_seconds: float) -> str | None:
+    """Take an expired job back from its lost worker (atomically: one sweeper wins).
+
+    A ``running`` job goes back to ``queued`` (the caller enqueues it again; it resumes from
+    its checkpoint); a ``canceling`` one ends ``canceled``. Returns the new status, or None
+    when the lease was renewed or another sweeper got there first.
+    """
+    cutoff = utcnow() - timedelta(seconds=lease_seconds)
+    expired = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff)
+    for current, new in (("running", "queued"), ("canceling", "canceled")):
+        values: dict[str, Any] = {"status": new, "worker_id": None}
+        if new == "canceled":
+            values["finished_at"] = utcnow()
+        changed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == current, expired)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+        if changed:
+            return new
+    return None
+
+
+def queued_jobs(session: Session, *, created_before: datetime) -> list[str]:
+    """Ids of ``queued`` jobs created before ``created_before``, oldest first."""
+    return list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == "queued", Job.created_at < created_before)
+            .order_by(Job.created_at)
+        )
+    )
 
 
 def job_counts(session: Session) -> dict[str, int]:

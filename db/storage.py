@@ -64,6 +64,8 @@ class LocalArtifactStore:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
+        # path -> (file identity, sha256 it had): a file is hashed again only when it changed.
+        self._verified: dict[Path, tuple[tuple[int, ...], str]] = {}
 
     def local_path(self, key: str) -> Path:
         if not _KEY.match(key) or ".." in key.split("/"):
@@ -109,13 +111,41 @@ class LocalArtifactStore:
             tmp.unlink(missing_ok=True)
 
     def verified_path(self, key: str, sha256: str) -> Path:
+        """The key's file after checking its sha256 (raises StorageError if it differs).
+
+        The hash is computed again whenever the file's identity (inode, size, mtime, ctime)
+        changed since it last matched; any write to the file changes its ctime, which no
+        user-space call can set back, so an edited file is always hashed again.
+        """
         path = self.local_path(key)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise StorageError(f"artifact {key} is missing") from None
         if not path.is_file():
             raise StorageError(f"artifact {key} is missing")
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if self._verified.get(path) == (identity, sha256):
+            return path
         actual = sha256_file(path)
         if actual != sha256:
+            self._verified.pop(path, None)
             raise StorageError(f"artifact {key} is corrupted (sha256 {actual} != {sha256})")
+        self._verified[path] = (identity, sha256)
         return path
+
+    def verified_bytes(self, key: str, sha256: str) -> bytes:
+        """The key's bytes, read once and checked against ``sha256`` (what is checked is
+        exactly what is returned: no window between the check and the use)."""
+        path = self.local_path(key)
+        try:
+            data = path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise StorageError(f"artifact {key} is missing") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise StorageError(f"artifact {key} is corrupted (sha256 {actual} != {sha256})")
+        return data
 
     def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)

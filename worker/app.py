@@ -43,6 +43,9 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
+        # A broker restart must not end the worker: reconnect for as long as it takes.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         task_default_queue=settings.job_queue,
         task_routes={TASK_BINARIZE: {"queue": settings.job_queue}},
         task_acks_late=True,

@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
+from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy.exc import OperationalError
 
 from worker.app import TASK_BINARIZE, get_celery
 from worker.jobs import run_job
 
 celery_app = get_celery()
+_reaper: list[Any] = []
+
+
+@worker_ready.connect
+def _start_reaper(**_kwargs: Any) -> None:
+    """The worker's main process sweeps for lost jobs (see :mod:`worker.reaper`)."""
+    from bitfactor.settings import get_settings
+    from worker.reaper import Reaper
+
+    reaper = Reaper(get_settings())
+    reaper.start()
+    _reaper.append(reaper)
+
+
+@worker_shutdown.connect
+def _stop_reaper(**_kwargs: Any) -> None:
+    for reaper in _reaper:
+        reaper.stop()
 
 
 # Database hiccups are the one transient error: retry with backoff (the claim counts the

@@ -147,7 +147,7 @@ def test_artifact_download_etag_and_corruption(
     raw[-1] ^= 0xFF
     stored.write_bytes(bytes(raw))
     broken = api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers())
-    assert broken.status_code == 500
+    assert broken.status_code == 503
     assert broken.json()["type"].endswith("/artifact-corrupted")
 
 

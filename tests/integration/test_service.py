@@ -412,6 +412,10 @@ def test_lost_worker_redelivers_and_resumes(deployment: Deployment) -> None:
         logs = client.logs(job_id)
         assert "attempt 1" in logs
         assert "attempt 2" in logs
+        # Exactly one artifact: nothing of the killed attempt is left, stored or pending.
+        artifacts = dep.service.data_dir / "artifacts"
+        assert len(list((artifacts / "jobs" / job_id).glob("*.bfm"))) == 1
+        assert list((artifacts / "tmp").glob(f"*{job_id}*")) == []
 
 
 @pytest.mark.parametrize("deployment", ["embedded"], indirect=True)
