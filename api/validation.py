@@ -48,6 +48,17 @@ _LIMITED = (
     "sys.argv = [sys.argv[3], *sys.argv[4:]]\n"
     "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
 )
+_CHILD_ENV = {
+    "PATH",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+}
 _OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "can't allocate memory", "Cannot allocate memory")
 
 
@@ -126,11 +137,13 @@ def inspect_model(
     if arch_kwargs:
         cmd += ["--arch-kwargs", json.dumps(arch_kwargs)]
     env = {
-        **os.environ,
+        # Only what an interpreter needs: no secrets (database URL, secret key) reach it.
+        **{k: v for k, v in os.environ.items() if k in _CHILD_ENV},
         "PYTHONDONTWRITEBYTECODE": "1",
         # One thread: CPU time is wall time, and no per-thread arenas eat the address space.
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
     }
     try:
         proc = subprocess.run(

@@ -533,3 +533,21 @@ def test_mutated_files_are_checked_or_refused_never_crash(built: Built, tmp_path
                     detect_format(path)
             except (ValueError, InvalidUpload):
                 pass
+
+
+def test_the_importer_gets_no_secrets(
+    hog_modules: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The subprocess's environment holds what an interpreter needs, not the server's secrets."""
+    from api.validation import InvalidUpload, inspect_model
+
+    monkeypatch.setenv("BITFACTOR_SECRET_KEY", "s3cret-value-for-the-test")
+    monkeypatch.setenv("BITFACTOR_DATABASE_URL", "postgresql://user:pw@db/x")
+    (tmp_path / "show_env.py").write_text(
+        "import json, os\nprint(json.dumps({'error': ' '.join(sorted(os.environ))}))\n"
+    )
+    with pytest.raises(InvalidUpload) as info:
+        inspect_model(hog_modules, arch=None, arch_kwargs=None, timeout=60, module="show_env")
+    names = str(info.value).split()
+    assert "PYTHONPATH" in names
+    assert not [name for name in names if name.startswith("BITFACTOR_")]
