@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from db import repo
@@ -138,3 +140,80 @@ def test_put_stream_is_all_or_nothing(
         assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
         assert store.local_path("k/v").read_bytes() == data
     assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_claims_respect_a_live_lease(session: Session) -> None:
+    """A running job is taken over only when its owner's lease expired or its owner is
+    known dead; a duplicate message for a job under a live lease is skipped."""
+    tenant = repo.get_or_create_tenant(session, name="t")
+    job = _job(session, tenant)
+    claim = {"job_id": job.id, "max_attempts": 5, "lease_seconds": 30.0}
+    assert repo.claim_job(session, worker_id="w1", **claim) == "run"
+    assert repo.claim_job(session, worker_id="w2", **claim) == "skip"
+    assert repo.claim_job(session, worker_id="w2", dead_owner="other", **claim) == "skip"
+    assert repo.claim_job(session, worker_id="w2", dead_owner="w1", **claim) == "run"
+    session.refresh(job)
+    assert (job.worker_id, job.attempts) == ("w2", 2)
+    job.heartbeat_at = utcnow() - timedelta(seconds=31)
+    session.commit()
+    assert repo.claim_job(session, worker_id="w3", **claim) == "run"
+    session.refresh(job)
+    assert (job.worker_id, job.attempts) == ("w3", 3)
+
+
+def test_heartbeat_and_finish_are_fenced(session: Session) -> None:
+    tenant = repo.get_or_create_tenant(session, name="t")
+    job = _job(session, tenant)
+    assert repo.claim_job(session, job_id=job.id, worker_id="w1", max_attempts=3) == "run"
+    assert repo.heartbeat(session, job_id=job.id, worker_id="w1", progress={"step": 1})
+    assert not repo.heartbeat(session, job_id=job.id, worker_id="w0")
+    assert not repo.finish_job(session, job_id=job.id, status="succeeded", owner="w0")
+    # A cancel committed before the owner's "succeeded" wins.
+    session.execute(update(Job).where(Job.id == job.id).values(status="canceling"))
+    session.commit()
+    done = repo.finish_job(
+        session, job_id=job.id, status="succeeded", owner="w1", only_from=("running",)
+    )
+    assert not done
+    assert repo.finish_job(session, job_id=job.id, status="canceled", owner="w1")
+    session.refresh(job)
+    assert (job.status, job.artifact_key) == ("canceled", None)
+    assert not repo.heartbeat(session, job_id=job.id, worker_id="w1")  # ended
+
+
+def test_release_expired(session: Session) -> None:
+    tenant = repo.get_or_create_tenant(session, name="t")
+    old = utcnow() - timedelta(seconds=100)
+    lost = _job(session, tenant, status="running", worker_id="w", heartbeat_at=old)
+    stopping = _job(session, tenant, status="canceling", worker_id="w", heartbeat_at=old)
+    alive = _job(session, tenant, status="running", worker_id="w", heartbeat_at=utcnow())
+    _job(session, tenant, status="succeeded", heartbeat_at=old)
+    assert sorted(repo.expired_jobs(session, lease_seconds=60)) == sorted([lost.id, stopping.id])
+    assert repo.release_expired(session, job_id=lost.id, lease_seconds=60) == "queued"
+    assert repo.release_expired(session, job_id=lost.id, lease_seconds=60) is None  # once
+    assert repo.release_expired(session, job_id=stopping.id, lease_seconds=60) == "canceled"
+    assert repo.release_expired(session, job_id=alive.id, lease_seconds=60) is None
+    session.refresh(lost)
+    assert (lost.status, lost.worker_id) == ("queued", None)
+    assert repo.queued_jobs(session, created_before=utcnow()) == [lost.id]
+
+
+def test_verified_path_hashes_again_after_any_change(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "a")
+    source = tmp_path / "f"
+    source.write_bytes(b"abcdef" * 100)
+    sha, _ = store.put_file("k/f.bin", source)
+    path = store.verified_path("k/f.bin", sha)
+    assert store.verified_path("k/f.bin", sha) == path  # cached: not hashed again
+    stat = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[3] ^= 0x01
+    path.write_bytes(bytes(raw))  # same size; mtime set back: only ctime tells
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(StorageError, match="corrupted"):
+        store.verified_path("k/f.bin", sha)
+    with pytest.raises(StorageError, match="corrupted"):
+        store.verified_bytes("k/f.bin", sha)
+    raw[3] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert store.verified_bytes("k/f.bin", sha) == b"abcdef" * 100
