@@ -1,12 +1,13 @@
-/* bconv.c - see bconv.h. ISA-independent: the kernels come in through args->panel. */
+/* bconv.c - see bconv.h. ISA-independent: the kernels come in through args->panel (and
+ * args->bits). */
 #include "bconv.h"
 
 #include <string.h>
 
 #include "../bf_parallel.h"
 
-/* Pixels per tile: the tile's int32 counts (MT x 64 channels) stay in L1 beside the
- * weight panel; the float output is written in runs of MT pixels per channel. */
+/* Pixels per work item: the float output is written in runs of MT pixels per channel;
+ * the item's int32 counts (MT x 64 channels) stay in L1/L2. */
 #define MT ((size_t)BF_BCONV_TILE_M)
 #define NT BF_BCONV_TILE_N
 /* Word-pairs (xor + popcount of 64 bits) that justify one more pool thread (~40 us). */

@@ -23,7 +23,7 @@
 #include "../bf_common.h"
 #include "../xnor_panel/xnor_panel.h"
 
-#define BF_BCONV_TILE_M 64 /* pixels per work item: its counts (x 64 channels) stay in L1 */
+#define BF_BCONV_TILE_M 128 /* pixels per work item (measured: 64 and 256 are slower) */
 #define BF_BCONV_TILE_N 64
 
 enum { BF_ACT_NONE = 0, BF_ACT_RELU = 1, BF_ACT_PRELU = 2, BF_ACT_HARDTANH = 3 };
