@@ -67,17 +67,17 @@ class InvalidUpload(ValueError):
 
 
 def require_multipart(request: Request) -> None:
-    """Refuse (415) an upload whose body is not ``multipart/form-data``.
+    """Refuse (415) an upload whose body is declared as anything but ``multipart/form-data``.
 
     The content type of the file *part* is advisory (the format is judged from the bytes);
-    the body itself must be a multipart form with a ``file`` part.
+    the body itself must be a multipart form with a ``file`` part (a request without a
+    body or without that part is left to the 422 of the missing field).
     """
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";", 1)[0].strip().lower() != MULTIPART:
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type and media_type != MULTIPART:
         raise Problem(
             "unsupported-media-type",
-            f"uploads are {MULTIPART} bodies with a 'file' part, got "
-            f"{content_type.split(';', 1)[0].strip() or 'no content type'!r}",
+            f"uploads are {MULTIPART} bodies with a 'file' part, got {media_type!r}",
         )
 
 

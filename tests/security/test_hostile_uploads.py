@@ -394,6 +394,7 @@ def test_a_valid_model_with_a_wrong_content_type_is_accepted(
     [
         ("raw-body", 415, "multipart/form-data"),
         ("json-body", 415, "multipart/form-data"),
+        ("no-body", 422, "file"),
         ("no-file-part", 422, "file"),
         ("file-as-plain-field", 422, "file"),
         ("zero-byte-part", 422, "empty"),
@@ -411,6 +412,8 @@ def test_bodies_that_are_not_an_upload_are_refused(
         )
     elif kind == "json-body":
         response = post(route, headers=service.headers, json={"file": "model.onnx"})
+    elif kind == "no-body":
+        response = post(route, headers=service.headers)
     elif kind == "no-file-part":
         response = post(
             route, headers=service.headers, data={"name": "x"}, files={"other": ("a", b"abc")}
