@@ -78,7 +78,8 @@ size_t bf_fconv_scratch_bytes(const bf_fconv_args *g, int threads) {
     layout l;
     if (make_layout(g, &l) < 0) return 0;
     size_t bytes = planes_bytes(g, &l) + round_up(k_of(g) * sizeof(size_t), BF_ALIGN) + BF_ALIGN;
-    if (g->pool) bytes += band_bytes(g) + (size_t)(threads < 1 ? 1 : threads) * pool_row_bytes(g);
+    if (g->pool) /* per thread: a band and a pooling row */
+        bytes += (size_t)(threads < 1 ? 1 : threads) * (band_bytes(g) + pool_row_bytes(g));
     return bytes;
 }
 
@@ -134,10 +135,9 @@ typedef struct {
     size_t ldo;           /* floats between channels of `out` */
     const size_t *off;
     size_t k, wpl, q_end, n_cb;
-    /* fused pool: the band's rows [ya, yb) in `out`, pooled rows [py0, py1) */
+    /* fused pool: `out` is the threads' band buffers */
     float *pooled;        /* the batch item's pooled output */
-    float *rows;          /* per-thread pooling rows */
-    size_t ya, yb, py0, py1;
+    float *rows;          /* the threads' pooling rows */
 } job;
 
 static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
@@ -156,64 +156,52 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     }
 }
 
-/* Pool the band's channels [begin, end) into pooled rows [py0, py1). */
-static void pool_range(void *ctx, size_t begin, size_t end, int thread_index) {
-    const job *j = ctx;
-    const bf_fconv_args *g = j->g;
-    const bf_fconv_pool *p = g->pool;
-    float *row = j->rows + (size_t)thread_index * (pool_row_bytes(g) / sizeof(float));
-    /* pooled row py reads band row py * sh - ph - ya: the kernel's padding, shifted */
-    const size_t ph = j->ya + p->ph - j->py0 * p->sh;
-    for (size_t c = begin; c < end; c++) {
-        p->kernel(j->out + c * j->ldo, j->pooled + (c * p->ho + j->py0) * p->wo, 1,
-                  j->yb - j->ya, g->wo, j->py1 - j->py0, p->wo, p->kh, p->kw, p->sh, p->sw, ph,
-                  p->pw, row);
-    }
-}
-
-/* The convolution into rows [y0, y1) of the band buffer (which holds rows from ya). */
-static void conv_rows(job *j, const float *planes, size_t y0, size_t y1, int threads) {
-    const bf_fconv_args *g = j->g;
-    job part = *j;
-    part.planes = planes + y0 * j->wpl;
-    part.out = j->out + (y0 - j->ya) * g->wo;
-    part.q_end = (y1 - y0 - 1) * j->wpl + g->wo;
-    const size_t n_qb = (part.q_end + g->nr - 1) / g->nr;
-    bf_parallel_for(threads, n_qb * j->n_cb, run_range, &part);
-}
-
-static void conv_pool(job *j, const float *planes, float *band, float *rows, float *pooled,
-                      int threads) {
-    const bf_fconv_args *g = j->g;
+/* Pooled rows [begin, end) of one batch item on one thread, band by band: the
+ * convolution rows a band needs (less those the previous band holds, moved to the top)
+ * into the thread's band buffer, then every channel's pooled rows. One fork-join per
+ * image, not per band; a thread's first band recomputes the kh - sh rows its
+ * predecessor also computed. */
+static void pool_bands(void *ctx, size_t begin, size_t end, int thread_index) {
+    const job *shared = ctx;
+    const bf_fconv_args *g = shared->g;
     const bf_fconv_pool *p = g->pool;
     size_t pb, band_h;
     band_rows(g, &pb, &band_h);
-    j->out = band;
-    j->ldo = band_h * g->wo;
-    j->rows = rows;
-    j->pooled = pooled;
-    size_t done = 0; /* convolution rows computed so far */
-    size_t prev_ya = 0;
-    for (size_t py0 = 0; py0 < p->ho; py0 += pb) {
-        const size_t py1 = py0 + pb < p->ho ? py0 + pb : p->ho;
+    float *band = shared->out + (size_t)thread_index * (band_bytes(g) / sizeof(float));
+    float *row = shared->rows + (size_t)thread_index * (pool_row_bytes(g) / sizeof(float));
+    const size_t ldo = band_h * g->wo;
+    size_t done = 0, prev_ya = 0; /* rows [prev_ya, done) are in the band */
+    int first = 1;
+    for (size_t py0 = begin; py0 < end; py0 += pb) {
+        const size_t py1 = py0 + pb < end ? py0 + pb : end;
         const size_t ya = py0 * p->sh > p->ph ? py0 * p->sh - p->ph : 0;
         size_t yb = (py1 - 1) * p->sh + p->kh - p->ph;
         if (yb > g->ho) yb = g->ho;
-        /* carry the rows [ya, done) the previous band already holds to the top */
-        if (done > ya && ya > prev_ya) {
+        const int carry = !first && done > ya;
+        if (carry && ya > prev_ya) {
             for (size_t c = 0; c < g->cout; c++)
-                memmove(band + c * j->ldo, band + c * j->ldo + (ya - prev_ya) * g->wo,
+                memmove(band + c * ldo, band + c * ldo + (ya - prev_ya) * g->wo,
                         (done - ya) * g->wo * sizeof(float));
         }
-        j->ya = ya;
-        j->yb = yb;
-        j->py0 = py0;
-        j->py1 = py1;
-        const size_t first = done > ya ? done : ya;
-        if (first < yb) conv_rows(j, planes, first, yb, threads);
+        const size_t y0 = carry ? done : ya;
+        if (y0 < yb) { /* convolution rows [y0, yb) */
+            job part = *shared;
+            part.planes = shared->planes + y0 * shared->wpl;
+            part.out = band + (y0 - ya) * g->wo;
+            part.ldo = ldo;
+            part.q_end = (yb - y0 - 1) * shared->wpl + g->wo;
+            const size_t n_qb = (part.q_end + g->nr - 1) / g->nr;
+            run_range(&part, 0, n_qb * shared->n_cb, thread_index);
+        }
+        /* pooled row py reads band row py * sh - ph - ya: the kernel's padding, shifted */
+        const size_t ph = ya + p->ph - py0 * p->sh;
+        for (size_t c = 0; c < g->cout; c++) {
+            p->kernel(band + c * ldo, shared->pooled + (c * p->ho + py0) * p->wo, 1, yb - ya,
+                      g->wo, py1 - py0, p->wo, p->kh, p->kw, p->sh, p->sw, ph, p->pw, row);
+        }
         done = yb;
         prev_ya = ya;
-        bf_parallel_for(threads, g->cout, pool_range, j);
+        first = 0;
     }
 }
 
@@ -225,7 +213,7 @@ void bf_fconv(const bf_fconv_args *g, int threads) {
     float *planes = (float *)base;
     size_t *off = (size_t *)(base + planes_bytes(g, &l));
     float *band = (float *)((unsigned char *)off + round_up(k * sizeof(size_t), BF_ALIGN));
-    float *rows = g->pool ? (float *)((unsigned char *)band + band_bytes(g)) : NULL;
+    float *rows = g->pool ? band + (size_t)threads * (band_bytes(g) / sizeof(float)) : NULL;
     const size_t pf = plane_floats(g, &l), area = l.hpl * l.wpl;
     for (size_t ci = 0; ci < g->cin; ci++) {
         for (size_t ky = 0; ky < g->kh; ky++) {
@@ -254,8 +242,10 @@ void bf_fconv(const bf_fconv_args *g, int threads) {
             j.planes = planes;
         }
         if (g->pool) {
-            conv_pool(&j, j.planes, band, rows,
-                      g->pool->out + b * g->cout * g->pool->ho * g->pool->wo, threads);
+            j.out = band;
+            j.rows = rows;
+            j.pooled = g->pool->out + b * g->cout * g->pool->ho * g->pool->wo;
+            bf_parallel_for(threads, g->pool->ho, pool_bands, &j);
             continue;
         }
         j.out = g->out + b * g->cout * g->ho * g->wo;
