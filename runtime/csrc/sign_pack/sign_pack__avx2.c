@@ -44,7 +44,8 @@ BF_TARGET_AVX2 void bf_sign_pack__avx2(const float *x, const float *threshold, b
                         if (ch >= c1) break;
                         /* 64 channel rows are more streams than the hardware prefetcher
                          * follows: fetch each row's line 8 pixels ahead of use */
-                        if ((p & 15) == 0) _mm_prefetch((const char *)(xb + ch * s + p + 32), _MM_HINT_T0);
+                        if ((p & 15) == 0)
+                            _mm_prefetch((const char *)(xb + ch * s + p + 32), _MM_HINT_T0);
                         const __m256 t = _mm256_set1_ps(threshold ? threshold[ch] : 0.0f);
                         const __m256 v = _mm256_loadu_ps(xb + ch * s + p);
                         /* ordered less-than: NaN compares false and packs as +1 */
