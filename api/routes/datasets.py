@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedDataset, SessionDep, StateDep, TenantDep, page_body
+from api.deps import OwnedDataset, SessionDep, StateDep, TenantDep, get_tenant, page_body
 from api.errors import Problem
 from api.schemas import DatasetOut, Page
 from api.uploads import check_content_length, receive
@@ -27,7 +27,8 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
         415: {"description": "Not a multipart/form-data body"},
         422: {"description": "Unusable"},
     },
-    dependencies=[Depends(require_multipart)],
+    # authenticate first: a keyless request is a 401 whatever its body
+    dependencies=[Depends(get_tenant), Depends(require_multipart)],
 )
 async def upload_dataset(
     request: Request,

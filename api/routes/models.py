@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedModel, SessionDep, StateDep, TenantDep, page_body
+from api.deps import OwnedModel, SessionDep, StateDep, TenantDep, get_tenant, page_body
 from api.errors import Problem
 from api.schemas import ModelOut, Page
 from api.uploads import check_content_length, receive
@@ -41,7 +41,8 @@ def _arch_kwargs(raw: str | None) -> dict[str, Any] | None:
         415: {"description": "Not a multipart/form-data body"},
         422: {"description": "Unusable"},
     },
-    dependencies=[Depends(require_multipart)],
+    # authenticate first: a keyless request is a 401 whatever its body
+    dependencies=[Depends(get_tenant), Depends(require_multipart)],
 )
 async def upload_model(
     request: Request,

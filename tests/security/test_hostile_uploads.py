@@ -428,6 +428,17 @@ def test_bodies_that_are_not_an_upload_are_refused(
     assert service.stored_files() == []
 
 
+@pytest.mark.parametrize("route", ["/v1/models", "/v1/datasets"])
+def test_a_keyless_upload_is_401_whatever_its_body(service: Service, route: str) -> None:
+    """Authentication comes before any judgement of the body (no 415 to strangers)."""
+    response = service.client.post(
+        route, headers={"content-type": "application/octet-stream"}, content=b"\x08\x07"
+    )
+    assert response.status_code == 401, response.text
+    assert "www-authenticate" in response.headers
+    assert service.stored_files() == []
+
+
 def test_weights_only_load_refuses_a_malicious_pickle_by_itself(
     built: Built, tmp_path: Path
 ) -> None:
