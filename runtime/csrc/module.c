@@ -97,6 +97,19 @@ static int get_buffer(bf_buffers *bufs, PyObject *obj, const char *what, size_t 
     return 0;
 }
 
+/* The product of `n` sizes, or SIZE_MAX when it overflows: every buffer-size check below
+ * multiplies through this, so absurd geometry fails the check instead of wrapping to a
+ * small size that a small buffer passes (found by fuzzing, tests/fuzz). */
+static size_t checked_product(const size_t *v, size_t n) {
+    size_t r = 1;
+    for (size_t i = 0; i < n; i++)
+        if (__builtin_mul_overflow(r, v[i], &r)) return SIZE_MAX;
+    return r;
+}
+#define BF_PRODUCT(...)                            \
+    checked_product((const size_t[]){__VA_ARGS__}, \
+                    sizeof((const size_t[]){__VA_ARGS__}) / sizeof(size_t))
+
 static int positive_sizes(const Py_ssize_t *values, int n) {
     for (int i = 0; i < n; i++) {
         if (values[i] <= 0 || values[i] > ((Py_ssize_t)1 << 31)) {
@@ -141,10 +154,10 @@ static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs)
     if (!table) return NULL;
     bf_buffers bufs = {.count = 0};
     void *a, *w, *c;
-    if (get_buffer(&bufs, a_obj, "a", ((np_ - 1) * lda + (n_seg - 1) * seg_stride + seg_len) * 8,
+    if (get_buffer(&bufs, a_obj, "a", BF_PRODUCT((np_ - 1) * lda + (n_seg - 1) * seg_stride + seg_len, 8),
                    0, 0, &a) < 0 ||
-        get_buffer(&bufs, w_obj, "w", ((nch - 1) * ldw + kw) * 8, 0, 0, &w) < 0 ||
-        get_buffer(&bufs, c_obj, "c", np_ * nch * 4, 1, 0, &c) < 0) {
+        get_buffer(&bufs, w_obj, "w", BF_PRODUCT((nch - 1) * ldw + kw, 8), 0, 0, &w) < 0 ||
+        get_buffer(&bufs, c_obj, "c", BF_PRODUCT(np_, nch, 4), 1, 0, &c) < 0) {
         release_all(&bufs);
         return NULL;
     }
@@ -189,8 +202,8 @@ static PyObject *py_panel_pack(PyObject *self, PyObject *args) {
     }
     bf_buffers bufs = {.count = 0};
     void *w, *panel;
-    if (get_buffer(&bufs, w_obj, "w", ((nch - 1) * ldw + kw) * 8, 0, 0, &w) < 0 ||
-        get_buffer(&bufs, p_obj, "panel", bf_xnor_panel_words(lanes, nch, kw) * 8, 1, 0,
+    if (get_buffer(&bufs, w_obj, "w", BF_PRODUCT((nch - 1) * ldw + kw, 8), 0, 0, &w) < 0 ||
+        get_buffer(&bufs, p_obj, "panel", BF_PRODUCT(bf_xnor_panel_words(lanes, nch, kw), 8), 1, 0,
                    &panel) < 0) {
         release_all(&bufs);
         return NULL;
@@ -231,9 +244,9 @@ static PyObject *py_xnor_gemm(PyObject *self, PyObject *args, PyObject *kwargs) 
     if (!table) return NULL;
     bf_buffers bufs = {.count = 0};
     void *a, *b, *c;
-    if (get_buffer(&bufs, a_obj, "a", ((m - 1) * lda + kw) * 8, 0, 0, &a) < 0 ||
-        get_buffer(&bufs, b_obj, "b", ((n - 1) * ldb + kw) * 8, 0, 0, &b) < 0 ||
-        get_buffer(&bufs, c_obj, "c", m * n * 4, 1, 0, &c) < 0) {
+    if (get_buffer(&bufs, a_obj, "a", BF_PRODUCT((m - 1) * lda + kw, 8), 0, 0, &a) < 0 ||
+        get_buffer(&bufs, b_obj, "b", BF_PRODUCT((n - 1) * ldb + kw, 8), 0, 0, &b) < 0 ||
+        get_buffer(&bufs, c_obj, "c", BF_PRODUCT(m, n, 4), 1, 0, &c) < 0) {
         release_all(&bufs);
         return NULL;
     }
@@ -260,9 +273,9 @@ static PyObject *py_sign_pack(PyObject *self, PyObject *args, PyObject *kwargs) 
     if (!table) return NULL;
     bf_buffers bufs = {.count = 0};
     void *x, *t, *out;
-    if (get_buffer(&bufs, x_obj, "x", n * c * s * 4, 0, 0, &x) < 0 ||
+    if (get_buffer(&bufs, x_obj, "x", BF_PRODUCT(n, c, s, 4), 0, 0, &x) < 0 ||
         get_buffer(&bufs, t_obj, "threshold", c * 4, 0, 1, &t) < 0 ||
-        get_buffer(&bufs, out_obj, "out", n * s * BF_WORDS_FOR(c) * 8, 1, 0, &out) < 0) {
+        get_buffer(&bufs, out_obj, "out", BF_PRODUCT(n, s, BF_WORDS_FOR(c), 8), 1, 0, &out) < 0) {
         release_all(&bufs);
         return NULL;
     }
@@ -347,24 +360,29 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     g.panel = table->xnor_panel;
     g.panel_lanes = table->panel_lanes;
 #if BF_ARCH_X86
-    if (table->isa == BF_ISA_AVX512) g.bits = bf_bconv_bits__avx512;
+    if (table->isa == BF_ISA_AVX512) {
+        g.bits = bf_bconv_bits__avx512;
+        g.floats = bf_bconv_float__avx512;
+    }
 #endif
-    const size_t outs = g.n * g.ho * g.wo;
+    const size_t outs = BF_PRODUCT(g.n, g.ho, g.wo);
     const int used = bf_bconv_threads(&g, threads < 1 ? 1 : threads);
     bf_buffers bufs = {.count = 0};
     void *p[12];
-    if (get_buffer(&bufs, obj[0], "x", g.n * g.h * g.w * cw * 8, 0, 0, &p[0]) < 0 ||
-        get_buffer(&bufs, obj[1], "weight", g.cout * g.kpad * 8, 0, 0, &p[1]) < 0 ||
-        get_buffer(&bufs, obj[2], "wsum", g.kh * g.kw * g.cout * 4, 0, !g.pad_zero, &p[2]) < 0 ||
+    if (get_buffer(&bufs, obj[0], "x", BF_PRODUCT(g.n, g.h, g.w, cw, 8), 0, 0, &p[0]) < 0 ||
+        get_buffer(&bufs, obj[1], "weight", BF_PRODUCT(g.cout, g.kpad, 8), 0, 0, &p[1]) < 0 ||
+        get_buffer(&bufs, obj[2], "wsum", BF_PRODUCT(g.kh, g.kw, g.cout, 4), 0, !g.pad_zero, &p[2]) < 0 ||
         get_buffer(&bufs, obj[3], "scale", g.cout * 4, 0, 0, &p[3]) < 0 ||
         get_buffer(&bufs, obj[4], "bias", g.cout * 4, 0, 1, &p[4]) < 0 ||
         get_buffer(&bufs, obj[5], "pos_h", g.ho * 4, 0, 1, &p[5]) < 0 ||
         get_buffer(&bufs, obj[6], "pos_w", g.wo * 4, 0, 1, &p[6]) < 0 ||
         get_buffer(&bufs, obj[7], "slope", g.cout * 4, 0, activation != BF_ACT_PRELU, &p[7]) < 0 ||
-        get_buffer(&bufs, obj[8], "residual", outs * g.cout * 4, 0, 1, &p[8]) < 0 ||
+        get_buffer(&bufs, obj[8], "residual", BF_PRODUCT(outs, g.cout, 4), 0, 1, &p[8]) < 0 ||
         get_buffer(&bufs, obj[9], "out_threshold", g.cout * 4, 0, 1, &p[9]) < 0 ||
         get_buffer(&bufs, obj[10], "out",
-                   g.out_bits ? outs * BF_WORDS_FOR(g.cout) * 8 : outs * g.cout * 4, 1, 0,
+                   g.out_bits ? BF_PRODUCT(outs, BF_WORDS_FOR(g.cout), 8)
+                              : BF_PRODUCT(outs, g.cout, 4),
+                   1, 0,
                    &p[10]) < 0 ||
         get_buffer(&bufs, obj[11], "scratch", bf_bconv_scratch_bytes(g.kpad, used), 1, 0,
                    &p[11]) < 0) {
@@ -439,9 +457,9 @@ static int fconv_geometry(PyObject *geometry, bf_fconv_args *g) {
     }
     g->ho = (g->h + 2 * g->ph - eh) / g->sh + 1;
     g->wo = (g->w + 2 * g->pw - ew) / g->sw + 1;
-    if (g->n * g->cin * g->h * g->w > ((size_t)1 << 31) ||
-        g->n * g->cout * g->ho * g->wo > ((size_t)1 << 31) ||
-        g->cout * g->cin * g->kh * g->kw > ((size_t)1 << 31)) {
+    if (BF_PRODUCT(g->n, g->cin, g->h, g->w) > ((size_t)1 << 31) ||
+        BF_PRODUCT(g->n, g->cout, g->ho, g->wo) > ((size_t)1 << 31) ||
+        BF_PRODUCT(g->cout, g->cin, g->kh, g->kw) > ((size_t)1 << 31)) {
         PyErr_SetString(PyExc_ValueError, "fconv: tensors above 2**31 elements");
         return -1;
     }
@@ -532,7 +550,8 @@ static PyObject *py_fconv(PyObject *self, PyObject *args, PyObject *kwargs) {
         get_buffer(&bufs, obj[1], "weight", blocks * g.mr * k * 4, 0, 0, &p[1]) < 0 ||
         get_buffer(&bufs, obj[2], "bias", g.cout * 4, 0, 1, &p[2]) < 0 ||
         get_buffer(&bufs, obj[3], "out",
-                   g.pool ? g.n * g.cout * pool.ho * pool.wo * 4 : g.n * g.cout * g.ho * g.wo * 4,
+                   g.pool ? BF_PRODUCT(g.n, g.cout, pool.ho, pool.wo, 4)
+                          : BF_PRODUCT(g.n, g.cout, g.ho, g.wo, 4),
                    1, 0, &p[3]) < 0 ||
         get_buffer(&bufs, obj[4], "scratch", bf_fconv_scratch_bytes(&g, threads), 1, 0, &p[4]) <
             0) {
@@ -553,6 +572,44 @@ static PyObject *py_fconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_END_ALLOW_THREADS
     release_all(&bufs);
     return PyLong_FromLong(used);
+}
+
+/* --- flinear -------------------------------------------------------------------------- */
+
+static PyObject *py_flinear(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x", "weight", "bias", "out", "n", "in_features", "out_features",
+                             "isa", NULL};
+    PyObject *obj[4], *isa_name = NULL;
+    Py_ssize_t sz[3];
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOnnn|O", kwlist, &obj[0], &obj[1],
+                                     &obj[2], &obj[3], &sz[0], &sz[1], &sz[2], &isa_name))
+        return NULL;
+    if (positive_sizes(sz, 3) < 0) return NULL;
+    const size_t n = (size_t)sz[0], in = (size_t)sz[1], out = (size_t)sz[2];
+    if (n * in > ((size_t)1 << 31) || n * out > ((size_t)1 << 31) ||
+        in * out > ((size_t)1 << 31)) {
+        PyErr_SetString(PyExc_ValueError, "flinear: tensors above 2**31 elements");
+        return NULL;
+    }
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    const size_t blocks = (out + BF_FLINEAR_BLOCK - 1) / BF_FLINEAR_BLOCK;
+    bf_buffers bufs = {.count = 0};
+    void *p[4];
+    if (get_buffer(&bufs, obj[0], "x", n * in * 4, 0, 0, &p[0]) < 0 ||
+        get_buffer(&bufs, obj[1], "weight", blocks * BF_FLINEAR_BLOCK * in * 2, 0, 0, &p[1]) < 0 ||
+        get_buffer(&bufs, obj[2], "bias", out * 4, 0, 1, &p[2]) < 0 ||
+        get_buffer(&bufs, obj[3], "out", n * out * 4, 1, 0, &p[3]) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    table->flinear((const float *)p[0], n, in, (const uint16_t *)p[1], (const float *)p[2], out,
+                   (float *)p[3]);
+    Py_END_ALLOW_THREADS
+    release_all(&bufs);
+    Py_RETURN_NONE;
 }
 
 /* --- maxpool2d ------------------------------------------------------------------------ */
@@ -584,8 +641,8 @@ static PyObject *py_maxpool2d(PyObject *self, PyObject *args) {
     }
     bf_buffers bufs = {.count = 0};
     void *x, *out, *row;
-    if (get_buffer(&bufs, x_obj, "x", planes * h * w * 4, 0, 0, &x) < 0 ||
-        get_buffer(&bufs, out_obj, "out", planes * ho * wo * 4, 1, 0, &out) < 0 ||
+    if (get_buffer(&bufs, x_obj, "x", BF_PRODUCT(planes, h, w, 4), 0, 0, &x) < 0 ||
+        get_buffer(&bufs, out_obj, "out", BF_PRODUCT(planes, ho, wo, 4), 1, 0, &out) < 0 ||
         get_buffer(&bufs, row_obj, "row", w * 4, 1, 0, &row) < 0) {
         release_all(&bufs);
         return NULL;
@@ -676,6 +733,10 @@ static PyMethodDef methods[] = {
     {"fconv_channels", (PyCFunction)(void (*)(void))py_fconv_channels,
      METH_VARARGS | METH_KEYWORDS,
      "fconv_channels(isa=None) -> int\n\nOutput channels per packed weight block of the ISA."},
+    {"flinear", (PyCFunction)(void (*)(void))py_flinear, METH_VARARGS | METH_KEYWORDS,
+     "flinear(x, weight, bias, out, n, in_features, out_features, isa=None) -> None\n\n"
+     "out = x @ w.T + bias in float32 on float16 weights packed in blocks of 64 outputs "
+     "(flinear.h)."},
     {"maxpool2d", py_maxpool2d, METH_VARARGS,
      "maxpool2d(x, out, row, (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw), isa=None) -> None\n\n"
      "Max pooling of float32 planes; windows clipped to the input."},
