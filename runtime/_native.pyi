@@ -65,6 +65,16 @@ def bconv(
 def maxpool2d(
     x: _Array, out: _Array, row: _Array, geometry: tuple[int, ...], isa: str | None = None, /
 ) -> None: ...
+def flinear(
+    x: _Array,
+    weight: _Array,
+    bias: _Array | None,
+    out: _Array,
+    n: int,
+    in_features: int,
+    out_features: int,
+    isa: str | None = None,
+) -> None: ...
 def fconv_channels(isa: str | None = None) -> int: ...
 def fconv_scratch_bytes(
     geometry: tuple[int, ...], pool: tuple[int, ...] | None = None, threads: int = 1, /

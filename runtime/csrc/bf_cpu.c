@@ -18,8 +18,9 @@ static int bf_x86_has_avx2(void) {
     unsigned int a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
     const int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, popcnt = (c >> 23) & 1;
-    const int fma = (c >> 12) & 1; /* the float kernels' AVX2 level uses FMA */
-    if (!osxsave || !avx || !popcnt || !fma) return 0;
+    /* the float kernels' AVX2 level uses FMA and F16C */
+    const int fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    if (!osxsave || !avx || !popcnt || !fma || !f16c) return 0;
     /* The OS must save XMM and YMM state (XCR0 bits 1 and 2). */
     if ((bf_xgetbv0() & 0x6) != 0x6) return 0;
     if (__get_cpuid_max(0, 0) < 7) return 0;

@@ -8,6 +8,7 @@
 
 #include "bf_cpu.h"
 #include "fconv/fconv.h"
+#include "flinear/flinear.h"
 #include "maxpool/maxpool.h"
 #include "popcount/popcount.h"
 #include "sign_pack/sign_pack.h"
@@ -24,6 +25,7 @@ typedef struct {
     size_t fconv_mr, fconv_nr;   /* channels x outputs of a float convolution block */
     bf_fconv_fn fconv;           /* the float convolution's block kernel */
     bf_maxpool2d_fn maxpool2d;
+    bf_flinear_fn flinear;       /* real linear layer on F16 weights */
 } bf_kernels;
 
 /* Table for `isa`, or NULL when this CPU or build lacks it. */

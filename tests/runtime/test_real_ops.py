@@ -7,6 +7,8 @@ padding, dilation, batches, channel counts that do not fill a kernel block.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 
 import runtime
 from runtime import _native
-from runtime.model import FloatConv
+from runtime.model import FloatConv, FloatLinear
 
 ISAS = runtime.supported_isas()
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -305,3 +307,67 @@ def test_fconv_pool_rejects_windows_outside_the_input() -> None:
     for pool in [(2, 2, 1, 1, 2, 0, 7, 7), (2, 2, 3, 1, 0, 0, 3, 7), (2, 2, 1, 1, 0, 0, 9, 7)]:
         with pytest.raises(ValueError, match="window"):
             _native.fconv(x, packed, None, out, scratch, geometry, False, 1, None, pool)
+
+
+@FAST
+@given(
+    n=st.integers(1, 3),
+    fin=st.sampled_from([1, 2, 7, 64, 97, 512]),
+    fout=st.sampled_from([1, 5, 63, 64, 65, 130, 1000]),
+    bias=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_flinear_every_isa_matches_float64_on_the_half_weights(
+    n: int, fin: int, fout: int, bias: bool, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, fin)).astype(np.float32)
+    weight = rng.standard_normal((fout, fin)).astype(np.float16)
+    weight[0, 0] = np.float16(6e-8)  # a subnormal: converted exactly
+    b = rng.standard_normal(fout).astype(np.float32) if bias else None
+    w64 = weight.astype(np.float64)
+    ref = x.astype(np.float64) @ w64.T + (0 if b is None else b)
+    bound = (np.abs(x) @ np.abs(w64).T + (0 if b is None else np.abs(b))) * (fin + 1) * EPS32
+    packed = FloatLinear(weight).packed
+    for isa in ISAS:
+        out = np.full((n, fout), np.nan, np.float32)
+        _native.flinear(x, packed, b, out, n, fin, fout, isa)
+        assert np.all(np.abs(out - ref) <= bound + 1e-30), isa
+
+
+def test_flinear_rejects_short_buffers() -> None:
+    packed = FloatLinear(np.ones((3, 4), np.float16)).packed
+    x, out = np.ones((2, 4), np.float32), np.zeros((2, 3), np.float32)
+    _native.flinear(x, packed, None, out, 2, 4, 3)
+    np.testing.assert_array_equal(out, np.full((2, 3), 4.0, np.float32))
+    with pytest.raises(ValueError, match="weight has"):
+        _native.flinear(x, packed[:-1], None, out, 2, 4, 3)
+    with pytest.raises(ValueError, match="out has"):
+        _native.flinear(x, packed, None, out[:1], 2, 4, 3)
+    with pytest.raises(ValueError, match="positive"):
+        _native.flinear(x, packed, None, out, 0, 4, 3)
+
+
+def test_half_linear_in_a_model_matches_float64(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((70, 33)).astype(np.float16)
+    bias = rng.standard_normal(70).astype(np.float16)
+    graph = {
+        "inputs": [{"name": "x", "shape": [None, 33], "dtype": "float32"}],
+        "outputs": [{"name": "fc", "shape": [None, 70], "dtype": "float32"}],
+        "nodes": [
+            {
+                "op": "linear",
+                "name": "fc",
+                "inputs": ["x"],
+                "outputs": ["fc"],
+                "params": {"weight": "fc.weight", "bias": "fc.bias"},
+            }
+        ],
+    }
+    x = rng.standard_normal((4, 33)).astype(np.float32)
+    tensors = {"fc.weight": weight, "fc.bias": bias}
+    runtime.write_bfm(tmp_path / "half.bfm", graph=graph, tensors=tensors, provenance={})
+    got = np.asarray(runtime.load(tmp_path / "half.bfm").run(x))
+    expected = x.astype(np.float64) @ weight.astype(np.float64).T + bias.astype(np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
