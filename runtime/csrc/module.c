@@ -360,10 +360,7 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     g.panel = table->xnor_panel;
     g.panel_lanes = table->panel_lanes;
 #if BF_ARCH_X86
-    if (table->isa == BF_ISA_AVX512) {
-        g.bits = bf_bconv_bits__avx512;
-        g.floats = bf_bconv_float__avx512;
-    }
+    if (table->isa == BF_ISA_AVX512) g.bits = bf_bconv_bits__avx512;
 #endif
     const size_t outs = BF_PRODUCT(g.n, g.ho, g.wo);
     const int used = bf_bconv_threads(&g, threads < 1 ? 1 : threads);
