@@ -579,7 +579,11 @@ def infer_graph(
             if name in values:
                 raise FormatError(f"{node.where}: value {name!r} is produced twice")
             values[name] = info
+    declared: set[str] = set()
     for name, shape in _value_list(graph, "outputs"):
+        if name in declared:  # Model.run returns outputs by name
+            raise FormatError(f"graph.outputs: {name!r} is declared twice")
+        declared.add(name)
         if name not in values:
             raise FormatError(f"graph.outputs: {name!r} is not produced by any node")
         if values[name].kind != "float" or values[name].shape != shape:

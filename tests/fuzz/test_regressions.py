@@ -182,3 +182,56 @@ def test_binary_layer_with_more_than_2_30_taps_is_a_format_error(tmp_path: Path)
     tensors = {"w": pack_signs(np.ones((1, 1, 1, 64))), "scale": np.ones(1, np.float32)}
     with pytest.raises(FormatError, match="exceed 1073741823 taps"):
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+
+
+def test_output_declared_twice_is_a_format_error(tmp_path: Path) -> None:
+    # accepted, and Model.run then returned one array for two declared outputs
+    graph, tensors = _linear_model()
+    graph["outputs"].append(dict(graph["outputs"][0]))
+    with pytest.raises(FormatError, match="'y' is declared twice"):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+
+
+WRAPPING_CALLS = r"""
+import numpy as np
+from runtime import _native
+big = 1 << 30
+u64, f32 = np.zeros(1, np.uint64), np.zeros(4, np.float32)
+scratch = np.zeros(_native.bconv_scratch_bytes(1, 1), np.uint8)
+calls = {
+    "bconv": lambda: _native.bconv(
+        u64, u64, None, f32, None, None, None, None, None, None, f32, scratch,
+        (big, big, 8, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1), (0, 0, -1.0, 1.0, 0, 0), 1,
+    ),
+    "sign_pack": lambda: _native.sign_pack(f32, None, u64, 2 * big, 2 * big, 2 * big),
+    "xnor_gemm": lambda: _native.xnor_gemm(u64, u64, f32, *(2 * big,) * 5),
+    "maxpool2d": lambda: _native.maxpool2d(
+        f32, f32, f32, (2 * big, 2 * big, 4, 2 * big, 1, 1, 1, 1, 1, 0, 0)
+    ),
+}
+for name, call in calls.items():
+    try:
+        call()
+        print(name, "returned")
+    except ValueError as exc:
+        print(name, "ValueError", exc)
+"""
+
+
+def test_c_buffer_checks_do_not_wrap_around_on_huge_geometry() -> None:
+    # module.c multiplied sizes in size_t without overflow checks: (2**30, 2**30, 8) pixels
+    # of 8 bytes "needed" 0 bytes, a 1-word buffer passed, and the kernel read far past it
+    # (an ASan heap-buffer-overflow). The calls run in a subprocess: a regression crashes.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", WRAPPING_CALLS], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        [name, "ValueError"] for name in ("bconv", "sign_pack", "xnor_gemm", "maxpool2d")
+    ], result.stdout
+    # each size overflowed (and wrapped to 0 before: every buffer passed the check)
+    assert all(line.endswith(f"needs {2**64 - 1}") for line in lines), result.stdout
