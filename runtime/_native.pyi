@@ -77,7 +77,11 @@ def flinear(
 ) -> None: ...
 def fconv_channels(isa: str | None = None) -> int: ...
 def fconv_scratch_bytes(
-    geometry: tuple[int, ...], pool: tuple[int, ...] | None = None, threads: int = 1, /
+    geometry: tuple[int, ...],
+    pool: tuple[int, ...] | None = None,
+    threads: int = 1,
+    bits: bool = False,
+    /,
 ) -> int: ...
 def fconv(
     x: _Array,
@@ -90,4 +94,6 @@ def fconv(
     threads: int,
     isa: str | None = None,
     pool: tuple[int, ...] | None = None,
+    bits: _Array | None = None,
+    threshold: _Array | None = None,
 ) -> int: ...

@@ -187,10 +187,13 @@ class _Step:
         self.op: str = node["op"]
         self.inputs: list[str] = list(node["inputs"])
         self.output: str = node["outputs"][0]
+        # further outputs a fused step writes too (the sign-packed copy of a fused pool)
+        self.extra_outputs: list[str] = list(node["outputs"][1:])
         self.attrs: dict[str, Any] = dict(node.get("attrs", {}))
         self.params = {role: tensors[t] for role, t in node.get("params", {}).items()}
         self.in_info = [values[v] for v in self.inputs]
         self.out_info = values[self.output]
+        self.extra_info = [values[v] for v in self.extra_outputs]
         self.alias = self.op in ("flatten", "reshape")  # output is a view of the input
         self.binary: BinaryConv | None = None
         # kernel scratch for (batch, threads) (real ops in C), besides the binary layers'
@@ -402,9 +405,11 @@ class _Step:
                 pho,
                 pwo,
             )
+        bits_name = self.extra_outputs[0] if self.extra_outputs else None
         self.scratch_bytes = lambda n, threads: int(
-            _native.fconv_scratch_bytes((n, *geometry), pool, threads)
+            _native.fconv_scratch_bytes((n, *geometry), pool, threads, bits_name is not None)
         )
+        threshold = self._param("threshold")  # of a fused sign_pack
 
         def run_fconv(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
             geo = (plan.n, *geometry)
@@ -419,6 +424,8 @@ class _Step:
                 plan.threads,
                 None,
                 pool,
+                None if bits_name is None else plan.values[bits_name],
+                threshold,
             )
 
         return run_fconv
@@ -606,6 +613,32 @@ FUSED_RELU = "__fused_relu"  # set by _fuse_relu on a loaded (already validated)
 FUSED_POOL = "__fused_maxpool"  # set by _fuse_pool: the max pooling's attrs
 
 
+def _fuse_sign_pack(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Let a real conv with a fused max pooling also sign-pack its pooled output, where a
+    ``sign_pack`` of that output comes right after it: each band is packed while in cache
+    and the step gets the packed value as a second output (the float one stays, for its
+    other readers)."""
+    result: list[dict[str, Any]] = []
+    for node in nodes:
+        source = result[-1] if result else None
+        if (
+            node["op"] == "sign_pack"
+            and source is not None
+            and source["op"] == "conv2d"
+            and FUSED_POOL in source.get("attrs", {})
+            and len(source["outputs"]) == 1
+            and source["outputs"][0] == node["inputs"][0]
+        ):
+            params = dict(source.get("params", {}))
+            if "threshold" in node.get("params", {}):
+                params["threshold"] = node["params"]["threshold"]
+            outputs = [*source["outputs"], *node["outputs"]]
+            result[-1] = {**source, "outputs": outputs, "params": params}
+            continue
+        result.append(node)
+    return result
+
+
 def _fuse_pool(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str, Any]]:
     """Run a ``maxpool2d`` inside the real conv (and fused relu) before it, where that
     conv feeds only it and runs in C: the conv's output is then pooled band by band while
@@ -732,6 +765,7 @@ class Model:
         nodes, tensors = _fold_batchnorm(nodes, tensors, output_names)
         nodes = _fuse_relu(nodes, output_names)
         nodes = _fuse_pool(nodes, output_names)
+        nodes = _fuse_sign_pack(nodes)
         self._steps = [_Step(i, node, values, tensors, halves) for i, node in enumerate(nodes)]
         self._threads = default_threads() if threads is None else self._check_threads(threads)
         self._local = threading.local()
@@ -781,10 +815,14 @@ class Model:
             if step.alias:
                 plan.values[step.output] = plan.values[step.inputs[0]].reshape(shape)
             else:
-                pool = free.get((shape, dtype.str))
-                buf = pool.pop() if pool else np.empty(shape, dtype=dtype)
-                plan.values[step.output] = buf
-                live_until[step.output] = self._last_use.get(step.output, step.index)
+                outs = [(step.output, step.out_info)]
+                outs += zip(step.extra_outputs, step.extra_info, strict=True)
+                for name, info in outs:
+                    shape, dtype = _concrete(info, n)
+                    pool = free.get((shape, dtype.str))
+                    buf = pool.pop() if pool else np.empty(shape, dtype=dtype)
+                    plan.values[name] = buf
+                    live_until[name] = self._last_use.get(name, step.index)
             if step.binary is not None:
                 scratch = max(scratch, step.binary.scratch_bytes(threads))
             if step.scratch_bytes is not None:

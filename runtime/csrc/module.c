@@ -492,8 +492,8 @@ static int fconv_pool_geometry(PyObject *obj, const bf_fconv_args *g, bf_fconv_p
 static PyObject *py_fconv_scratch_bytes(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *geometry, *pool_obj = NULL;
-    int threads = 1;
-    if (!PyArg_ParseTuple(args, "O!|Oi", &PyTuple_Type, &geometry, &pool_obj, &threads))
+    int threads = 1, bits = 0;
+    if (!PyArg_ParseTuple(args, "O!|Oip", &PyTuple_Type, &geometry, &pool_obj, &threads, &bits))
         return NULL;
     bf_fconv_args g;
     bf_fconv_pool pool;
@@ -501,6 +501,8 @@ static PyObject *py_fconv_scratch_bytes(PyObject *self, PyObject *args) {
     const int has_pool = fconv_pool_geometry(pool_obj, &g, &pool);
     if (has_pool < 0) return NULL;
     g.pool = has_pool == 0 ? &pool : NULL;
+    static bf_word marker; /* any non-NULL bits: the size only asks whether they exist */
+    pool.bits = bits ? &marker : NULL;
     return PyLong_FromSize_t(bf_fconv_scratch_bytes(&g, threads < 1 ? 1 : threads));
 }
 
@@ -517,12 +519,13 @@ static PyObject *py_fconv_channels(PyObject *self, PyObject *args, PyObject *kwa
 static PyObject *py_fconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"x",    "weight",  "bias", "out",  "scratch", "geometry",
-                             "relu", "threads", "isa",  "pool", NULL};
-    PyObject *obj[5], *geometry, *isa_name = NULL, *pool_obj = NULL;
+                             "relu", "threads", "isa",  "pool", "bits",    "threshold", NULL};
+    PyObject *obj[7], *geometry, *isa_name = NULL, *pool_obj = NULL;
     int relu, threads;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO!pi|OO", kwlist, &obj[0], &obj[1],
+    obj[5] = obj[6] = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO!pi|OOOO", kwlist, &obj[0], &obj[1],
                                      &obj[2], &obj[3], &obj[4], &PyTuple_Type, &geometry, &relu,
-                                     &threads, &isa_name, &pool_obj))
+                                     &threads, &isa_name, &pool_obj, &obj[5], &obj[6]))
         return NULL;
     bf_fconv_args g;
     bf_fconv_pool pool;
@@ -537,13 +540,25 @@ static PyObject *py_fconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     g.relu = relu;
     if (has_pool == 0) {
         pool.kernel = table->maxpool2d;
+        pool.sign_pack = table->sign_pack;
         g.pool = &pool;
+    } else if (obj[5] != Py_None) {
+        PyErr_SetString(PyExc_ValueError, "fconv: bits need a pool");
+        return NULL;
     }
     if (threads < 1) threads = 1;
     const size_t k = g.cin * g.kh * g.kw, blocks = (g.cout + g.mr - 1) / g.mr;
     bf_buffers bufs = {.count = 0};
-    void *p[5];
+    void *p[7];
+    if (get_buffer(&bufs, obj[5], "bits",
+                   g.pool ? BF_PRODUCT(g.n, pool.ho, pool.wo, BF_WORDS_FOR(g.cout), 8) : 0, 1,
+                   1, &p[5]) < 0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    pool.bits = (bf_word *)p[5]; /* before the scratch size: packing needs a stage */
     if (get_buffer(&bufs, obj[0], "x", g.n * g.cin * g.h * g.w * 4, 0, 0, &p[0]) < 0 ||
+        get_buffer(&bufs, obj[6], "threshold", g.cout * 4, 0, 1, &p[6]) < 0 ||
         get_buffer(&bufs, obj[1], "weight", blocks * g.mr * k * 4, 0, 0, &p[1]) < 0 ||
         get_buffer(&bufs, obj[2], "bias", g.cout * 4, 0, 1, &p[2]) < 0 ||
         get_buffer(&bufs, obj[3], "out",
@@ -558,9 +573,10 @@ static PyObject *py_fconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     g.x = (const float *)p[0];
     g.weight = (const float *)p[1];
     g.bias = (const float *)p[2];
-    if (g.pool)
+    if (g.pool) {
         pool.out = (float *)p[3];
-    else
+        pool.threshold = p[5] ? (const float *)p[6] : NULL;
+    } else
         g.out = (float *)p[3];
     g.scratch = p[4];
     const int used = bf_fconv_threads(&g, threads);
@@ -719,13 +735,16 @@ static PyMethodDef methods[] = {
      "the weight rows already repacked with `panel_lanes` lanes (used when that is the ISA's "
      "lane count; otherwise each chunk is repacked in scratch)."},
     {"fconv", (PyCFunction)(void (*)(void))py_fconv, METH_VARARGS | METH_KEYWORDS,
-     "fconv(x, weight, bias, out, scratch, geometry, relu, threads, isa=None, pool=None) -> int\n\n"
+     "fconv(x, weight, bias, out, scratch, geometry, relu, threads, isa=None, pool=None, "
+     "bits=None, threshold=None) -> int\n\n"
      "Float32 NCHW convolution (groups 1) on weights packed for fconv_channels(isa); "
      "geometry (n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw). With pool (kh, kw, sh, "
-     "sw, ph, pw, ho, wo) a max pooling follows (after relu) and `out` is the pooled output. "
+     "sw, ph, pw, ho, wo) a max pooling follows (after relu) and `out` is the pooled output; "
+     "with bits (n, ho, wo, ceil(cout/64)) words it is also sign-packed there (as sign_pack, "
+     "against threshold). "
      "Returns the threads used."},
     {"fconv_scratch_bytes", py_fconv_scratch_bytes, METH_VARARGS,
-     "fconv_scratch_bytes(geometry, pool=None, threads=1) -> int\n\n"
+     "fconv_scratch_bytes(geometry, pool=None, threads=1, bits=False) -> int\n\n"
      "Scratch bytes an fconv call needs."},
     {"fconv_channels", (PyCFunction)(void (*)(void))py_fconv_channels,
      METH_VARARGS | METH_KEYWORDS,

@@ -371,3 +371,44 @@ def test_half_linear_in_a_model_matches_float64(tmp_path: Path) -> None:
     got = np.asarray(runtime.load(tmp_path / "half.bfm").run(x))
     expected = x.astype(np.float64) @ weight.astype(np.float64).T + bias.astype(np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cout", [64, 70])
+def test_fconv_fused_pool_also_sign_packs_each_band(isa: str, cout: int) -> None:
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 2, 61, 203)).astype(np.float32)
+    weight = rng.standard_normal((cout, 2, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    threshold = (rng.standard_normal(cout) * 0.5).astype(np.float32)
+    ref, bound = _reference(x, weight, bias, (2, 2), (1, 1), (1, 1))
+    ref = F.max_pool2d(torch.from_numpy(np.maximum(ref, 0)), 3, 2, 1).numpy()
+    bound = F.max_pool2d(torch.from_numpy(bound), 3, 2, 1).numpy()
+    geometry = (2, 2, 61, 203, cout, 3, 3, 2, 2, 1, 1, 1, 1)
+    pool = (3, 3, 2, 2, 1, 1, ref.shape[2], ref.shape[3])
+    packed = FloatConv(weight, bias).packed(isa)
+    for threads in (1, 2):
+        out = np.full(ref.shape, np.nan, np.float32)
+        bits = np.full((2, ref.shape[2], ref.shape[3], -(-cout // 64)), 7, np.uint64)
+        size = _native.fconv_scratch_bytes(geometry, pool, threads, True)
+        assert size > _native.fconv_scratch_bytes(geometry, pool, threads)
+        small = np.empty(_native.fconv_scratch_bytes(geometry, pool, threads), np.uint8)
+        with pytest.raises(ValueError, match="scratch has"):  # sized without the stage
+            _native.fconv(x, packed, bias, out, small, geometry, True, threads, isa, pool, bits)
+        scratch = np.empty(size, np.uint8)
+        _native.fconv(
+            x, packed, bias, out, scratch, geometry, True, threads, isa, pool, bits, threshold
+        )
+        assert np.all(np.abs(out - ref) <= bound)
+        expected = np.empty_like(bits)  # the same packing of the float output it wrote
+        _native.sign_pack(out, threshold, expected, 2, cout, out.shape[2] * out.shape[3], isa)
+        np.testing.assert_array_equal(bits, expected)
+
+
+def test_fconv_bits_need_a_pool() -> None:
+    geometry = (1, 1, 4, 4, 1, 1, 1, 1, 1, 0, 0, 1, 1)
+    x, out = np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 4, 4), np.float32)
+    packed = FloatConv(np.ones((1, 1, 1, 1), np.float32), None).packed()
+    scratch = np.zeros(_native.fconv_scratch_bytes(geometry), np.uint8)
+    with pytest.raises(ValueError, match="need a pool"):
+        _native.fconv(x, packed, None, out, scratch, geometry, False, 1, None, None, out)

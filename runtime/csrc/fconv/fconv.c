@@ -70,6 +70,18 @@ static size_t pool_row_bytes(const bf_fconv_args *g) {
     return round_up(g->wo * sizeof(float), BF_ALIGN);
 }
 
+/* A thread's stage for a band's pooled rows when they are also sign-packed. */
+static size_t stage_bytes(const bf_fconv_args *g) {
+    if (!g->pool || !g->pool->bits) return 0;
+    size_t pb, rows;
+    band_rows(g, &pb, &rows);
+    return round_up(g->cout * pb * g->pool->wo * sizeof(float), BF_ALIGN);
+}
+
+static size_t thread_bytes(const bf_fconv_args *g) {
+    return band_bytes(g) + pool_row_bytes(g) + stage_bytes(g);
+}
+
 static size_t planes_bytes(const bf_fconv_args *g, const layout *l) {
     return round_up(l->direct ? 0 : l->slots * plane_floats(g, l) * sizeof(float), BF_ALIGN);
 }
@@ -78,8 +90,8 @@ size_t bf_fconv_scratch_bytes(const bf_fconv_args *g, int threads) {
     layout l;
     if (make_layout(g, &l) < 0) return 0;
     size_t bytes = planes_bytes(g, &l) + round_up(k_of(g) * sizeof(size_t), BF_ALIGN) + BF_ALIGN;
-    if (g->pool) /* per thread: a band and a pooling row */
-        bytes += (size_t)(threads < 1 ? 1 : threads) * (band_bytes(g) + pool_row_bytes(g));
+    if (g->pool) /* per thread: a band, a pooling row (and a stage) */
+        bytes += (size_t)(threads < 1 ? 1 : threads) * thread_bytes(g);
     return bytes;
 }
 
@@ -137,7 +149,7 @@ typedef struct {
     size_t k, wpl, q_end, n_cb;
     /* fused pool: `out` is the threads' band buffers */
     float *pooled;        /* the batch item's pooled output */
-    float *rows;          /* the threads' pooling rows */
+    bf_word *bits;        /* its sign-packed copy, or NULL */
 } job;
 
 static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
@@ -167,8 +179,10 @@ static void pool_bands(void *ctx, size_t begin, size_t end, int thread_index) {
     const bf_fconv_pool *p = g->pool;
     size_t pb, band_h;
     band_rows(g, &pb, &band_h);
-    float *band = shared->out + (size_t)thread_index * (band_bytes(g) / sizeof(float));
-    float *row = shared->rows + (size_t)thread_index * (pool_row_bytes(g) / sizeof(float));
+    unsigned char *mine = (unsigned char *)shared->out + (size_t)thread_index * thread_bytes(g);
+    float *band = (float *)mine;
+    float *row = (float *)(mine + band_bytes(g));
+    float *stage = (float *)(mine + band_bytes(g) + pool_row_bytes(g));
     const size_t ldo = band_h * g->wo;
     size_t done = 0, prev_ya = 0; /* rows [prev_ya, done) are in the band */
     int first = 1;
@@ -194,10 +208,18 @@ static void pool_bands(void *ctx, size_t begin, size_t end, int thread_index) {
             run_range(&part, 0, n_qb * shared->n_cb, thread_index);
         }
         /* pooled row py reads band row py * sh - ph - ya: the kernel's padding, shifted */
-        const size_t ph = ya + p->ph - py0 * p->sh;
+        const size_t ph = ya + p->ph - py0 * p->sh, pix = (py1 - py0) * p->wo;
         for (size_t c = 0; c < g->cout; c++) {
-            p->kernel(band + c * ldo, shared->pooled + (c * p->ho + py0) * p->wo, 1, yb - ya,
-                      g->wo, py1 - py0, p->wo, p->kh, p->kw, p->sh, p->sw, ph, p->pw, row);
+            float *dst = p->bits ? stage + c * pix : shared->pooled + (c * p->ho + py0) * p->wo;
+            p->kernel(band + c * ldo, dst, 1, yb - ya, g->wo, py1 - py0, p->wo, p->kh, p->kw,
+                      p->sh, p->sw, ph, p->pw, row);
+        }
+        if (p->bits) { /* pack the band's pixels, then hand its rows to the float output */
+            const size_t cw = BF_WORDS_FOR(g->cout);
+            p->sign_pack(stage, p->threshold, shared->bits + py0 * p->wo * cw, 1, g->cout, pix);
+            for (size_t c = 0; c < g->cout; c++)
+                memcpy(shared->pooled + (c * p->ho + py0) * p->wo, stage + c * pix,
+                       pix * sizeof(float));
         }
         done = yb;
         prev_ya = ya;
@@ -213,7 +235,6 @@ void bf_fconv(const bf_fconv_args *g, int threads) {
     float *planes = (float *)base;
     size_t *off = (size_t *)(base + planes_bytes(g, &l));
     float *band = (float *)((unsigned char *)off + round_up(k * sizeof(size_t), BF_ALIGN));
-    float *rows = g->pool ? band + (size_t)threads * (band_bytes(g) / sizeof(float)) : NULL;
     const size_t pf = plane_floats(g, &l), area = l.hpl * l.wpl;
     for (size_t ci = 0; ci < g->cin; ci++) {
         for (size_t ky = 0; ky < g->kh; ky++) {
@@ -242,9 +263,11 @@ void bf_fconv(const bf_fconv_args *g, int threads) {
             j.planes = planes;
         }
         if (g->pool) {
-            j.out = band;
-            j.rows = rows;
-            j.pooled = g->pool->out + b * g->cout * g->pool->ho * g->pool->wo;
+            const size_t pooled_pix = g->pool->ho * g->pool->wo;
+            j.out = band; /* the threads' scratch, thread_bytes() each */
+            j.pooled = g->pool->out + b * g->cout * pooled_pix;
+            j.bits = g->pool->bits ? g->pool->bits + b * pooled_pix * BF_WORDS_FOR(g->cout)
+                                   : NULL;
             bf_parallel_for(threads, g->pool->ho, pool_bands, &j);
             continue;
         }

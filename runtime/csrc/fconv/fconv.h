@@ -22,6 +22,7 @@
 
 #include "../bf_common.h"
 #include "../maxpool/maxpool.h"
+#include "../sign_pack/sign_pack.h"
 
 /* One block: outputs q0 .. q0 + nq - 1 (nq <= NR) of channels cb*MR .. cb*MR + mr - 1.
  * `x` points at plane element q0 (tap t reads x[off[t] + i] for lanes i < nq, nothing
@@ -59,6 +60,11 @@ typedef struct {
     size_t ho, wo;         /* pooled extent */
     float *out;            /* (n, cout, ho, wo) */
     bf_maxpool2d_fn kernel;
+    /* optional: the pooled output also sign-packed (sign_pack.h) into bits (n, ho, wo,
+     * cw), each band while in cache (pooled into a per-thread stage, packed, copied out) */
+    bf_word *bits;
+    const float *threshold; /* (cout) or NULL */
+    bf_sign_pack_fn sign_pack;
 } bf_fconv_pool;
 
 /* A whole convolution (the driver). */
