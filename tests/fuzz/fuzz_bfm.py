@@ -710,6 +710,11 @@ def make_input(seed: int, index: int, pool: list[bytes]) -> tuple[bytes, random.
     if roll < 0.08:
         return data, rng  # unmutated: a valid model run on new inputs, ISAs, threads
     steps = 1 if roll < 0.6 else rng.randint(2, 4)
+    with np.errstate(all="ignore"):  # casts of NaN in tensor mutations
+        return _mutated(data, rng, steps, pool), rng
+
+
+def _mutated(data: bytes, rng: random.Random, steps: int, pool: list[bytes]) -> bytes:
     for _ in range(steps):
         kind = rng.random()
         try:
@@ -723,7 +728,7 @@ def make_input(seed: int, index: int, pool: list[bytes]) -> tuple[bytes, random.
                 data = mutate_bytes(rng, data, pool)
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error):
             data = mutate_bytes(rng, data, pool)  # an earlier step broke the structure
-    return data, rng
+    return data
 
 
 # ---------------------------------------------------------------------------------------
@@ -853,6 +858,144 @@ def _run_on_isas(
 
 
 # ---------------------------------------------------------------------------------------
+# the C binding fed directly: random geometry, buffers of the right size or not
+
+BINDING_ERRORS = (ValueError, OverflowError, TypeError, MemoryError)
+MAX_BUFFER_BYTES = 1 << 20
+
+
+def _small_or_not(rng: random.Random, small: bool = False) -> int:
+    roll = rng.random()
+    if small or roll < 0.85:
+        return rng.randint(1, 9)
+    return rng.choice(
+        [0, -1, 64, 65, 1 << 24, (1 << 30) + 1, (1 << 31) - 1, 1 << 31, (1 << 31) + 1, 1 << 62,
+         -(1 << 63), (1 << 63) - 1]
+    )  # fmt: skip
+
+
+def _sized_buffer(
+    rng: random.Random, dtype: type, elements: int, exact: bool = False
+) -> np.ndarray | None:
+    """A buffer for ``elements`` items: that many, one less, none, or a random few."""
+    roll = 0.0 if exact else rng.random()
+    if roll < 0.75:
+        n = elements
+    elif roll < 0.85:
+        n = elements - 1
+    elif roll < 0.9:
+        return None
+    else:
+        n = rng.randint(0, 64)
+    n = max(0, min(n, MAX_BUFFER_BYTES // np.dtype(dtype).itemsize))
+    return np.zeros(n, dtype) + np.asarray(rng.random(), dtype)
+
+
+def _words(c: int) -> int:
+    return (c + 63) // 64 if c > 0 else 0
+
+
+def call_binding(rng: random.Random, isas: list[str]) -> str:
+    """One call of a ``runtime._native`` kernel; returns its outcome or raises Failure."""
+    from runtime import _native
+
+    what = rng.choice(["bconv", "sign_pack", "xnor_gemm", "maxpool2d", "panel_pack", "popcount"])
+    isa = rng.choice(isas)
+    exact = rng.random() < 0.5  # small sizes and buffers that fit: the kernels run
+
+    def _size(rng: random.Random) -> int:
+        return _small_or_not(rng, exact)
+
+    def _buffer(rng: random.Random, dtype: type, elements: int) -> np.ndarray | None:
+        return _sized_buffer(rng, dtype, elements, exact)
+
+    if what == "popcount":
+        args: tuple[Any, ...] = (bytes(rng.randrange(8) + 8 * rng.randrange(4)), isa)
+        call = _native.popcount
+    elif what == "sign_pack":
+        n, c, sp = _size(rng), _size(rng), _size(rng)
+        x = _buffer(rng, np.float32, n * c * sp)
+        out = _buffer(rng, np.uint64, n * sp * _words(c))
+        t = _buffer(rng, np.float32, c) if rng.random() < 0.5 else None
+        args, call = (x, t, out, n, c, sp, isa), _native.sign_pack
+    elif what == "xnor_gemm":
+        m, n, kw = _size(rng), _size(rng), _size(rng)
+        lda, ldb = kw + rng.choice([0, 0, 1, -1]), kw + rng.choice([0, 0, 3])
+        a = _buffer(rng, np.uint64, (m - 1) * lda + kw)
+        b = _buffer(rng, np.uint64, (n - 1) * ldb + kw)
+        c_ = _buffer(rng, np.int32, m * n)
+        args, call = (a, b, c_, m, n, kw, lda, ldb, isa), _native.xnor_gemm
+    elif what == "panel_pack":
+        nch, kw, lanes = _size(rng), _size(rng), rng.choice([1, 4, 8, 16, 65])
+        ldw = kw + rng.choice([0, 1])
+        w = _buffer(rng, np.uint64, (nch - 1) * ldw + kw)
+        panel = _buffer(rng, np.uint64, -(-nch // max(lanes, 1)) * max(lanes, 1) * kw)
+        args, call = (w, panel, nch, kw, ldw, lanes), _native.panel_pack
+    elif what == "maxpool2d":
+        planes, h, w, kh, kw = (_size(rng) for _ in range(5))
+        sh, sw, ph, pw = _size(rng), _size(rng), rng.randint(0, 2), rng.randint(0, 2)
+        ho = max(1, (h + 2 * ph - kh) // max(sh, 1) + 1) if rng.random() < 0.8 else _size(rng)
+        wo = max(1, (w + 2 * pw - kw) // max(sw, 1) + 1) if rng.random() < 0.8 else _size(rng)
+        x = _buffer(rng, np.float32, planes * h * w)
+        out = _buffer(rng, np.float32, planes * ho * wo)
+        row = _buffer(rng, np.float32, w)
+        geo = (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw)
+        args, call = (x, out, row, geo), _native.maxpool2d
+    else:
+        n, h, w, cin, cout, kh, kw = (_size(rng) for _ in range(7))
+        sh, sw, dh, dw = (rng.choice([1, 1, 2, _size(rng)]) for _ in range(4))
+        ph, pw = rng.choice([0, 1, _size(rng)]), rng.choice([0, 1, _size(rng)])
+        if exact:  # a kernel that fits
+            kh, kw = min(kh, h + 2 * ph), min(kw, w + 2 * pw)
+            dh, dw = (
+                min(dh, max(1, (h + 2 * ph - 1) // max(kh - 1, 1))),
+                min(dw, max(1, (w + 2 * pw - 1) // max(kw - 1, 1))),
+            )
+        kpad = kh * kw * _words(cin) + (0 if exact else rng.choice([0, 0, 1, -1]))
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // max(sh, 1) + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // max(sw, 1) + 1
+        threads = rng.choice([1, 2, 3, 0, -1])
+        out_bits = rng.random() < 0.3
+        activation = rng.choice([0, 1, 2, 3] if exact else [0, 1, 2, 3, 7, -1])
+        outs = n * ho * wo
+        buffers = [
+            _buffer(rng, np.uint64, n * h * w * _words(cin)),
+            _buffer(rng, np.uint64, cout * kpad),
+            _buffer(rng, np.int32, kh * kw * cout),
+            _buffer(rng, np.float32, cout),
+            _buffer(rng, np.float32, cout) if rng.random() < 0.5 else None,
+            *([_buffer(rng, np.float32, ho), _buffer(rng, np.float32, wo)]
+              if rng.random() < 0.3 else [None, None]),
+            _buffer(rng, np.float32, cout),
+            _buffer(rng, np.float32, outs * cout) if rng.random() < 0.3 else None,
+            _buffer(rng, np.float32, cout) if rng.random() < 0.3 else None,
+            _buffer(rng, np.uint64 if out_bits else np.float32,
+                    outs * (_words(cout) if out_bits else cout)),
+        ]  # fmt: skip
+        try:
+            scratch_bytes = _native.bconv_scratch_bytes(max(kpad, 1), max(threads, 1))
+        except BINDING_ERRORS:
+            scratch_bytes = 64
+        buffers.append(_buffer(rng, np.uint8, scratch_bytes))
+        geo = (n, h, w, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, kpad)
+        transform = (rng.randint(0, 1), activation, -1.0, 1.0, rng.randint(0, 1), int(out_bits))
+        args, call = (*buffers, geo, transform, threads, isa), _native.bconv
+        if rng.random() < 0.4:  # ready-made weight panels, of this ISA's lane count or not
+            lanes = _native.panel_lanes(isa) if rng.random() < 0.8 else rng.choice([1, 3, 64])
+            panel = _buffer(rng, np.uint64, -(-cout // lanes) * lanes * kpad)
+            args = (*args, panel, lanes)
+    try:
+        call(*args)
+    except BINDING_ERRORS as exc:
+        if os.environ.get("BITFACTOR_FUZZ_VERBOSE"):
+            print(what, exact, exc)
+        return f"{what}: {type(exc).__name__}"
+    except Exception as exc:
+        raise Failure(f"_native.{what} raised {exc!r}") from exc
+    return f"{what}: ran"
+
+
+# ---------------------------------------------------------------------------------------
 # one worker process, and the driver that runs several under the sanitizers
 
 
@@ -891,6 +1034,7 @@ def worker(seed: int, start: int, stop: int, out: Path, tag: str) -> int:
     outcomes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     ops_ran: Counter[str] = Counter()
+    binding: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
     slowest: list[tuple[float, int]] = []
     began = time.perf_counter()
@@ -903,6 +1047,8 @@ def worker(seed: int, start: int, stop: int, out: Path, tag: str) -> int:
             ctypes.CDLL(runtime._native.__file__).bf_selftest_heap_overflow()
         t0 = time.perf_counter()
         try:
+            if index % 10 == 9:  # the C binding directly, beside the file
+                binding[call_binding(random.Random(f"binding:{seed}:{index}"), isas)] += 1
             outcome, detail = check(data, rng, isas)
         except Failure as exc:
             outcome, detail = "failure", str(exc)
@@ -932,6 +1078,7 @@ def worker(seed: int, start: int, stop: int, out: Path, tag: str) -> int:
         "native": runtime._native.__file__,
         "outcomes": dict(outcomes),
         "ops_ran": dict(ops_ran),
+        "binding": dict(binding),
         "top_rejections": reasons.most_common(25),
         "distinct_rejections": len(reasons),
         "slowest": [{"index": i, "seconds": round(s, 4)} for s, i in slowest],
@@ -949,6 +1096,7 @@ class Report:
     seconds: float = 0.0
     outcomes: Counter[str] = field(default_factory=Counter)
     ops_ran: Counter[str] = field(default_factory=Counter)
+    binding: Counter[str] = field(default_factory=Counter)
     distinct_rejections: int = 0
     failures: list[str] = field(default_factory=list)
     summaries: list[dict[str, Any]] = field(default_factory=list)
@@ -957,6 +1105,7 @@ class Report:
         lines = [
             f"{self.inputs} inputs in {self.seconds:.1f} s: {dict(self.outcomes)}",
             f"ops run: {dict(sorted(self.ops_ran.items()))}",
+            f"binding calls: {dict(sorted(self.binding.items()))}",
             f"distinct rejection messages (per worker, max): {self.distinct_rejections}",
         ]
         for summary in self.summaries:
@@ -1019,6 +1168,7 @@ def fuzz(
             report.seconds = max(report.seconds, summary["seconds"])
             report.outcomes.update(summary["outcomes"])
             report.ops_ran.update(summary["ops_ran"])
+            report.binding.update(summary["binding"])
             report.distinct_rejections = max(
                 report.distinct_rejections, summary["distinct_rejections"]
             )

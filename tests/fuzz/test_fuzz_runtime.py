@@ -159,6 +159,8 @@ def test_fuzz_loader_and_executor_under_asan_and_ubsan(asan_tree: Path, tmp_path
     assert report.outcomes["ran"] >= count // 20, report.text()
     if count >= 2_000:
         assert set(report.ops_ran) == set(fuzz_bfm.OPS), report.text()
+        kernels = {"bconv", "sign_pack", "xnor_gemm", "maxpool2d", "panel_pack", "popcount"}
+        assert {k.split(":")[0] for k in report.binding if k.endswith("ran")} == kernels
         assert report.distinct_rejections >= 100, report.text()
 
 
@@ -184,9 +186,9 @@ def test_inputs_depend_on_seed_and_index_only() -> None:
 
 
 def test_short_fuzz_on_the_normal_build(tmp_path: Path) -> None:
-    assert fuzz_bfm.worker(11, 0, 600, tmp_path, "quick") == 0, (
-        tmp_path / "summary-quick.json"
-    ).read_text()
+    report = fuzz_bfm.fuzz(count=600, seed=11, jobs=1, asan=False, out=tmp_path, timeout=300)
+    assert not report.failures, report.text()
+    assert report.inputs == 600
 
 
 # any JSON value anywhere in a valid graph: a clean FormatError or a model that runs
