@@ -124,13 +124,12 @@ class _JobReporter:
                     )
                     session.commit()
                     held = True
+            if not held:
+                self._check_ownership()
         except Exception as exc:
             if not is_transient(exc):
                 raise
             log.warning("job %s: heartbeat skipped, database unavailable: %s", self.job_id, exc)
-            return
-        if not held:
-            self._check_ownership()
 
     def _check_ownership(self) -> None:
         with self.sessions() as session:
@@ -394,7 +393,6 @@ def run_job(job_id: str, *, worker_id: str) -> str:
             reporter.line(f"failed: {exc}")
             finish("failed", error=str(exc))
             return "failed"
-        reporter.stop_heartbeat()
         # One key per attempt: a worker presumed lost can never overwrite the file that
         # the attempt which took over recorded.
         key = f"{prefix}/model.{attempt}.bfm"
