@@ -22,6 +22,9 @@ void bf_maxpool2d__scalar(const float *x, float *out, size_t planes, size_t h, s
                           size_t ph, size_t pw, float *row);
 
 #if BF_ARCH_X86
+void bf_maxpool2d__avx2(const float *x, float *out, size_t planes, size_t h, size_t w, size_t ho,
+                        size_t wo, size_t kh, size_t kw, size_t sh, size_t sw, size_t ph,
+                        size_t pw, float *row);
 void bf_maxpool2d__avx512(const float *x, float *out, size_t planes, size_t h, size_t w,
                           size_t ho, size_t wo, size_t kh, size_t kw, size_t sh, size_t sw,
                           size_t ph, size_t pw, float *row);
