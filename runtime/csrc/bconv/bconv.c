@@ -392,7 +392,7 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     int32_t *half = (int32_t *)(at + chan_bytes());
     at += (1 + BF_BCONV_MASKS) * chan_bytes();
     bf_word *panel = (bf_word *)at;
-    const size_t n_seg = n_segments(g), seg_len = segment_words(g);
+    const size_t n_seg = n_segments(g), seg_len = segment_words(g), hw = g->ho * g->wo;
     for (size_t k = 0; k < seg_len; k++) zero[k] = 0;
     size_t packed = (size_t)-1, built_for = (size_t)-1, n_border = 0;
     for (size_t item = begin; item < end; item++) {
@@ -407,9 +407,25 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
         const bf_word *w_panel = panel;
         if (g->panels) { /* chunks start at multiples of 64 channels, of L */
             w_panel = g->panels + co0 * kpad;
+            /* the next item's chunk into L2 while this one runs */
+            const size_t next = (ni + 1 < job->n_chunks ? ni + 1 : 0) * NT;
+            const size_t nt_next = g->cout - next < NT ? g->cout - next : NT;
+            const char *wn = (const char *)(g->panels + next * kpad);
+            if (item + 1 < end)
+                for (size_t at = 0; at < nt_next * kpad * sizeof(bf_word); at += 64)
+                    __builtin_prefetch(wn + at, 0, 2);
         } else if (packed != ni) { /* this chunk's weights as lane-interleaved panels */
             bf_xnor_panel_pack(g->panel_lanes, nt, kpad, g->weight + co0 * kpad, kpad, panel);
             packed = ni;
+        }
+        if (!g->out_bits && (p0 % hw) + mt <= hw) {
+            /* this item's output rows into L2 while the product runs: after other work
+             * (another layer, another library) they are rarely still in cache */
+            const char *o = (const char *)((float *)g->out + ((p0 / hw) * g->cout + co0) * hw +
+                                           p0 % hw);
+            for (size_t j = 0; j < nt; j++, o += hw * sizeof(float))
+                for (size_t at = 0; at < mt * sizeof(float); at += 64)
+                    __builtin_prefetch(o + at, 1, 2);
         }
         /* float output: channel-major counts (rows of mt pixels); bits: pixel-major */
         const size_t ldc = g->out_bits ? NT : mt;

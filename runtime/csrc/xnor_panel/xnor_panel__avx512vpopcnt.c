@@ -99,9 +99,18 @@ BF_AVX512_INLINE void tile(const int P, const int G, const bf_word *const *rows,
 BF_AVX512_INLINE void groups_of(const int G, size_t n_pix, const bf_word *const *rows,
                                 size_t n_seg, size_t seg_len, const bf_word *w, size_t kw,
                                 int32_t *cg, size_t c_ch, size_t c_pix, size_t lanes) {
+    /* the weights after these groups' (the next groups, or the next call's chunk in a
+     * caller's contiguous panels) are brought into L1 a share per tile while these run:
+     * a network's binary weights do not stay in L2 between calls. Prefetches never fault,
+     * past the end of the panel included. */
+    const char *ahead = (const char *)(w + (size_t)G * kw * L);
+    const size_t lines = (size_t)G * kw * L * sizeof(bf_word) / 64, tiles = (n_pix + 3) / 4;
+    const size_t per_tile = (lines + tiles - 1) / tiles;
     size_t p = 0;
-    for (; p + 4 <= n_pix; p += 4)
+    for (; p + 4 <= n_pix; p += 4) {
+        for (size_t l = 0; l < per_tile; l++, ahead += 64) _mm_prefetch(ahead, _MM_HINT_T0);
         tile(4, G, rows + p * n_seg, n_seg, seg_len, w, kw, cg + p * c_pix, c_ch, c_pix, lanes);
+    }
     const bf_word *const *r = rows + p * n_seg;
     int32_t *cp = cg + p * c_pix;
     switch (n_pix - p) { /* the last 1 to 3 pixels in one tile */
