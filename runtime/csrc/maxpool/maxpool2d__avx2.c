@@ -2,9 +2,9 @@
  * AVX2 max pooling: the AVX-512 kernel's scheme with 8 lanes. The vertical pass takes
  * the max of the window's input rows 8 floats at a time; the horizontal pass computes 8
  * outputs at once where their windows lie inside the row (stride 1: shifted loads;
- * stride 2: even lanes of two loads, vshufps + vpermpd), masked loads for the last block;
- * edge windows and other strides run the scalar loop. NaN propagates (a compare-unordered
- * blend after each vmaxps).
+ * stride 2: even lanes of two loads, vshufps + vpermpd), masked loads (vmaskmovps, slow on
+ * AMD) only for a last partial block; edge windows and other strides run the scalar loop.
+ * NaN propagates (a compare-unordered blend after each vmaxps).
  */
 #include "maxpool.h"
 
@@ -39,10 +39,23 @@ static inline float window_max(const float *row, size_t w, size_t ox, size_t kw,
     return m;
 }
 
+/* Up to 8 floats from p; only the first n are read (vmaskmovps only for a partial load:
+ * it is slow on AMD). */
+BF_TARGET_AVX2 static inline __m256 load8(const float *p, size_t n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, first_lanes8(n));
+}
+
+BF_TARGET_AVX2 static inline void store8(float *p, size_t n, __m256 v) {
+    if (n >= 8)
+        _mm256_storeu_ps(p, v);
+    else
+        _mm256_maskstore_ps(p, first_lanes8(n), v);
+}
+
 /* Lanes 0..7 = base[0], base[2], ..., base[14] (reading only the first `need` floats). */
 BF_TARGET_AVX2 static inline __m256 even8(const float *base, size_t need) {
-    const __m256 a = _mm256_maskload_ps(base, first_lanes8(need));
-    const __m256 b = _mm256_maskload_ps(base + 8, first_lanes8(need > 8 ? need - 8 : 0));
+    const __m256 a = load8(base, need);
+    const __m256 b = load8(base + 8, need > 8 ? need - 8 : 0);
     /* [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6] */
     const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
@@ -69,11 +82,11 @@ BF_TARGET_AVX2 void bf_maxpool2d__avx2(const float *x, float *out, size_t planes
             const float *r = first; /* one input row: read in place */
             if (yb - ya > 1) {
                 for (size_t i = 0; i < w; i += 8) {
-                    const __m256i km = first_lanes8(w - i);
-                    __m256 m = _mm256_maskload_ps(first + i, km);
+                    const size_t n = w - i;
+                    __m256 m = load8(first + i, n);
                     for (long y = ya + 1; y < yb; y++)
-                        m = max_nan8(m, _mm256_maskload_ps(plane + (size_t)y * w + i, km));
-                    _mm256_maskstore_ps(row + i, km, m);
+                        m = max_nan8(m, load8(plane + (size_t)y * w + i, n));
+                    store8(row + i, n, m);
                 }
                 r = row;
             }
@@ -83,16 +96,14 @@ BF_TARGET_AVX2 void bf_maxpool2d__avx2(const float *x, float *out, size_t planes
                 const float *base = r + ox * sw - pw;
                 __m256 m;
                 if (sw == 1) {
-                    const __m256i km = first_lanes8(nv);
-                    m = _mm256_maskload_ps(base, km);
-                    for (size_t kx = 1; kx < kw; kx++)
-                        m = max_nan8(m, _mm256_maskload_ps(base + kx, km));
+                    m = load8(base, nv);
+                    for (size_t kx = 1; kx < kw; kx++) m = max_nan8(m, load8(base + kx, nv));
                 } else {
                     const size_t need = 2 * (nv - 1) + 1; /* floats the even lanes read */
                     m = even8(base, need);
                     for (size_t kx = 1; kx < kw; kx++) m = max_nan8(m, even8(base + kx, need));
                 }
-                _mm256_maskstore_ps(o + ox, first_lanes8(nv), m);
+                store8(o + ox, nv, m);
             }
             for (size_t ox = hi; ox < wo; ox++) o[ox] = window_max(r, w, ox, kw, sw, pw);
         }
