@@ -31,6 +31,18 @@ class BinarizeConfig(BaseModel):
         default=1.0,
         description="Rank as a fraction of full rank (0 < r <= 1), or one rank per mode.",
     )
+    residual: bool = Field(
+        default=True,
+        description="Latent weight = reconstruct(factors) + a dense residual (trained at lr, "
+        "the factors at factor_lr * lr); False: the factors alone. Ignored for 'none'.",
+    )
+    factor_lr: float | None = Field(
+        default=None,
+        gt=0,
+        le=100.0,
+        description="Learning rate of the factors relative to lr (before each layer's step-gain "
+        "normalization); default 0.1 with the residual, 1.0 without.",
+    )
     scales: Scales = Field(
         default="channel",
         description="'analytic' (mean|W|), 'channel' (learned per output channel) or "

@@ -131,6 +131,7 @@ def binarize_graph(
                 rank=config.rank,
                 scales=config.scales,
                 activation_grad=config.activation_grad,
+                residual=config.residual,
             )
             _set_submodule(gm, name, twin)
             report.ranks = list(twin.factorization.ranks)

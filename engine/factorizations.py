@@ -11,6 +11,14 @@ the weights are first pushed away from zero (``|w| >= 1e-3 * mean|W|``, keeping 
 ``sign(0) = +1`` rule), decomposed in float64, and when signs still differ (a low rank)
 a short hinge-loss refinement moves the factors until they agree or a step budget ends.
 
+``residual=True`` (the default of a job, ``BinarizeConfig.residual``) adds a dense tensor
+to the reconstruction, ``latent = reconstruct(factors) + R``, as the last parametrization
+tensor, initialized to ``W - reconstruct(factors)``: the latent weight equals the
+pretrained weight at any rank (no sign refinement needed). The trainer moves ``R`` at the
+full learning rate, like the raw weights of ``none``, and the factors at a smaller one: the
+factors add a coupled step on top of the per-weight one instead of replacing it (see
+``docs/engine.md``, "Why a residual").
+
 Ranks: a fraction ``r`` of full rank, or explicit integers. Full rank is ``min(C_out,
 C_in*k*k)`` for ``matrix``, every mode's size for ``tucker`` (one rank per mode), and for
 ``cp`` the rank with as many parameters as the dense tensor, ``ceil(prod(dims) /
@@ -55,11 +63,14 @@ class Factorization(nn.Module, abc.ABC):
             cls.name = name
             Factorization.registry[name] = cls
 
-    def __init__(self, shape: tuple[int, ...], rank: float | list[int] = 1.0) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], rank: float | list[int] = 1.0, residual: bool = False
+    ) -> None:
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
         self.rank = rank
         self.ranks = self.resolve_rank(rank)
+        self.residual = bool(residual)
         self.sign_agreement = 1.0
 
     def resolve_rank(self, rank: float | list[int]) -> list[int]:
@@ -74,16 +85,28 @@ class Factorization(nn.Module, abc.ABC):
     def decompose(self, weight: torch.Tensor) -> list[torch.Tensor]:
         """Initial factors of ``weight`` (SVD / HOSVD / PARAFAC, in float64)."""
 
-    def forward(self, *factors: torch.Tensor) -> torch.Tensor:
-        return self.reconstruct(*factors)
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        if self.residual:
+            return self.reconstruct(*tensors[:-1]) + tensors[-1]
+        return self.reconstruct(*tensors)
 
     def right_inverse(self, weight: torch.Tensor) -> Any:
-        """Factors of ``weight`` whose reconstruction has the signs of ``weight``."""
+        """Factors of ``weight`` whose reconstruction has the signs of ``weight``.
+
+        With ``residual`` the last tensor is the dense residual ``W - reconstruct(factors)``,
+        so the latent weight equals the (nudged) pretrained weight exactly at any rank.
+        """
         if tuple(weight.shape) != self.shape:
             raise ValueError(f"expected a weight of shape {self.shape}, got {tuple(weight.shape)}")
         target = _nudged(weight)
         factors = [f.to(torch.float64) for f in self.decompose(target)]
-        factors = self._align_signs(factors, target)
+        if self.residual:
+            factors.append(target - self.reconstruct(*factors))
+            with torch.no_grad():
+                recon = self.forward(*factors)
+            self.sign_agreement = float(((recon >= 0) == (target >= 0)).double().mean())
+        else:
+            factors = self._align_signs(factors, target)
         return tuple(f.to(weight.dtype).contiguous() for f in factors)
 
     def _align_signs(self, factors: list[torch.Tensor], target: torch.Tensor) -> list[torch.Tensor]:
@@ -121,7 +144,14 @@ class Factorization(nn.Module, abc.ABC):
 
 
 class Dense(Factorization, name="none"):
-    """No factorization: the weight itself (per-filter sign, the XNOR-Net baseline)."""
+    """No factorization: the weight itself (per-filter sign, the XNOR-Net baseline).
+
+    It has no residual (the weight already is one dense tensor)."""
+
+    def __init__(
+        self, shape: tuple[int, ...], rank: float | list[int] = 1.0, residual: bool = False
+    ) -> None:
+        super().__init__(shape, rank, residual=False)
 
     def reconstruct(self, *factors: torch.Tensor) -> torch.Tensor:
         return factors[0]
@@ -226,18 +256,25 @@ def get(
     identifier: str | dict[str, Any] | Factorization,
     shape: tuple[int, ...] | None = None,
     rank: float | list[int] = 1.0,
+    residual: bool = False,
 ) -> Factorization:
-    """A factorization from a name (with ``shape`` and ``rank``), a config dict
-    (``{"name": ..., "shape": ..., "rank": ...}``) or an instance (returned as is)."""
+    """A factorization from a name (with ``shape``, ``rank`` and ``residual``), a config dict
+    (``{"name": ..., "shape": ..., "rank": ..., "residual": ...}``) or an instance (returned
+    as is)."""
     if isinstance(identifier, Factorization):
         return identifier
     if isinstance(identifier, dict):
         config = dict(identifier)
         name = config.pop("name")
-        return get(name, tuple(config.pop("shape", shape or ())), config.pop("rank", rank))
+        return get(
+            name,
+            tuple(config.pop("shape", shape or ())),
+            config.pop("rank", rank),
+            bool(config.pop("residual", residual)),
+        )
     if identifier not in Factorization.registry:
         known = ", ".join(sorted(Factorization.registry))
         raise UserInputError(f"unknown factorization {identifier!r}; expected one of {known}")
     if shape is None:
         raise ValueError("a factorization built from its name needs the weight shape")
-    return Factorization.registry[identifier](shape, rank)
+    return Factorization.registry[identifier](shape, rank, residual)

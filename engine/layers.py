@@ -4,7 +4,8 @@ A twin *is* the original layer class (a subclass), so it keeps every constructor
 (stride, padding, dilation, groups, bias, padding mode). It adds:
 
 - ``weight`` parametrized by a factorization (``engine.factorizations``) chained with
-  :class:`engine.quantizers.WeightSign`: ``weight = sign(reconstruct(factors))``;
+  :class:`engine.quantizers.WeightSign`: ``weight = sign(reconstruct(factors))``, or
+  ``sign(reconstruct(factors) + residual)`` with a dense residual;
 - ``input_sign``: :class:`engine.quantizers.ActivationSign`, the binary activation with a
   learnable per-channel threshold;
 - a scale on the output: ``analytic`` (``mean|W|`` per output channel of the real
@@ -46,7 +47,13 @@ class BinaryMixin:
     parametrizations: Any
 
     def _setup_binary(
-        self, *, factorization: str, rank: float | list[int], scales: str, activation_grad: str
+        self,
+        *,
+        factorization: str,
+        rank: float | list[int],
+        scales: str,
+        activation_grad: str,
+        residual: bool = False,
     ) -> None:
         if scales not in SCALES:
             raise ValueError(f"unknown scales {scales!r}; expected one of {SCALES}")
@@ -55,7 +62,7 @@ class BinaryMixin:
         out_channels = module.out_features if isinstance(self, nn.Linear) else module.out_channels
         self.scales_kind = scales
         self.input_sign = ActivationSign(channels_in, activation_grad)
-        factor = factorizations.get(factorization, tuple(self.weight.shape), rank)
+        factor = factorizations.get(factorization, tuple(self.weight.shape), rank, residual)
         with torch.no_grad():
             analytic = self.weight.detach().abs().flatten(1).mean(1)
         parametrize.register_parametrization(module, "weight", factor)
@@ -189,8 +196,10 @@ def make_twin(
     rank: float | list[int] = 1.0,
     scales: str = "channel",
     activation_grad: str = "ste",
+    residual: bool = False,
 ) -> BinaryLinear | BinaryConv1d | BinaryConv2d:
-    """A binary twin of ``layer`` (same constructor arguments, weights factorized from it)."""
+    """A binary twin of ``layer`` (same constructor arguments, weights factorized from it;
+    ``residual`` adds a dense residual to the reconstruction, see ``engine.factorizations``)."""
     twin_cls = TWINS[type(layer)]
     weight = layer.weight
     twin: Any = twin_cls(**layer_kwargs(layer), device=weight.device, dtype=weight.dtype)
@@ -199,7 +208,11 @@ def make_twin(
         if twin.bias is not None:
             twin.bias.copy_(layer.bias)
     twin._setup_binary(
-        factorization=factorization, rank=rank, scales=scales, activation_grad=activation_grad
+        factorization=factorization,
+        rank=rank,
+        scales=scales,
+        activation_grad=activation_grad,
+        residual=residual,
     )
     return twin
 

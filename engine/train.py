@@ -153,11 +153,35 @@ def _save_checkpoint(directory: Path, payload: dict[str, Any], epoch: int) -> No
     os.replace(tmp, directory / f"epoch-{epoch:04d}.pt")
 
 
-def _factor_params(layer: Any) -> list[nn.Parameter]:
+def _latent_params(layer: Any) -> list[nn.Parameter]:
     plist = layer.parametrizations["weight"]
     if plist.is_tensor:
         return [plist.original]
     return [getattr(plist, f"original{i}") for i in range(plist.ntensors)]
+
+
+def _factor_params(layer: Any) -> list[nn.Parameter]:
+    """The factors of a binary layer's weight (without its dense residual, if any)."""
+    tensors = _latent_params(layer)
+    return tensors[:-1] if layer.factorization.residual else tensors
+
+
+def _residual_params(layer: Any) -> list[nn.Parameter]:
+    return _latent_params(layer)[-1:] if layer.factorization.residual else []
+
+
+def layer_factor_lr(layer: Any, factor_lr: float | None) -> float:
+    """A binary layer's factor learning rate relative to ``lr``.
+
+    ``none`` (raw weights): 1. Otherwise ``factor_lr`` when given, else 0.1 with a dense
+    residual (the residual moves every weight at ``lr`` like ``none``; the factors add a
+    smaller coupled step) and 1 without (the factors alone must move the weights).
+    """
+    if layer.factorization.name == "none":
+        return 1.0
+    if factor_lr is not None:
+        return float(factor_lr)
+    return 0.1 if layer.factorization.residual else 1.0
 
 
 def factor_step_gains(
@@ -172,7 +196,8 @@ def factor_step_gains(
     mechanism: a step on shared factors moves many weights together). The gain is measured
     on one batch: ``rms(J s)`` where ``J`` is the Jacobian of the reconstruction with
     respect to all factors of the layer and ``s = sign(dL/dfactors)`` the direction Adam's
-    first step takes. It is exactly 1 for ``none``. Evaluation mode, no state changes.
+    first step takes. It is exactly 1 for ``none``. A dense residual is not a factor: its
+    tangent is zero here (it trains at ``lr`` itself). Evaluation mode, no state changes.
     """
     layers = binary_layers(student)
     if not layers:
@@ -192,8 +217,9 @@ def factor_step_gains(
             tangents = tuple(
                 torch.sign(f.grad) if f.grad is not None else torch.zeros_like(f) for f in factors
             )
-            primals = tuple(f.detach() for f in factors)
-            delta = torch.func.jvp(layer.factorization, primals, tangents)[1]
+            residual = tuple(torch.zeros_like(r) for r in _residual_params(layer))
+            primals = tuple(f.detach() for f in _latent_params(layer))
+            delta = torch.func.jvp(layer.factorization, primals, tangents + residual)[1]
             step = torch.cat([s.flatten() for s in tangents]).pow(2).mean().sqrt()
             gain = float(delta.pow(2).mean().sqrt() / step) if float(step) > 0 else 1.0
             gains[name] = gain if math.isfinite(gain) and gain > 0 else 1.0
@@ -204,14 +230,25 @@ def factor_step_gains(
     return gains
 
 
-def param_groups(student: nn.Module, gains: dict[str, float]) -> list[dict[str, Any]]:
-    """One optimizer group per binary layer's factors (``lr_mult = 1 / gain``), one for the rest."""
+def param_groups(
+    student: nn.Module, gains: dict[str, float], factor_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """One optimizer group per binary layer's factors (``lr_mult = layer_factor_lr / gain``),
+    one for the rest (``lr_mult = 1``; dense residuals included)."""
     groups: list[dict[str, Any]] = []
     seen: set[int] = set()
     for name, layer in binary_layers(student):
         factors = [f for f in _factor_params(layer) if f.requires_grad]
         seen.update(id(f) for f in factors)
-        groups.append({"params": factors, "layer": name, "lr_mult": 1.0 / gains.get(name, 1.0)})
+        relative = layer_factor_lr(layer, factor_lr)
+        groups.append(
+            {
+                "params": factors,
+                "layer": name,
+                "factor_lr": relative,
+                "lr_mult": relative / gains.get(name, 1.0),
+            }
+        )
     rest = [p for p in student.parameters() if p.requires_grad and id(p) not in seen]
     groups.append({"params": rest, "layer": "", "lr_mult": 1.0})
     return [g for g in groups if g["params"]]
@@ -246,7 +283,9 @@ def train(
         y[probe].to(device) if y is not None else None,
         teacher_logits[probe].to(device),
     )
-    params = param_groups(student, factor_step_gains(student, *probe_data, config))
+    params = param_groups(
+        student, factor_step_gains(student, *probe_data, config), config.factor_lr
+    )
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -282,7 +321,7 @@ def train(
         gains = factor_step_gains(student, *probe_data, config)
         for group in optimizer.param_groups:
             if group["layer"]:
-                group["lr_mult"] = 1.0 / gains.get(group["layer"], 1.0)
+                group["lr_mult"] = group["factor_lr"] / gains.get(group["layer"], 1.0)
         torch.manual_seed(config.seed * 100_003 + epoch)
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
         order = torch.randperm(n, generator=gen).to(device)

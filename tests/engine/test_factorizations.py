@@ -63,6 +63,27 @@ def test_low_rank_is_refined_towards_the_signs() -> None:
     assert agree > 0.9  # plain truncated SVD at half rank agrees on ~75%
 
 
+@pytest.mark.parametrize("name", ["matrix", "tucker", "cp"])
+def test_residual_makes_any_rank_exact(name: str) -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(16, 8, 3, 3)
+    weight.view(-1)[:3] = 0.0
+    factor = factorizations.get(name, tuple(weight.shape), 0.25, residual=True)
+    plain = factorizations.get(name, tuple(weight.shape), 0.25)
+    pieces = factor.right_inverse(weight)
+    n_factors = len(plain.right_inverse(weight))
+    assert len(pieces) == n_factors + 1  # the factors, then the dense residual
+    assert pieces[-1].shape == weight.shape
+    recon = factor(*pieces)
+    assert torch.equal(recon >= 0, weight >= 0)
+    assert factor.sign_agreement == 1.0
+    # the residual is what the low-rank factors miss, so the latent weight is W itself
+    torch.testing.assert_close(recon, weight, atol=2e-3 * float(weight.abs().mean()), rtol=0)
+    low_rank = factor.reconstruct(*pieces[:-1])
+    assert float((low_rank - weight).abs().max()) > 0.1
+    assert not factorizations.get("none", tuple(weight.shape), residual=True).residual
+
+
 def test_ranks() -> None:
     assert factorizations.get("matrix", (64, 32, 3, 3), 0.25).ranks == [16]
     assert factorizations.get("tucker", (64, 32, 3, 3), 0.5).ranks == [32, 16, 2, 2]

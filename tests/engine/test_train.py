@@ -167,18 +167,24 @@ def test_factor_step_gain_is_measured_without_side_effects(factorization: str) -
     # The gain is what it claims: the rms change of the reconstruction per unit sign step.
     name, first = binary_layers(student)[0]
     layer: Any = first
-    factors = [p for n, p in layer.named_parameters() if "original" in n]
+    tensors = [p for n, p in layer.named_parameters() if "original" in n]
+    # the dense residual (last tensor, when there is one) is not a factor: it stays put
+    residual = tensors[-1:] if layer.factorization.residual else []
+    factors = tensors[: len(tensors) - len(residual)]
+    assert residual == ([] if factorization == "none" else [tensors[-1]])
     loss = distillation_loss(student.eval()(x), t, y, config)
     grads = torch.autograd.grad(loss, factors)
     eps = 1e-4
     with torch.no_grad():
         moved = [f + eps * torch.sign(g) for f, g in zip(factors, grads, strict=True)]
-        delta = (layer.factorization(*moved) - layer.factorization(*factors)) / eps
+        delta = (
+            layer.factorization(*moved, *residual) - layer.factorization(*factors, *residual)
+        ) / eps
     assert float(delta.pow(2).mean().sqrt()) == pytest.approx(gains[name], rel=1e-2)
 
 
 def test_factor_groups_get_the_inverse_gain() -> None:
-    config = _config(factorization="tucker")
+    config = _config(factorization="tucker", residual=False)
     student, _ = _setup(config)
     groups = param_groups(student, {"features.3": 2.0})
     by_layer = {g["layer"]: g for g in groups}
@@ -186,3 +192,35 @@ def test_factor_groups_get_the_inverse_gain() -> None:
     assert by_layer[""]["lr_mult"] == 1.0
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == sum(1 for p in student.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("factorization", "residual", "factor_lr", "expected"),
+    [
+        ("tucker", True, None, 0.1),  # residual: the factors take a smaller coupled step
+        ("tucker", False, None, 1.0),
+        ("matrix", True, 0.5, 0.5),
+        ("none", True, 0.5, 1.0),  # raw weights: no factors, the residual setting is moot
+    ],
+)
+def test_factor_lr_and_the_residual_groups(
+    factorization: str, residual: bool, factor_lr: float | None, expected: float
+) -> None:
+    config = _config(factorization=factorization, residual=residual, factor_lr=factor_lr)
+    student, _ = _setup(config)
+    gains = {name: 2.0 for name, _ in binary_layers(student)}
+    groups = param_groups(student, gains, config.factor_lr)
+    rest = next(g for g in groups if not g["layer"])
+    assert rest["lr_mult"] == 1.0
+    rest_ids = {id(p) for p in rest["params"]}
+    for name, layer in binary_layers(student):
+        group = next(g for g in groups if g["layer"] == name)
+        assert group["lr_mult"] == pytest.approx(expected / 2.0)
+        tensors = [p for n, p in layer.named_parameters() if "original" in n]
+        has_residual = residual and factorization != "none"
+        assert layer.factorization.residual == has_residual
+        # the dense residual trains with the rest at the full learning rate
+        assert (id(tensors[-1]) in rest_ids) == has_residual
+        assert {id(p) for p in group["params"]} == {
+            id(p) for p in tensors[: len(tensors) - has_residual]
+        }
