@@ -23,6 +23,10 @@ Models whose declared activations are too big to run quickly are loaded but not 
 (``too big``): the loader must still handle them without allocating from declared sizes
 (under ASan an allocation above 256 MiB fails, see ``build_asan.py``).
 
+4. One input in ten also calls the C binding (``runtime._native``) directly with random
+   geometry (huge and negative sizes included) and buffers that fit or not: it must run
+   or raise ``ValueError``/``OverflowError``/``TypeError``/``MemoryError``.
+
 Run ``python tests/fuzz/fuzz_bfm.py --help``; ``docs/development.md`` has the recipe.
 """
 
