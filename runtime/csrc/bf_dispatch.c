@@ -19,7 +19,7 @@ static const bf_kernels bf_table_avx2 = {BF_ISA_AVX2, bf_popcount__avx2, bf_xnor
                                          BF_FCONV_MR_AVX2, BF_FCONV_NR_AVX2, bf_fconv_4x24__avx2,
     bf_maxpool2d__avx2, bf_flinear__avx2};
 static const bf_kernels bf_table_avx512 = {BF_ISA_AVX512, bf_popcount__avx512vpopcnt,
-                                           bf_xnor_gemm_4x4__avx512vpopcnt, bf_sign_pack__avx2,
+                                           bf_xnor_gemm_4x4__avx512vpopcnt, bf_sign_pack__avx512,
                                            BF_PANEL_LANES_AVX512,
                                            bf_xnor_panel__avx512vpopcnt,
                                            BF_FCONV_MR_AVX512, BF_FCONV_NR_AVX512,

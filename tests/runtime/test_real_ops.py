@@ -412,3 +412,29 @@ def test_fconv_bits_need_a_pool() -> None:
     scratch = np.zeros(_native.fconv_scratch_bytes(geometry), np.uint8)
     with pytest.raises(ValueError, match="need a pool"):
         _native.fconv(x, packed, None, out, scratch, geometry, False, 1, None, None, out)
+
+
+@FAST
+@given(
+    n=st.integers(1, 2),
+    c=st.sampled_from([1, 7, 63, 64, 65, 128, 130, 200]),
+    s=st.sampled_from([1, 13, 63, 64, 65, 127, 128, 200, 3136]),
+    with_threshold=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sign_pack_every_isa_equals_scalar_over_whole_pixel_blocks(
+    n: int, c: int, s: int, with_threshold: bool, seed: int
+) -> None:
+    # whole 64-pixel blocks and their tails (the AVX-512 kernel's unit), several words
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, s)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = 0.0
+    x[rng.random(x.shape) < 0.02] = np.nan
+    threshold = rng.standard_normal(c).astype(np.float32) if with_threshold else None
+    cw = -(-c // 64)
+    expected = np.empty((n, s, cw), np.uint64)
+    _native.sign_pack(x, threshold, expected, n, c, s, "scalar")
+    for isa in ISAS:
+        out = np.full((n, s, cw), 0xDEAD, np.uint64)
+        _native.sign_pack(x, threshold, out, n, c, s, isa)
+        np.testing.assert_array_equal(out, expected, err_msg=isa)

@@ -18,6 +18,8 @@ void bf_sign_pack__scalar(const float *x, const float *threshold, bf_word *out, 
 #if BF_ARCH_X86
 void bf_sign_pack__avx2(const float *x, const float *threshold, bf_word *out, size_t n, size_t c,
                         size_t s);
+void bf_sign_pack__avx512(const float *x, const float *threshold, bf_word *out, size_t n,
+                          size_t c, size_t s);
 #endif
 
 #endif
