@@ -944,7 +944,7 @@ def call_binding(rng: random.Random, isas: list[str]) -> str:
         out = _buffer(rng, np.float32, planes * ho * wo)
         row = _buffer(rng, np.float32, w)
         geo = (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw)
-        args, call = (x, out, row, geo), _native.maxpool2d
+        args, call = (x, out, row, geo, isa), _native.maxpool2d
     else:
         n, h, w, cin, cout, kh, kw = (_size(rng) for _ in range(7))
         sh, sw, dh, dw = (rng.choice([1, 1, 2, _size(rng)]) for _ in range(4))
