@@ -47,6 +47,19 @@ def get_session(state: StateDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
+def release(session: Session) -> None:
+    """End a read-only transaction so its pooled connection goes back now.
+
+    A request keeps its session until the response is sent; async routes (predict,
+    uploads) then wait for threadpool slots while holding it. Under more concurrent
+    requests than pooled connections, those slots were all taken by threads waiting for
+    a connection: a deadlock until the pool's timeout. Loaded rows stay usable
+    (``expire_on_commit=False``); a later query takes a connection again.
+    """
+    if not (session.new or session.dirty or session.deleted):
+        session.commit()
+
+
 def get_tenant(request: Request, state: StateDep, session: SessionDep) -> Tenant:
     """The tenant of the ``Authorization: Bearer`` key; 401 without a valid one."""
     header = request.headers.get("authorization", "")
@@ -57,6 +70,7 @@ def get_tenant(request: Request, state: StateDep, session: SessionDep) -> Tenant
     tenant = repo.tenant_for_key(session, key=key.strip(), secret=state.settings.secret_key)
     if tenant is None:
         raise Problem("unauthorized", "the API key is not valid", headers=challenge)
+    release(session)
     return tenant
 
 
@@ -68,6 +82,7 @@ def owned_model(model_id: str, session: SessionDep, tenant: TenantDep) -> ModelF
     row = repo.get_owned(session, ModelFile, tenant_id=tenant.id, row_id=model_id)
     if row is None:
         raise Problem("not-found", f"no model {model_id}")
+    release(session)
     return row
 
 
@@ -76,6 +91,7 @@ def owned_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> Da
     row = repo.get_owned(session, Dataset, tenant_id=tenant.id, row_id=dataset_id)
     if row is None:
         raise Problem("not-found", f"no dataset {dataset_id}")
+    release(session)
     return row
 
 
@@ -84,6 +100,7 @@ def owned_job(job_id: str, session: SessionDep, tenant: TenantDep) -> Job:
     row = repo.get_owned(session, Job, tenant_id=tenant.id, row_id=job_id)
     if row is None:
         raise Problem("not-found", f"no job {job_id}")
+    release(session)
     return row
 
 
