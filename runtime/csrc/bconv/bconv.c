@@ -101,14 +101,19 @@ BF_NO_LIBCALLS static size_t build_rows(const bf_bconv_args *g, size_t p0, size_
             size_t run = (ox_hi < g->wo ? ox_hi : g->wo) - ox;
             if (run > mt - i) run = mt - i;
             const bf_word *at = image + (size_t)y0 * line_words + (size_t)x0 * cw;
-            if (dw == 1) {
-                for (size_t q = 0; q < run; q++, at += step, seg += n_seg) {
-                    kvec[i + q] = k_total;
-                    for (size_t ky = 0; ky < kh; ky++) seg[ky] = at + ky * dh * line_words;
+            for (size_t q = 0; q < run; q++) kvec[i + q] = k_total;
+            if (dw == 1 && kh == 3) { /* the common 3x3 case, unrolled */
+                const size_t down = dh * line_words;
+                for (size_t q = 0; q < run; q++, at += step, seg += 3) {
+                    seg[0] = at;
+                    seg[1] = at + down;
+                    seg[2] = at + 2 * down;
                 }
+            } else if (dw == 1) {
+                for (size_t q = 0; q < run; q++, at += step, seg += n_seg)
+                    for (size_t ky = 0; ky < kh; ky++) seg[ky] = at + ky * dh * line_words;
             } else {
                 for (size_t q = 0; q < run; q++, at += step, seg += n_seg) {
-                    kvec[i + q] = k_total;
                     for (size_t ky = 0; ky < kh; ky++)
                         for (size_t kx = 0; kx < kw; kx++)
                             seg[ky * kw + kx] = at + ky * dh * line_words + kx * dw * cw;
