@@ -2,8 +2,6 @@
  * args->bits). */
 #include "bconv.h"
 
-#include <string.h>
-
 #include "../bf_parallel.h"
 
 /* Pixels per work item: the float output is written in runs of MT pixels per channel;
@@ -15,8 +13,11 @@
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
+#define BF_BCONV_MASKS 8 /* padding corrections kept per work item */
+#define BF_BCONV_AHEAD 8 /* channels between an output row's prefetch and its writing */
+
 /* Per-thread scratch, in this order: segments built for pixels whose kernel row is cut by
- * the border, the tile's segment pointers, a zero segment, the tile's border pixels and
+ * the border, the item's segment pointers, a zero segment, the item's border pixels and
  * their tap counts, the popcounts, three pixel rows, channel rows (floats, padding
  * corrections), the repacked weight panel. */
 static size_t seg_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(bf_word), BF_ALIGN); }
@@ -27,12 +28,10 @@ static size_t zero_bytes(size_t kpad) {
 static size_t tile_c_bytes(void) { return round_up(MT * NT * sizeof(int32_t), BF_ALIGN); }
 static size_t row_bytes(void) { return round_up(MT * sizeof(uint64_t), BF_ALIGN); }
 static size_t chan_bytes(void) { return round_up(NT * sizeof(float), BF_ALIGN); }
-#define BF_BCONV_MASKS 8 /* padding corrections kept per work item */
-#define BF_BCONV_AHEAD 8 /* channels between an output row's prefetch and its writing */
 static size_t panel_bytes(size_t kpad) { return round_up(NT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t per_thread_bytes(size_t kpad) {
-    return seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) + 2 * row_bytes() + tile_c_bytes() +
-           3 * row_bytes() + (1 + BF_BCONV_MASKS) * chan_bytes() + panel_bytes(kpad) +
+    return seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) + 5 * row_bytes() +
+           tile_c_bytes() + (1 + BF_BCONV_MASKS) * chan_bytes() + panel_bytes(kpad) +
            BF_OVERREAD_BYTES;
 }
 
