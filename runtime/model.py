@@ -175,8 +175,11 @@ class _Step:
         values: Mapping[str, ValueInfo],
         tensors: Mapping[str, np.ndarray],
         halves: Mapping[str, np.ndarray] | None = None,
+        *,
+        native_float: bool = True,
     ) -> None:
         self.index = index
+        self.native_float = native_float  # real convs and F16 linears through C kernels
         # the file's float16 real weights, as stored (``linear`` computes on them in C)
         self.halves = {
             role: halves[t]
@@ -317,7 +320,7 @@ class _Step:
         cin = in_dims[0]
         h, w = (1, in_dims[1]) if nsp == 1 else (in_dims[1], in_dims[2])
         fused_relu = bool(a.get(FUSED_RELU, False))
-        if groups == 1 and sh * sw <= 64:
+        if groups == 1 and sh * sw <= 64 and self.native_float:
             return self._build_fconv(
                 weight, bias, (cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw), fused_relu
             )
@@ -504,7 +507,7 @@ class _Step:
         op, a = self.op, self.attrs
         ndim = len(self.in_info[0].shape)
 
-        if op == "linear" and "weight" in self.halves:
+        if op == "linear" and "weight" in self.halves and self.native_float:
             lin = FloatLinear(self.halves["weight"])
             bias = self._param("bias")
             fin, fout = lin.in_features, lin.out_features
@@ -609,6 +612,7 @@ class _Step:
         raise FormatError(f"node {self.name!r}: op {op!r} has no implementation")
 
 
+NATIVE_FLOAT_ISAS = ("avx2", "avx512")  # ISAs with vector fconv/flinear kernels
 FUSED_RELU = "__fused_relu"  # set by _fuse_relu on a loaded (already validated) node
 FUSED_POOL = "__fused_maxpool"  # set by _fuse_pool: the max pooling's attrs
 
@@ -764,9 +768,15 @@ class Model:
         output_names = {v["name"] for v in graph["outputs"]}
         nodes, tensors = _fold_batchnorm(nodes, tensors, output_names)
         nodes = _fuse_relu(nodes, output_names)
-        nodes = _fuse_pool(nodes, output_names)
-        nodes = _fuse_sign_pack(nodes)
-        self._steps = [_Step(i, node, values, tensors, halves) for i, node in enumerate(nodes)]
+        # the C float kernels where the ISA in use has vector ones; the scalar ones (also
+        # NEON's) are several times slower than numpy's BLAS, which those ISAs keep
+        native_float = _native.isa() in NATIVE_FLOAT_ISAS
+        if native_float:
+            nodes = _fuse_sign_pack(_fuse_pool(nodes, output_names))
+        self._steps = [
+            _Step(i, node, values, tensors, halves, native_float=native_float)
+            for i, node in enumerate(nodes)
+        ]
         self._threads = default_threads() if threads is None else self._check_threads(threads)
         self._local = threading.local()
         self._last_use = self._liveness()

@@ -438,3 +438,79 @@ def test_sign_pack_every_isa_equals_scalar_over_whole_pixel_blocks(
         out = np.full((n, s, cw), 0xDEAD, np.uint64)
         _native.sign_pack(x, threshold, out, n, c, s, isa)
         np.testing.assert_array_equal(out, expected, err_msg=isa)
+
+
+def _stem_graph() -> tuple[dict, dict[str, np.ndarray]]:
+    """conv + relu + maxpool + sign_pack + binary conv, and a half-precision linear."""
+    rng = np.random.default_rng(17)
+    cw = 1
+    tensors = {
+        "stem.weight": rng.standard_normal((16, 3, 5, 5)).astype(np.float32),
+        "stem.bias": rng.standard_normal(16).astype(np.float32),
+        "in.threshold": (rng.standard_normal(16) * 0.1).astype(np.float32),
+        "b.weight": rng.integers(0, 2**63, (8, 3, 3, cw), dtype=np.uint64) & np.uint64(0xFFFF),
+        "b.scale": np.abs(rng.standard_normal(8)).astype(np.float32) + 0.1,
+        "fc.weight": rng.standard_normal((10, 8)).astype(np.float16),
+        "fc.bias": rng.standard_normal(10).astype(np.float16),
+    }
+    conv = {"stride": [2, 2], "padding": [2, 2], "dilation": [1, 1], "groups": 1}
+    pool = {"kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1], "ceil_mode": False}
+    bconv = {
+        "in_channels": 16,
+        "out_channels": 8,
+        "kernel_size": [3, 3],
+        "stride": [1, 1],
+        "padding": [1, 1],
+        "dilation": [1, 1],
+        "pad_mode": "zero",
+    }
+
+    def node(op: str, name: str, inputs: list[str], attrs=None, params=None) -> dict:  # type: ignore[no-untyped-def]
+        out = {"op": op, "name": name, "inputs": inputs, "outputs": [name]}
+        if attrs:
+            out["attrs"] = attrs
+        if params:
+            out["params"] = params
+        return out
+
+    nodes = [
+        node("conv2d", "stem", ["x"], conv, {"weight": "stem.weight", "bias": "stem.bias"}),
+        node("relu", "relu", ["stem"]),
+        node("maxpool2d", "pool", ["relu"], pool),
+        node("sign_pack", "in", ["pool"], params={"threshold": "in.threshold"}),
+        node("bconv2d", "b", ["in"], bconv, {"weight": "b.weight", "scale": "b.scale"}),
+        node("global_avgpool", "gap", ["b"]),
+        node("linear", "fc", ["gap"], params={"weight": "fc.weight", "bias": "fc.bias"}),
+    ]
+    graph = {
+        "inputs": [{"name": "x", "shape": [None, 3, 37, 41], "dtype": "float32"}],
+        "outputs": [{"name": "fc", "shape": [None, 10], "dtype": "float32"}],
+        "nodes": nodes,
+    }
+    return graph, tensors
+
+
+def test_float_kernels_only_where_the_isa_has_vector_ones(tmp_path: Path) -> None:
+    graph, tensors = _stem_graph()
+    path = tmp_path / "m.bfm"
+    runtime.write_bfm(path, graph=graph, tensors=tensors, provenance={})
+    x = np.random.default_rng(2).standard_normal((3, 3, 37, 41)).astype(np.float32)
+    original = runtime.isa()
+    results = {}
+    try:
+        for isa in ISAS:
+            _native.select_isa(isa)
+            model = runtime.load(path, threads=2)
+            ops = [(s.op, s.extra_outputs, s.scratch_bytes is not None) for s in model._steps]
+            if isa in ("avx2", "avx512"):  # conv + relu + pool + sign_pack is one C step
+                assert ops[0] == ("conv2d", ["in"], True)
+                assert [op for op, _, _ in ops] == ["conv2d", "bconv2d", "global_avgpool", "linear"]
+            else:  # numpy's BLAS: scalar C float kernels would be slower
+                assert ops[0] == ("conv2d", [], False)
+                assert [op for op, _, _ in ops][:3] == ["conv2d", "maxpool2d", "sign_pack"]
+            results[isa] = np.asarray(model.run(x))
+    finally:
+        _native.select_isa(original)
+    first = results["scalar"]
+    for isa, out in results.items():
+        np.testing.assert_allclose(out, first, rtol=1e-4, atol=1e-4, err_msg=isa)
