@@ -6,6 +6,7 @@
     python bench/runtime.py --model resnet18 --json [--threads N]
     python bench/runtime.py --cpu-time         # single-thread timings in CPU time
     python bench/runtime.py --model resnet18 --f32-real   # real weights stored as F32
+    python bench/runtime.py --model resnet18 --profile [--cpu-time]  # per-step times
 
 Layer mode times the runtime's fused binary conv (packed input, float output, zero
 padding) and torch's float32 ``conv2d`` on the same shapes at batch 1, single thread first,
@@ -407,6 +408,47 @@ def torch_resnet18(twin: dict[str, Any]) -> Any:
     return nn.Sequential(*layers).eval()
 
 
+def profile_model(threads: int, repeat: int, *, half_real: bool = True) -> list[dict[str, Any]]:
+    """Per-step times of ``Model.run`` on the binary ResNet-18 (the executor's steps after
+    its fusions): fastest and median of ``repeat`` runs, in milliseconds of the clock."""
+    net = _Net(0)
+    graph, tensors, _ = build_resnet18(net, half_real=half_real)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "resnet18.bfm"
+        runtime.write_bfm(path, graph=graph, tensors=tensors, provenance={"source_format": "bench"})
+        model = runtime.load(path, threads=threads)
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    model.run(x)  # makes the plan
+    plan = model._plan(1)
+    steps = model._steps
+    clock = CLOCK[0] if threads == 1 else time.perf_counter
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeat):
+        for step, record in zip(steps, times, strict=True):
+            ins = [plan.values[v] for v in step.inputs]
+            start = clock()
+            step.run(plan, ins, plan.values[step.output])
+            record.append((clock() - start) * 1e3)
+    from runtime.model import FUSED_POOL, FUSED_RELU
+
+    def label(step: Any) -> str:  # the ops a fused step runs
+        parts = [step.op]
+        parts += ["relu"] if step.attrs.get(FUSED_RELU) else []
+        parts += ["maxpool2d"] if FUSED_POOL in step.attrs else []
+        parts += ["sign_pack"] * len(step.extra_outputs)
+        return "+".join(parts)
+
+    return [
+        {
+            "step": step.name,
+            "op": label(step),
+            "ms_min": round(min(record), 4),
+            "ms_median": round(statistics.median(record), 4),
+        }
+        for step, record in zip(steps, times, strict=True)
+    ]
+
+
 def bench_model(threads: int, repeat: int, *, half_real: bool = True) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
@@ -466,6 +508,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="one thread count (default: 1, then all cores)")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="model mode: time each step of Model.run instead (min and median)",
+    )
+    parser.add_argument(
         "--f32-real",
         action="store_true",
         help="model mode: store the real layers' weights as F32 (default F16, as exported)",
@@ -480,6 +527,18 @@ def main() -> None:
         CLOCK[0] = time.thread_time
     cores = runtime.default_threads()
 
+    if args.model and args.profile:
+        rows = profile_model(args.threads or 1, args.repeat, half_real=not args.f32_real)
+        if args.json:
+            print(json.dumps(rows))
+            return
+        print(f"Model.run steps, threads {args.threads or 1}, isa {runtime.isa()}")
+        print(f"{'step':<16} {'op':<34} {'ms min':>8} {'ms median':>10}")
+        for r in rows:
+            print(f"{r['step']:<16} {r['op']:<34} {r['ms_min']:8.3f} {r['ms_median']:10.3f}")
+        total = sum(r["ms_median"] for r in rows)
+        print(f"{'sum':<51} {sum(r['ms_min'] for r in rows):8.3f} {total:10.3f}")
+        return
     if args.model:
         counts = [args.threads] if args.threads else ([1] if args.json else sorted({1, cores}))
         results = [bench_model(t, args.repeat, half_real=not args.f32_real) for t in counts]
