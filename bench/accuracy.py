@@ -3,15 +3,17 @@
 For each dataset and seed: train a real CNN, then convert it with every method (binary
 weights and activations, first and last layer real) and fine-tune each for the same number
 of epochs by distillation + cross-entropy. Rows: the real model; ``none`` + ``analytic``
-(XNOR-Net); ``none`` + ``channel``; ``matrix``/``tucker``/``cp`` with ``channel`` and
-``xnorpp`` scales. Prints mean and spread over seeds, the training step time relative to
-``none``, and writes a PNG (accuracy per method; accuracy against rank on one dataset).
+(XNOR-Net); ``none`` + ``channel`` and ``none`` + ``xnorpp`` (the learned scales without a
+factorization); ``matrix``/``tucker``/``cp`` with ``channel`` and ``xnorpp`` scales (with
+the default dense residual); Tucker + ``xnorpp`` without the residual (ablation). Prints
+mean and spread over seeds, the training step time relative to ``none``, and writes a
+PNG (accuracy per method; accuracy against rank on one dataset).
 
 Datasets (no download): scikit-learn's ``digits`` (8x8) and ``shapes``, generated here:
 16x16 images of ten shape classes at random positions, sizes and contrasts, with a
 background gradient and noise, so binarization visibly costs accuracy.
 
-    .venv/bin/python bench/accuracy.py                   # the full table (~13 min, 1 thread)
+    .venv/bin/python bench/accuracy.py                   # the full table (~15 min, 1 thread)
     .venv/bin/python bench/accuracy.py --seeds 1 --quick # a smoke run
 """
 
@@ -37,15 +39,18 @@ from engine.archs import VGGSmall  # noqa: E402
 from engine.convert import convert  # noqa: E402
 from engine.train import predict, train  # noqa: E402
 
-METHODS: list[tuple[str, str, str]] = [
-    ("none+analytic (XNOR-Net)", "none", "analytic"),
-    ("none+channel", "none", "channel"),
-    ("matrix+channel", "matrix", "channel"),
-    ("matrix+xnorpp", "matrix", "xnorpp"),
-    ("tucker+channel", "tucker", "channel"),
-    ("tucker+xnorpp", "tucker", "xnorpp"),
-    ("cp+channel", "cp", "channel"),
-    ("cp+xnorpp", "cp", "xnorpp"),
+METHODS: list[tuple[str, str, str, bool]] = [
+    ("none+analytic (XNOR-Net)", "none", "analytic", False),
+    ("none+channel", "none", "channel", False),
+    ("none+xnorpp", "none", "xnorpp", False),
+    ("matrix+channel", "matrix", "channel", True),
+    ("matrix+xnorpp", "matrix", "xnorpp", True),
+    ("tucker+channel", "tucker", "channel", True),
+    ("tucker+xnorpp", "tucker", "xnorpp", True),
+    ("cp+channel", "cp", "channel", True),
+    ("cp+xnorpp", "cp", "xnorpp", True),
+    # ablation: the factors alone (no dense residual), the paper's plain parametrization
+    ("tucker+xnorpp, no residual", "tucker", "xnorpp", False),
 ]
 
 
@@ -130,6 +135,7 @@ def run_method(
     epochs: int,
     seed: int,
     rank: float = 1.0,
+    residual: bool = True,
 ) -> tuple[float, float]:
     x, y, xt, yt = data
     cpu = torch.device("cpu")
@@ -137,6 +143,7 @@ def run_method(
         factorization=factorization,
         scales=scales,
         rank=rank,  # type: ignore[arg-type]
+        residual=residual,
         epochs=epochs,
         lr=4e-2,  # chosen on a validation split (see docs/engine.md, "Recipe")
         batch_size=128,
@@ -169,8 +176,13 @@ def step_times(
     so that load from other processes hits them alike."""
     x, y = data[0], data[1]
     students = {}
-    for label, fac, sc in METHODS:
-        config = BinarizeConfig(factorization=fac, scales=sc, min_layer_size=0)  # type: ignore[arg-type]
+    for label, fac, sc, residual in METHODS:
+        config = BinarizeConfig(
+            factorization=fac,  # type: ignore[arg-type]
+            scales=sc,  # type: ignore[arg-type]
+            residual=residual,
+            min_layer_size=0,
+        )
         torch.manual_seed(0)
         student, _ = convert(teacher, x[:256], config)
         students[label] = (student.train(), torch.optim.AdamW(student.parameters(), 1e-4))
@@ -201,7 +213,7 @@ def main() -> None:
     # spin against other processes' threads (measured 7x slower per step under load).
     torch.set_num_threads(args.threads)
     datasets = {"digits": digits(), "shapes": shapes()}
-    methods = METHODS[:3] if args.quick else METHODS
+    methods = [METHODS[0], METHODS[1], METHODS[4]] if args.quick else METHODS
     results: dict[str, dict[str, list[float]]] = {}
     started = time.time()
     teachers = {}
@@ -216,8 +228,8 @@ def main() -> None:
             results[dname]["real"].append(
                 acc(predict(teacher, data[2], torch.device("cpu")), data[3])
             )
-            for label, fac, sc in methods:
-                a, _ = run_method(teacher, data, fac, sc, args.epochs, seed)
+            for label, fac, sc, residual in methods:
+                a, _ = run_method(teacher, data, fac, sc, args.epochs, seed, residual=residual)
                 results[dname].setdefault(label, []).append(a)
                 print(
                     f"[{time.time() - started:6.0f}s] {dname} seed {seed} {label:26s} {a:6.2f}%",
