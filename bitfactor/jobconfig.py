@@ -52,7 +52,12 @@ class BinarizeConfig(BaseModel):
         default="ste", description="Gradient of the activation sign: clipped STE or ApproxSign."
     )
     epochs: int = Field(default=10, ge=0, le=10_000, description="0 converts without training.")
-    lr: float = Field(default=1e-3, gt=0, le=10.0)
+    lr: float = Field(
+        default=1e-2,
+        gt=0,
+        le=10.0,
+        description="AdamW learning rate (1e-3 under-fits short jobs; see docs/engine.md).",
+    )
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)

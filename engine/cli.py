@@ -41,7 +41,7 @@ def binarize(
     rank: str = typer.Option("1.0", "--rank", help="Fraction of full rank, or ranks 'r1,r2,..'"),
     scales: str = typer.Option("channel", "--scales", help="analytic|channel|xnorpp"),
     epochs: int = typer.Option(10, "--epochs", help="0 converts and exports without training"),
-    lr: float = typer.Option(1e-3, "--lr"),
+    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate (BinarizeConfig.lr)"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
     checkpoint_dir: Path | None = typer.Option(
