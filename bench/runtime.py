@@ -5,16 +5,25 @@
     python bench/runtime.py --model resnet18   # whole network vs torch and onnxruntime
     python bench/runtime.py --model resnet18 --json [--threads N]
     python bench/runtime.py --cpu-time         # single-thread timings in CPU time
+    python bench/runtime.py --cold             # alternating single calls instead of blocks
     python bench/runtime.py --model resnet18 --f32-real   # real weights stored as F32
     python bench/runtime.py --model resnet18 --profile [--cpu-time]  # per-step times
 
 Layer mode times the runtime's fused binary conv (packed input, float output, zero
 padding) and torch's float32 ``conv2d`` on the same shapes at batch 1, single thread first,
-then all cores, for every ISA this CPU runs (``--isa`` picks one). It also times a chain of
+then all cores, for every ISA this CPU runs (``--isa`` picks one). Single-threaded, both
+are timed alike in warm blocks: a block of torch calls, a block of binary calls, and so on
+(``--repeat`` rounds), each block one untimed call then 10 calls timed one by one; the
+table gives the median (speedup, GMAC/s) and the minimum of those per-call times. Caches
+then hold each function's own data, as for a layer inside a network, whose input the
+previous layer just wrote. ``--cold`` instead alternates single calls (torch, binary,
+torch, ...), so each starts after the other's cache pollution (medians only). Several
+threads: each function in a block of its own after a pause. It also times a chain of
 8 binary 3x3 layers (256ch@14x14) handing off bits, against the XOR/popcount kernel alone
 on the same data, and prints the packed/float32 weight size ratio. JSON rows carry
 ``shape``, ``isa``, ``threads``, ``ms_binary``, ``ms_torch``, ``speedup`` and
-``bmacs_per_s`` (binary MACs per second).
+``bmacs_per_s`` (binary MACs per second), from medians. The chain is timed by the same
+scheme.
 
 Model mode builds a binary ResNet-18 ``.bfm`` directly (random weights; real 7x7 stem
 and final Linear, binary 3x3 convs handing off bits inside each block, real 1x1
@@ -91,6 +100,33 @@ def interleaved_ms(
     return [statistics.median(bucket) * 1e3 for bucket in times]
 
 
+def blocks_ms(
+    fns: list[Callable[[], Any]],
+    *,
+    repeat: int,
+    block: int = 10,
+    clock: Callable[[], float] | None = None,
+) -> list[tuple[float, float]]:
+    """(median, min) milliseconds per call of each function, timed in warm blocks.
+
+    The functions take turns by blocks (a block of the first, one of the second, ...,
+    ``repeat`` rounds): each block runs its function once untimed, then ``block`` timed
+    calls, each timed on its own. Every function is measured the same way: caches warm
+    with its own data, as a layer runs inside a network (its input just written by the
+    previous layer), while taking turns still spreads the machine's other load alike.
+    """
+    clock = clock or CLOCK[0]
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, bucket in zip(fns, times, strict=True):
+            fn()
+            for _ in range(block):
+                start = clock()
+                fn()
+                bucket.append(clock() - start)
+    return [(statistics.median(b) * 1e3, min(b) * 1e3) for b in times]
+
+
 def _pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
 
@@ -98,7 +134,9 @@ def _pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 # -- layers ------------------------------------------------------------------------------
 
 
-def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list[dict[str, Any]]:
+def bench_layers(
+    isas: list[str], thread_counts: list[int], repeat: int, *, cold: bool = False
+) -> list[dict[str, Any]]:
     import torch
 
     rng = np.random.default_rng(0)
@@ -137,9 +175,15 @@ def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list
                 ) -> None:
                     op(xb, out, scr, threads=t, isa=isa)
 
-                ms_torch, ms_binary = interleaved_ms(
-                    [run_torch, run_binary], repeat=repeat, threads=threads
-                )
+                if cold or threads > 1:
+                    ms_torch, ms_binary = interleaved_ms(
+                        [run_torch, run_binary], repeat=repeat, threads=threads
+                    )
+                    min_torch, min_binary = float("nan"), float("nan")
+                else:
+                    (ms_torch, min_torch), (ms_binary, min_binary) = blocks_ms(
+                        [run_torch, run_binary], repeat=repeat
+                    )
                 rows.append(
                     {
                         "shape": f"{c}x{hw}x{hw}-s{stride}",
@@ -148,6 +192,8 @@ def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list
                         "macs": macs,
                         "ms_binary": round(ms_binary, 4),
                         "ms_torch": round(ms_torch, 4),
+                        "ms_binary_min": round(min_binary, 4),
+                        "ms_torch_min": round(min_torch, 4),
                         "speedup": round(ms_torch / ms_binary, 2),
                         "bmacs_per_s": round(macs / (ms_binary * 1e-3), 1),
                     }
@@ -155,7 +201,7 @@ def bench_layers(isas: list[str], thread_counts: list[int], repeat: int) -> list
     return rows
 
 
-def bench_chain(isa: str, repeat: int) -> dict[str, float]:
+def bench_chain(isa: str, repeat: int, *, cold: bool = False) -> dict[str, float]:
     """8 binary 3x3 layers 256ch@14x14 with bit hand-off vs the XOR/popcount kernel alone."""
     rng = np.random.default_rng(1)
     c, hw, depth = 256, 14, 8
@@ -192,7 +238,10 @@ def bench_chain(isa: str, repeat: int) -> dict[str, float]:
         for op in ops:
             _native.xnor_panel(a, op.weight_rows, cmat, hw * hw, c, kpad, kpad, kpad, isa)
 
-    ms_chain, ms_kernel = interleaved_ms([chain, kernels_only], repeat=repeat)
+    if cold:
+        ms_chain, ms_kernel = interleaved_ms([chain, kernels_only], repeat=repeat)
+    else:
+        (ms_chain, _), (ms_kernel, _) = blocks_ms([chain, kernels_only], repeat=repeat)
     w_packed = ops[0].weight_rows[:, : 9 * words_for(c)].nbytes
     return {
         "ms_chain": ms_chain,
@@ -202,16 +251,20 @@ def bench_chain(isa: str, repeat: int) -> dict[str, float]:
     }
 
 
+def _ms(v: float) -> str:
+    return "-" if v != v else f"{v:.3f}"  # NaN: not measured (--cold)
+
+
 def print_layers(rows: list[dict[str, Any]]) -> None:
     print(
         f"{'shape':<14} {'isa':<7} {'thr':>3} {'MMACs':>7} {'ms binary':>10} "
-        f"{'ms torch':>9} {'GMAC/s':>8} {'x torch':>8}"
+        f"{'ms torch':>9} {'GMAC/s':>8} {'x torch':>8} {'min binary':>11} {'min torch':>10}"
     )
     for r in rows:
         print(
             f"{r['shape']:<14} {r['isa']:<7} {r['threads']:>3} {r['macs'] / 1e6:7.1f} "
             f"{r['ms_binary']:10.3f} {r['ms_torch']:9.3f} {r['bmacs_per_s'] / 1e9:8.0f} "
-            f"{r['speedup']:8.1f}"
+            f"{r['speedup']:8.1f} {_ms(r['ms_binary_min']):>11} {_ms(r['ms_torch_min']):>10}"
         )
     for isa in sorted({r["isa"] for r in rows}):
         for threads in sorted({r["threads"] for r in rows}):
@@ -518,6 +571,12 @@ def main() -> None:
         help="model mode: store the real layers' weights as F32 (default F16, as exported)",
     )
     parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="layer mode: alternate single calls (torch, binary, torch, ...) instead of "
+        "warm blocks of calls",
+    )
+    parser.add_argument(
         "--cpu-time",
         action="store_true",
         help="time single-threaded runs in CPU time of the calling thread (busy machines)",
@@ -565,15 +624,22 @@ def main() -> None:
 
     isas = [args.isa] if args.isa else runtime.supported_isas()[::-1]
     counts = [args.threads] if args.threads else sorted({1, cores})
-    rows = bench_layers(isas, counts, args.repeat)
+    rows = bench_layers(isas, counts, args.repeat, cold=args.cold)
     if args.json:
         keys = ("shape", "isa", "threads", "ms_binary", "ms_torch", "speedup", "bmacs_per_s")
         print(json.dumps([{k: r[k] for k in keys} for r in rows]))
         return
+    clock = "thread CPU time" if args.cpu_time else "wall time"
+    scheme = (
+        "cold: alternating single calls, torch then binary"
+        if args.cold
+        else "warm: alternating blocks of 10 calls, per-call median and min"
+    )
     print(f"binary 3x3 conv vs torch float32 conv2d, batch 1 ({os.cpu_count()} cores)")
+    print(f"timing: {scheme}, {clock} (several threads: blocks after a pause, median)")
     print_layers(rows)
     for isa in isas:
-        chain = bench_chain(isa, args.repeat)
+        chain = bench_chain(isa, args.repeat, cold=args.cold)
         print(
             f"chain of 8 binary 3x3 layers 256ch@14x14, {isa}, 1 thread: "
             f"{chain['ms_chain']:.3f} ms, "

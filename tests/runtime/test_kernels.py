@@ -567,3 +567,59 @@ def test_maxpool2d_matches_torch(
     _, _, ho, wo = expected.shape
     _native.maxpool2d(x, out, np.empty(w, np.float32), (planes, h, w, ho, wo, *k, *s, *pad))
     np.testing.assert_array_equal(out, expected)
+
+
+def _bench_module() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "runtime.py"
+    spec = importlib.util.spec_from_file_location("bench_runtime", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_blocks_time_every_function_alike_in_alternating_warm_blocks() -> None:
+    bench = _bench_module()
+    now = [0.0]
+    calls: list[str] = []
+
+    def fn(name: str, seconds: list[float]) -> Any:
+        def run() -> None:  # each call takes the next of `seconds` on the clock
+            calls.append(name)
+            now[0] += seconds[len([c for c in calls if c == name]) % len(seconds)]
+
+        return run
+
+    a = fn("a", [0.001, 0.003, 0.002])
+    b = fn("b", [0.010])
+    (med_a, min_a), (med_b, min_b) = bench.blocks_ms(
+        [a, b], repeat=3, block=4, clock=lambda: now[0]
+    )
+    # one untimed call, then `block` timed ones, blocks taking turns
+    assert calls == (["a"] * 5 + ["b"] * 5) * 3
+    assert min_b == pytest.approx(10.0)
+    assert med_b == pytest.approx(10.0)
+    assert min_a == pytest.approx(1.0)
+    assert med_a == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_bench_layers_warm_and_cold_schemes_time_the_same_work() -> None:
+    bench = _bench_module()
+    for cold in (False, True):
+        rows = bench.bench_layers(["scalar"], [1], 1, cold=cold)
+        assert [r["shape"] for r in rows] == [f"{c}x{hw}x{hw}-s{s}" for c, hw, s in bench.LAYERS]
+        for r in rows:
+            assert r["ms_binary"] > 0
+            assert r["ms_torch"] > 0
+            assert r["speedup"] == pytest.approx(r["ms_torch"] / r["ms_binary"], rel=0.01)
+            if cold:  # single calls: a median only
+                assert np.isnan(r["ms_binary_min"])
+                assert np.isnan(r["ms_torch_min"])
+            else:
+                assert 0 < r["ms_binary_min"] <= r["ms_binary"]
+                assert 0 < r["ms_torch_min"] <= r["ms_torch"]
