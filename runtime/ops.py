@@ -10,6 +10,7 @@ taps back out exactly. :func:`sign_pack` packs float activations channels-last.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,9 @@ class BinaryConv:
     out_bits: bool = False
     # weight rows repacked for the panel kernels, per lane count (made on first use)
     _panels: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    # per ISA, the arguments of every call (made on the first call: the fields are taken as
+    # fixed from then on)
+    _fixed: dict[str, tuple[Any, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     def panel(self, lanes: int) -> np.ndarray:
         """The weight rows as lane-interleaved panels, ``panel[(g*kpad + k)*lanes + l]`` =
@@ -163,18 +167,27 @@ class BinaryConv:
     ) -> int:
         """Run on packed ``x`` ``(n, h, w, cin_w)`` into ``out``; returns the threads used."""
         n, h, w, _ = x.shape
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        (ph, pw), (dh, dw) = self.padding, self.dilation
-        geometry = (n, h, w, self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw)
-        lanes = int(_native.panel_lanes(isa))
-        transform = (
-            int(self.pad_zero),
-            ACTIVATIONS[self.activation],
-            self.min_val,
-            self.max_val,
-            int(self.post_relu),
-            int(self.out_bits),
-        )
+        if isa is None:  # the ISA in use now (select_isa may change it)
+            isa = _native.isa()
+        fixed = self._fixed.get(isa)
+        if fixed is None:  # Python work of ~1 us a call otherwise (3% of a small layer)
+            (kh, kw), (sh, sw) = self.kernel_size, self.stride
+            (ph, pw), (dh, dw) = self.padding, self.dilation
+            lanes = int(_native.panel_lanes(isa))
+            fixed = self._fixed[isa] = (
+                (self.in_channels, self.out_channels, kh, kw, sh, sw, ph, pw, dh, dw, self.kpad),
+                (
+                    int(self.pad_zero),
+                    ACTIVATIONS[self.activation],
+                    self.min_val,
+                    self.max_val,
+                    int(self.post_relu),
+                    int(self.out_bits),
+                ),
+                self.panel(lanes),
+                lanes,
+            )
+        geometry, transform, panel, lanes = fixed
         return int(
             _native.bconv(
                 x,
@@ -189,11 +202,11 @@ class BinaryConv:
                 self.out_threshold,
                 out,
                 scratch,
-                (*geometry, self.kpad),
+                (n, h, w, *geometry),
                 transform,
                 threads,
                 isa,
-                self.panel(lanes),
+                panel,
                 lanes,
             )
         )

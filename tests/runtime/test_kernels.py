@@ -623,3 +623,31 @@ def test_bench_layers_warm_and_cold_schemes_time_the_same_work() -> None:
             else:
                 assert 0 < r["ms_binary_min"] <= r["ms_binary"]
                 assert 0 < r["ms_torch_min"] <= r["ms_torch"]
+
+
+def test_binary_conv_default_isa_follows_select_isa_between_calls() -> None:
+    """A call without ``isa`` runs the ISA in use at that call, also after other ISAs ran
+    the same op (whose call arguments, ready-made panel included, are kept per ISA), and
+    every ISA's output equals the scalar kernel's."""
+    rng = np.random.default_rng(5)
+    c, hw = 72, 9  # 72 channels: a partial last lane group under every lane count
+    w = np.where(rng.random((c, 3, 3, c)) < 0.5, -1.0, 1.0).astype(np.float32)
+    op = BinaryConv.create(
+        pack_signs(w),
+        in_channels=c,
+        scale=rng.random(c).astype(np.float32) + 0.5,
+        padding=(1, 1),
+    )
+    xb = pack_signs(rng.standard_normal((1, hw, hw, c)))
+    scratch = np.empty(op.scratch_bytes(1), np.uint8)
+    expected = np.empty(op.output_shape(1, hw, hw), np.float32)
+    op(xb, expected, scratch, isa="scalar")
+    original = _native.isa()
+    try:
+        for isa in [*ISAS, *ISAS[::-1]]:
+            _native.select_isa(isa)
+            out = np.full_like(expected, np.nan)
+            op(xb, out, scratch)
+            np.testing.assert_array_equal(out, expected, err_msg=isa)
+    finally:
+        _native.select_isa(original)
