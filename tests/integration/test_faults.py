@@ -336,6 +336,7 @@ def _still_running(client: Client, job_id: str) -> None:
     assert job["status"] == "running", f"the job ended before the fault: {job['status']}"
 
 
+@pytest.mark.timeout(900)
 def test_database_broker_and_api_fail_under_a_running_job(faulty: Faulty, tmp_path: Path) -> None:
     """Three faults in turn under one running job (one job, to keep the suite short):
 
@@ -353,8 +354,9 @@ def test_database_broker_and_api_fail_under_a_running_job(faulty: Faulty, tmp_pa
     dep = faulty
     with dep.client() as client:
         model_id, data_id = _inputs(client, dep)
-        # Long enough that an idle machine is still training when the last fault starts.
-        running = client.submit(model_id, data_id, {"epochs": 12, "batch_size": 16})["id"]
+        # Long enough that an idle machine is still training when the last fault starts:
+        # 60 epochs took ~20 s on an idle 2-core machine and the faults take ~15 s.
+        running = client.submit(model_id, data_id, {"epochs": 150, "batch_size": 16})["id"]
         waiting = client.submit(model_id, data_id, {"epochs": 0})["id"]
         before = _wait_for(client, running, _training(1))["progress"]["epoch"]
 
@@ -381,7 +383,7 @@ def test_database_broker_and_api_fail_under_a_running_job(faulty: Faulty, tmp_pa
     dep.restart_api()
     with dep.client() as client:
         for job_id in (running, waiting):
-            job = client.wait(job_id, timeout=300, interval=0.5)
+            job = client.wait(job_id, timeout=780, interval=0.5)
             assert job["status"] == "succeeded", (job["error"], client.logs(job_id))
             assert job["attempts"] == 1, client.logs(job_id)
             _assert_one_artifact(dep, client, job, tmp_path)
@@ -440,7 +442,8 @@ def test_full_artifact_store_fails_the_job_cleanly(faulty: Faulty, tmp_path: Pat
         pytest.skip("cannot mount a tmpfs here (needs root)")
     with dep.client() as client:
         model_id, data_id = _inputs(client, dep)
-        job_id = client.submit(model_id, data_id, {"epochs": 6, "batch_size": 16})["id"]
+        # Epochs last ~0.3 s on an idle machine: enough of them that it is still training.
+        job_id = client.submit(model_id, data_id, {"epochs": 30, "batch_size": 16})["id"]
         _wait_for(client, job_id, _training(1))
         filler = dep.artifacts / "filler"
         with open(filler, "wb") as handle, contextlib.suppress(OSError):
@@ -467,7 +470,8 @@ def test_lost_worker_node_is_swept(faulty: Faulty, tmp_path: Path) -> None:
     dep = faulty
     with dep.client() as client:
         model_id, data_id = _inputs(client, dep, "small")
-        job_id = client.submit(model_id, data_id, {"epochs": 4, "batch_size": 8})["id"]
+        # Epochs last well under a second on an idle machine: enough of them to be caught.
+        job_id = client.submit(model_id, data_id, {"epochs": 40, "batch_size": 8})["id"]
         first = _wait_for(client, job_id, _training(2))  # the epoch-1 checkpoint exists
         os.killpg(dep.worker.pid, signal.SIGKILL)
         dep.worker.wait()
