@@ -6,16 +6,20 @@ the source of truth; ``queued`` rows are the jobs waiting in the broker).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import repo
 from db.models import JOB_STATUSES
+
+log = logging.getLogger("bitfactor.api")
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -35,7 +39,11 @@ PREDICT_LATENCY = Histogram(
 
 
 class JobCollector(Collector):
-    """Jobs by status and the queue depth, counted in the database at scrape time."""
+    """Jobs by status and the queue depth, counted in the database at scrape time.
+
+    While the database is unreachable a scrape still answers: ``bitfactor_database_up`` is
+    0 and the job gauges are left out (a gap in a graph, not a failed scrape).
+    """
 
     def __init__(self) -> None:
         self.sessions: sessionmaker[Session] | None = None
@@ -43,8 +51,18 @@ class JobCollector(Collector):
     def collect(self) -> Iterator[Any]:
         if self.sessions is None:
             return
-        with self.sessions() as session:
-            counts = repo.job_counts(session)
+        try:
+            with self.sessions() as session:
+                counts = repo.job_counts(session)
+        except DBAPIError as exc:
+            log.warning("metrics: the database is unreachable (%s)", type(exc).__name__)
+            yield GaugeMetricFamily(
+                "bitfactor_database_up", "1 when the last scrape could read the database.", 0
+            )
+            return
+        yield GaugeMetricFamily(
+            "bitfactor_database_up", "1 when the last scrape could read the database.", 1
+        )
         jobs = GaugeMetricFamily("bitfactor_jobs", "Jobs by status.", labels=["status"])
         for status in JOB_STATUSES:
             jobs.add_metric([status], counts.get(status, 0))

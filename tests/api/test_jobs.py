@@ -4,6 +4,7 @@ cross-tenant 404s, logs, artifacts (checksum verified, ETag) and metrics."""
 from __future__ import annotations
 
 import hashlib
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +173,26 @@ def test_metrics(api: Api, model_id: str, dataset_id: str) -> None:
     assert 'bitfactor_jobs{status="queued"} 2.0' in text
     assert "bitfactor_queue_depth 2.0" in text
     assert 'bitfactor_http_request_duration_seconds_count{method="POST",route="/v1/jobs"' in text
+    assert "bitfactor_database_up 1.0" in text
+
+
+def test_metrics_answer_while_the_database_is_unreachable() -> None:
+    """A scrape during a database outage reports it instead of failing."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from api.metrics import JobCollector
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    collector = JobCollector()
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+    collector.sessions = sessionmaker(engine)
+    families = {family.name: family for family in collector.collect()}
+    assert set(families) == {"bitfactor_database_up"}
+    assert families["bitfactor_database_up"].samples[0].value == 0
+    engine.dispose()
 
 
 def test_deleting_inputs_keeps_jobs(api: Api, model_id: str, dataset_id: str) -> None:
