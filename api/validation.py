@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,39 +25,10 @@ from fastapi import Request
 
 from api.errors import Problem
 from bitfactor.modelformat import detect_format
+from bitfactor.sandbox import OUT_OF_MEMORY, child_env, limited_command
 
 MAX_DATASET_EXPANSION = 8  # decompressed size may be at most 8x the upload cap
 MULTIPART = "multipart/form-data"
-
-# Runs in the child before anything else: set the limits, then run the module as __main__.
-_LIMITED = (
-    "import resource, runpy, sys\n"
-    "def cap(kind, soft, hard):\n"
-    "    _, cur = resource.getrlimit(kind)\n"
-    "    if cur != resource.RLIM_INFINITY:\n"
-    "        soft, hard = min(soft, cur), min(hard, cur)\n"
-    "    resource.setrlimit(kind, (soft, hard))\n"
-    "mem, cpu = int(sys.argv[1]), int(sys.argv[2])\n"
-    "if mem > 0:\n"
-    "    cap(resource.RLIMIT_AS, mem, mem)\n"
-    "if cpu > 0:\n"
-    "    cap(resource.RLIMIT_CPU, cpu, cpu + 1)\n"
-    "cap(resource.RLIMIT_CORE, 0, 0)\n"
-    "sys.argv = [sys.argv[3], *sys.argv[4:]]\n"
-    "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
-)
-_CHILD_ENV = {
-    "PATH",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "VIRTUAL_ENV",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "TMPDIR",
-    "LD_LIBRARY_PATH",
-}
-_OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "can't allocate memory", "Cannot allocate memory")
 
 
 class InvalidUpload(ValueError):
@@ -130,21 +99,15 @@ def inspect_model(
     if not _engine_available(module):
         # The torch-free image: the worker imports the model fully when a job runs.
         return ModelInfo(format=fmt, input_shape=None, num_params=None, num_outputs=None)
-    cmd = [sys.executable, "-c", _LIMITED, str(max_memory_bytes), str(max_cpu_seconds), module]
-    cmd.append(str(path))
+    args = [str(path)]
     if arch:
-        cmd += ["--arch", arch]
+        args += ["--arch", arch]
     if arch_kwargs:
-        cmd += ["--arch-kwargs", json.dumps(arch_kwargs)]
-    env = {
-        # Only what an interpreter needs: no secrets (database URL, secret key) reach it.
-        **{k: v for k, v in os.environ.items() if k in _CHILD_ENV},
-        "PYTHONDONTWRITEBYTECODE": "1",
-        # One thread: CPU time is wall time, and no per-thread arenas eat the address space.
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
+        args += ["--arch-kwargs", json.dumps(arch_kwargs)]
+    cmd = limited_command(
+        module, args, max_memory_bytes=max_memory_bytes, max_cpu_seconds=max_cpu_seconds
+    )
+    env = child_env()
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False
@@ -172,7 +135,7 @@ def inspect_model(
             raise InvalidUpload(
                 f"the model exceeded the CPU time limit of {max_cpu_seconds} s while loading"
             )
-        if any(word in proc.stderr for word in _OUT_OF_MEMORY) and max_memory_bytes:
+        if any(word in proc.stderr for word in OUT_OF_MEMORY) and max_memory_bytes:
             raise InvalidUpload(f"the model exceeded {memory} while loading")
         if proc.returncode < 0:
             raise InvalidUpload(

@@ -367,8 +367,17 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         val_path = store.verified_path(*val_ref) if val_ref is not None else None
         config = BinarizeConfig.model_validate(config_data)
 
+        import engine.importers
+        from bitfactor.sandbox import Limits
         from engine.errors import JobCancelled, UserInputError
         from engine.pipeline import binarize
+
+        # A .pt is unpickled only in a child, under the limits of the API's upload check.
+        engine.importers.PT_LIMITS = Limits(
+            max_memory_bytes=settings.inspect_max_memory_mb * 2**20,
+            max_cpu_seconds=settings.inspect_max_cpu_seconds,
+            timeout=settings.inspect_timeout,
+        )
 
         try:
             result = binarize(
