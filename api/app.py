@@ -45,7 +45,8 @@ def _route_template(app: Any, scope: Scope) -> str:
 
 
 class ObserveMiddleware:
-    """Request latency by method, route template and status (``bitfactor_request_seconds``).
+    """Request latency by method, route template and status
+    (``bitfactor_http_request_duration_seconds``).
 
     A plain ASGI middleware: ``@app.middleware("http")`` (``BaseHTTPMiddleware``) runs the
     rest of the stack in a separate task with memory streams, which cost about a
