@@ -25,7 +25,7 @@ from fastapi import Request
 
 from api.errors import Problem
 from bitfactor.modelformat import detect_format
-from bitfactor.sandbox import OUT_OF_MEMORY, child_env, limited_command
+from bitfactor.sandbox import OUT_OF_MEMORY, child_env, child_report, limited_command
 
 MAX_DATASET_EXPANSION = 8  # decompressed size may be at most 8x the upload cap
 MULTIPART = "multipart/form-data"
@@ -116,14 +116,7 @@ def inspect_model(
         raise InvalidUpload(
             f"validating the model took longer than the time limit of {timeout:.0f} s"
         ) from exc
-    data: dict[str, Any] | None = None
-    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
-    if lines:
-        try:
-            parsed = json.loads(lines[-1])
-            data = parsed if isinstance(parsed, dict) else None
-        except json.JSONDecodeError:
-            data = None
+    data = child_report(proc.stdout)
     memory = f"the memory limit of {max_memory_bytes // 2**20} MiB"
     if data is not None and data.get("limit") == "memory":
         raise InvalidUpload(f"the model exceeded {memory} while loading")

@@ -9,9 +9,11 @@ Used wherever untrusted model bytes are loaded: the API's upload check
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 # Runs in the child before anything else: set the limits, then run the module as __main__.
 _LIMITED = (
@@ -79,3 +81,15 @@ def child_env() -> dict[str, str]:
         "MKL_NUM_THREADS": "1",
         "CUDA_VISIBLE_DEVICES": "",
     }
+
+
+def child_report(stdout: str) -> dict[str, Any] | None:
+    """The JSON object a sandboxed child printed last (its verdict), or None."""
+    lines = [line for line in stdout.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    try:
+        parsed = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

@@ -18,7 +18,6 @@ refused, naming the tensor.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -31,7 +30,13 @@ import torch
 from torch import nn
 
 from bitfactor.modelformat import detect_format
-from bitfactor.sandbox import OUT_OF_MEMORY, Limits, child_env, limited_command
+from bitfactor.sandbox import (
+    OUT_OF_MEMORY,
+    Limits,
+    child_env,
+    child_report,
+    limited_command,
+)
 from engine import archs
 from engine.errors import UserInputError
 
@@ -148,14 +153,7 @@ def load_pt_state_dict(path: Path, *, limits: Limits | None = None) -> dict[str,
 
 
 def _raise_child_failure(name: str, proc: subprocess.CompletedProcess[str], lim: Limits) -> None:
-    data: dict[str, Any] | None = None
-    lines = [line for line in proc.stdout.strip().splitlines() if line.strip()]
-    if lines:
-        try:
-            parsed = json.loads(lines[-1])
-            data = parsed if isinstance(parsed, dict) else None
-        except json.JSONDecodeError:
-            data = None
+    data = child_report(proc.stdout)
     memory = f"{name}: loading exceeded the memory limit of {lim.max_memory_bytes // 2**20} MiB"
     if data is not None and data.get("limit") == "memory":
         raise UserInputError(memory)
