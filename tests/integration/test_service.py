@@ -393,9 +393,10 @@ def test_lost_worker_redelivers_and_resumes(deployment: Deployment) -> None:
     with dep.client() as client:
         model_id = client.upload_model(dep.files["mlp"])["id"]
         dataset_id = client.upload_dataset(dep.files["medium"])["id"]
-        # Enough epochs that an idle machine cannot finish the job between two polls
-        # after the first checkpoint exists (epoch >= 2 means epoch 1 was saved).
-        job_id = client.submit(model_id, dataset_id, {"epochs": 6, "batch_size": 16})["id"]
+        # Enough epochs that an idle machine is still training when the poll sees
+        # epoch >= 2 (epoch 1 was saved): epochs take ~0.1-0.3 s there, and 6 of them
+        # once finished between two polls in a clean-clone CI run.
+        job_id = client.submit(model_id, dataset_id, {"epochs": 40, "batch_size": 16})["id"]
         job = _wait_for(
             client,
             job_id,
