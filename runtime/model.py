@@ -643,14 +643,20 @@ def _fuse_sign_pack(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return result
 
 
-def _fuse_pool(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str, Any]]:
-    """Run a ``maxpool2d`` inside the real conv (and fused relu) before it, where that
-    conv feeds only it and runs in C: the conv's output is then pooled band by band while
-    in cache and never written whole (``runtime/csrc/fconv``)."""
+def _reader_counts(nodes: list[dict[str, Any]]) -> dict[str, int]:
+    """How many node inputs read each value (a fusion needs its source read only once)."""
     readers: dict[str, int] = {}
     for node in nodes:
         for name in node["inputs"]:
             readers[name] = readers.get(name, 0) + 1
+    return readers
+
+
+def _fuse_pool(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str, Any]]:
+    """Run a ``maxpool2d`` inside the real conv (and fused relu) before it, where that
+    conv feeds only it and runs in C: the conv's output is then pooled band by band while
+    in cache and never written whole (``runtime/csrc/fconv``)."""
+    readers = _reader_counts(nodes)
     result: list[dict[str, Any]] = []
     for node in nodes:
         source = result[-1] if result else None
@@ -679,10 +685,7 @@ def _fuse_pool(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str,
 
 def _fuse_relu(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str, Any]]:
     """Apply a ``relu`` inside the real conv before it, where that conv feeds only it."""
-    readers: dict[str, int] = {}
-    for node in nodes:
-        for name in node["inputs"]:
-            readers[name] = readers.get(name, 0) + 1
+    readers = _reader_counts(nodes)
     result: list[dict[str, Any]] = []
     for node in nodes:
         source = result[-1] if result else None
@@ -707,10 +710,7 @@ def _fold_batchnorm(
     """Fold each ``batchnorm`` into the real conv or linear layer before it, where that
     layer's output feeds only the batch norm: ``W' = W * scale[c]``,
     ``b' = b * scale[c] + shift[c]``. The graph's meaning is unchanged."""
-    readers: dict[str, int] = {}
-    for node in nodes:
-        for name in node["inputs"]:
-            readers[name] = readers.get(name, 0) + 1
+    readers = _reader_counts(nodes)
     producer = {node["outputs"][0]: node for node in nodes}
     tensors = dict(tensors)
     result = []
