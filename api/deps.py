@@ -19,8 +19,8 @@ from db.models import Dataset, Job, ModelFile, Tenant
 from db.session import is_transient
 
 
-def get_state(request: Request) -> AppState:
-    """The process-wide :class:`AppState`."""
+async def get_state(request: Request) -> AppState:
+    """The process-wide :class:`AppState` (async: a sync dependency costs a thread hop)."""
     state: AppState = request.app.state.bitfactor
     return state
 
@@ -60,16 +60,29 @@ def release(session: Session) -> None:
         session.commit()
 
 
-def get_tenant(request: Request, state: StateDep, session: SessionDep) -> Tenant:
-    """The tenant of the ``Authorization: Bearer`` key; 401 without a valid one."""
+CHALLENGE = {"WWW-Authenticate": 'Bearer realm="bitfactor"'}
+
+
+def bearer_key(request: Request) -> str:
+    """The key of the ``Authorization: Bearer`` header; 401 when there is none."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
-    challenge = {"WWW-Authenticate": 'Bearer realm="bitfactor"'}
     if scheme.lower() != "bearer" or not key.strip():
-        raise Problem("unauthorized", "send 'Authorization: Bearer <api key>'", headers=challenge)
-    tenant = repo.tenant_for_key(session, key=key.strip(), secret=state.settings.secret_key)
+        raise Problem("unauthorized", "send 'Authorization: Bearer <api key>'", headers=CHALLENGE)
+    return key.strip()
+
+
+def invalid_key() -> Problem:
+    """The 401 for a key that is unknown or revoked."""
+    return Problem("unauthorized", "the API key is not valid", headers=CHALLENGE)
+
+
+def get_tenant(request: Request, state: StateDep, session: SessionDep) -> Tenant:
+    """The tenant of the ``Authorization: Bearer`` key; 401 without a valid one."""
+    key = bearer_key(request)
+    tenant = repo.tenant_for_key(session, key=key, secret=state.settings.secret_key)
     if tenant is None:
-        raise Problem("unauthorized", "the API key is not valid", headers=challenge)
+        raise invalid_key()
     release(session)
     return tenant
 

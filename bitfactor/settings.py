@@ -95,6 +95,19 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a handler has to start its answer (0 = no deadline; not uploads).",
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="API processes 'bitfactor serve' starts on one port (one per core serves "
+        "the most requests).",
+    )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="Database connections one API process keeps open for reuse (up to as "
+        "many again are opened under load and closed after).",
+    )
     model_cache_size: int = Field(
         default=8, ge=1, description="Packed models kept loaded in the API process (LRU)."
     )

@@ -12,9 +12,10 @@ import hmac
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import ClauseElement, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -68,6 +69,73 @@ def tenant_for_key(session: Session, *, key: str, secret: str) -> Tenant | None:
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
         .where(ApiKey.digest == digest, ApiKey.revoked_at.is_(None))
     )
+
+
+class JobForKey(NamedTuple):
+    """What serving a job's model needs: the key's tenant and, when the tenant owns the
+    job, its status and artifact (``status`` None: no such job for this tenant)."""
+
+    tenant_id: str
+    status: str | None
+    artifact_key: str | None
+    artifact_sha256: str | None
+
+
+# Built once with bound parameters: building a statement costs ~20x running it on SQLite.
+_JOB_FOR_KEY = (
+    select(ApiKey.tenant_id, Job.status, Job.artifact_key, Job.artifact_sha256)
+    .select_from(ApiKey)
+    .outerjoin(Job, and_(Job.id == bindparam("job_id"), Job.tenant_id == ApiKey.tenant_id))
+    .where(ApiKey.digest == bindparam("digest"), ApiKey.revoked_at.is_(None))
+)
+
+
+def job_for_key(engine: Engine, *, key: str, secret: str, job_id: str) -> JobForKey | None:
+    """The tenant of an unrevoked ``key`` with the job ``job_id`` if that tenant owns it;
+    None when the key is not valid. One round trip, no ORM: the predict hot path."""
+    params = {"digest": hash_api_key(key, secret=secret), "job_id": job_id}
+    if engine.dialect.name == "sqlite":
+        row = _sqlite_first(engine, _JOB_FOR_KEY, params)
+    else:
+        with engine.connect() as connection:
+            row = connection.execute(_JOB_FOR_KEY, params).first()
+    if row is None:
+        return None
+    return JobForKey(*row)
+
+
+_COMPILED: dict[tuple[int, str], tuple[str, tuple[str, ...]]] = {}
+
+
+def _sqlite_first(engine: Engine, statement: ClauseElement, params: dict[str, Any]) -> Any:
+    """The first row of ``statement`` run on a pooled SQLite connection's own cursor.
+
+    The SQL and the order of its parameters are compiled from ``statement`` once. This
+    skips SQLAlchemy's per-execution work (~60 us, three times the query itself on
+    SQLite); errors are still raised as SQLAlchemy's (an ``OperationalError`` is a 503).
+    """
+    cache_key = (id(statement), engine.dialect.name)
+    compiled = _COMPILED.get(cache_key)
+    if compiled is None:
+        sql = statement.compile(dialect=engine.dialect)
+        compiled = _COMPILED[cache_key] = (str(sql), tuple(getattr(sql, "positiontup", None) or ()))
+    sql_text, order = compiled
+    values = tuple(params[name] for name in order)
+    dbapi = engine.dialect.loaded_dbapi
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(sql_text, values)
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(
+            sql_text, values, exc, dbapi.Error, dialect=engine.dialect
+        ) from exc
+    finally:
+        connection.close()  # back to the pool
 
 
 def encode_cursor(row: ModelFile | Dataset | Job) -> str:

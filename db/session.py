@@ -22,12 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-def connect(url: str, **kwargs: Any) -> Engine:
-    """A SQLAlchemy engine for ``url``; SQLite gets settings that suit API + worker writers."""
+def connect(url: str, *, pool_size: int | None = None, **kwargs: Any) -> Engine:
+    """A SQLAlchemy engine for ``url``; SQLite gets settings that suit API + worker writers.
+
+    ``pool_size`` connections are kept for reuse and as many more opened under load.
+    """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if pool_size is not None:  # an in-memory database has a single-connection pool
+                kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
         @event.listens_for(engine, "connect")
@@ -39,6 +44,8 @@ def connect(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
+    if pool_size is not None:
+        kwargs.update(pool_size=pool_size, max_overflow=pool_size)
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 

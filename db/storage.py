@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -118,13 +119,9 @@ class LocalArtifactStore:
         user-space call can set back, so an edited file is always hashed again.
         """
         path = self.local_path(key)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise StorageError(f"artifact {key} is missing") from None
-        if not path.is_file():
+        identity = _identity(path)
+        if identity is None:
             raise StorageError(f"artifact {key} is missing")
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if self._verified.get(path) == (identity, sha256):
             return path
         actual = sha256_file(path)
@@ -133,6 +130,16 @@ class LocalArtifactStore:
             raise StorageError(f"artifact {key} is corrupted (sha256 {actual} != {sha256})")
         self._verified[path] = (identity, sha256)
         return path
+
+    def is_verified(self, key: str, sha256: str) -> bool:
+        """True when the key's file matched ``sha256`` and has not changed since: a stat,
+        never a read (:meth:`verified_path` hashes it again when this is False)."""
+        try:
+            path = self.local_path(key)
+        except StorageError:
+            return False
+        identity = _identity(path)
+        return identity is not None and self._verified.get(path) == (identity, sha256)
 
     def verified_bytes(self, key: str, sha256: str) -> bytes:
         """The key's bytes, read once and checked against ``sha256`` (what is checked is
@@ -160,3 +167,14 @@ class LocalArtifactStore:
                 else:
                     path.unlink()
             base.rmdir()
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """A regular file's identity (device, inode, size, mtime, ctime); None if it is not one."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

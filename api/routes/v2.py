@@ -18,10 +18,10 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from api import metrics
-from api.deps import SessionDep, StateDep, TenantDep
+from api.deps import SessionDep, StateDep, TenantDep, bearer_key
 from api.errors import Problem
 from api.predictor import LoadedModel, TensorSpec
-from api.routes.predict import load_job_model
+from api.routes.predict import find_job, job_model, load_job_model
 from api.schemas import V2InferResponse, V2ModelMetadata, V2ModelReady, V2ServerMetadata
 from db import repo
 from db.models import Job
@@ -238,14 +238,16 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
     },
 )
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
-async def infer(
-    name: str, request: Request, state: StateDep, session: SessionDep, tenant: TenantDep
-) -> Response:
+async def infer(name: str, request: Request, state: StateDep) -> Response:
     """Run the job's packed model on the request's (single) input tensor."""
-    job = _job(session, tenant, name)
+    job = await find_job(state, key=bearer_key(request), job_id=name)  # as /v1 predict
+    if job.status is None:
+        raise Problem("not-found", f"no model {name!r}")
     raw = await request.body()
     body, blob = _parse_request(raw, request.headers.get(HEADER_LENGTH))
-    model = await run_in_threadpool(_model, state, job)
+    if job.status != "succeeded":
+        raise Problem("not-found", f"model {name!r} is not available (job {job.status})")
+    model = await job_model(state, job)
     if len(body["inputs"]) != len(model.inputs):
         raise Problem(
             "bad-request",
@@ -258,7 +260,7 @@ async def infer(
     except ValueError as exc:
         raise Problem("bad-request", str(exc)) from exc
     start = time.perf_counter()
-    outputs = await run_in_threadpool(model.run, x)
+    outputs = await model.run_async(x)
     metrics.PREDICT_LATENCY.labels(protocol="v2").observe(time.perf_counter() - start)
 
     params = body.get("parameters") or {}

@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 import uvicorn
 
+from api.predictor import INLINE_RUN_S, LoadedModel
+from db import repo
+from db.models import ApiKey, utcnow
+from db.session import connect, session_factory
 from runtime import read_bfm
 
 from .conftest import Api, finish_with_artifact, submit
@@ -226,3 +230,69 @@ def test_model_cache_is_a_bounded_lru(
         )
         assert response.status_code == 200
     assert len(state.models) == 2
+
+
+def test_a_key_revoked_after_a_predict_is_refused_at_once(
+    api: Api, served: tuple[str, np.ndarray, np.ndarray]
+) -> None:
+    """Predict's hot path (one query per request, no cache of keys) sees a revocation on
+    the very next request, on /v1 and /v2 alike."""
+    job_id = served[0]
+    body = {"inputs": [[0.0] * 4]}
+    v2_body = {
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}]
+    }
+    url, v2_url = f"/v1/jobs/{job_id}/predict", f"/v2/models/{job_id}/infer"
+    assert api.client.post(url, headers=api.headers(), json=body).status_code == 200
+    assert api.client.post(v2_url, headers=api.headers(), json=v2_body).status_code == 200
+
+    engine = connect(api.settings.resolved_database_url)
+    digest = repo.hash_api_key(api.keys["alice"], secret=api.settings.secret_key)
+    with session_factory(engine)() as session:
+        session.query(ApiKey).filter_by(digest=digest).update({"revoked_at": utcnow()})
+        session.commit()
+    engine.dispose()
+    for path, payload in ((url, body), (v2_url, v2_body)):
+        refused = api.client.post(path, headers=api.headers(), json=payload)
+        assert refused.status_code == 401, refused.text
+        assert refused.headers["www-authenticate"].startswith("Bearer")
+
+
+class _FakeModel:
+    """A model whose run takes ``seconds`` and records the thread it ran on."""
+
+    def __init__(self, seconds: float) -> None:
+        self.inputs = [{"name": "x", "shape": [None, 2]}]
+        self.outputs = [{"name": "y", "shape": [None, 2]}]
+        self.seconds = seconds
+        self.threads: list[int] = []
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.threads.append(threading.get_ident())
+        if self.seconds:
+            time.sleep(self.seconds)
+        return x
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.02])
+def test_small_runs_stay_on_the_event_loop_and_slow_ones_go_to_a_thread(seconds: float) -> None:
+    """A run is handed to the thread pool until its cost is known; from then on one that
+    takes under INLINE_RUN_S runs on the event loop's thread, a slower one never does."""
+    import asyncio
+
+    fake = _FakeModel(seconds)
+    loaded = LoadedModel(fake)
+    x = np.zeros((1, 2), np.float32)
+
+    async def runs() -> int:
+        for _ in range(5):
+            np.testing.assert_array_equal((await loaded.run_async(x))["y"], x)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(runs())
+    assert fake.threads[0] != loop_thread  # the first run's cost is unknown
+    assert loaded.row_seconds is not None
+    if seconds > INLINE_RUN_S:
+        assert loop_thread not in fake.threads
+    else:
+        assert fake.threads[-1] == loop_thread

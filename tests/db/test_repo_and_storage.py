@@ -217,3 +217,90 @@ def test_verified_path_hashes_again_after_any_change(tmp_path: Path) -> None:
     raw[3] ^= 0x01
     path.write_bytes(bytes(raw))
     assert store.verified_bytes("k/f.bin", sha) == b"abcdef" * 100
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database: a SQLite file, and a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    else:
+        url = str(request.getfixturevalue("postgres_schema_url"))
+    upgrade(url)
+    return url
+
+
+def test_job_for_key_answers_like_the_tenant_and_job_lookups(database_url: str) -> None:
+    """The predict path's one query (raw cursor on SQLite, SQLAlchemy elsewhere) agrees
+    with ``tenant_for_key`` + ``get_owned`` on every case, on both databases."""
+    secret = "s" * 20
+    engine = connect(database_url, pool_size=2)
+    with session_factory(engine)() as session:
+        alice = repo.get_or_create_tenant(session, name="alice")
+        bob = repo.get_or_create_tenant(session, name="bob")
+        key = repo.create_api_key(session, tenant=alice, secret=secret)
+        revoked = repo.create_api_key(session, tenant=alice, secret=secret)
+        session.commit()
+        done = _job(session, alice, status="succeeded", artifact_key="jobs/x/a.bfm")
+        done.artifact_sha256 = "ab" * 32
+        queued = _job(session, alice)
+        theirs = _job(session, bob, status="succeeded")
+        from db.models import ApiKey
+
+        digest = repo.hash_api_key(revoked, secret=secret)
+        session.query(ApiKey).filter_by(digest=digest).update({"revoked_at": utcnow()})
+        session.commit()
+        ids = (done.id, queued.id, theirs.id)
+
+    def find(key: str, job_id: str, secret: str = secret) -> repo.JobForKey | None:
+        return repo.job_for_key(engine, key=key, secret=secret, job_id=job_id)
+
+    try:
+        assert find(key, ids[0]) == (alice.id, "succeeded", "jobs/x/a.bfm", "ab" * 32)
+        assert find(key, ids[1]) == (alice.id, "queued", None, None)
+        assert find(key, ids[2]) == (alice.id, None, None, None)  # bob's job: not found
+        assert find(key, "no-such-job") == (alice.id, None, None, None)
+        assert find(revoked, ids[0]) is None
+        assert find(key + "x", ids[0]) is None
+        assert find(key, ids[0], secret="t" * 20) is None
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_fast_path_raises_sqlalchemy_errors(tmp_path: Path) -> None:
+    """A failing query on the raw SQLite cursor surfaces as SQLAlchemy's OperationalError,
+    which the API answers as a 503 like any other transient database error."""
+    from sqlalchemy.exc import OperationalError
+
+    from db.session import is_transient
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    upgrade(url)
+    engine = connect(url, pool_size=1)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE api_keys")
+    with pytest.raises(OperationalError, match="api_keys") as raised:
+        repo.job_for_key(engine, key="bf_x", secret="s" * 20, job_id="j")
+    assert is_transient(raised.value)
+    # The connection went back to the pool: the next query can run.
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+    engine.dispose()
+
+
+def test_is_verified_is_a_stat_that_any_change_turns_false(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "store")
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"abc" * 100)
+    sha, _ = store.put_file("jobs/j/a.bin", source)
+    assert not store.is_verified("jobs/j/a.bin", sha)  # never hashed by this process yet
+    store.verified_path("jobs/j/a.bin", sha)
+    assert store.is_verified("jobs/j/a.bin", sha)
+    assert not store.is_verified("jobs/j/a.bin", "00" * 32)
+    assert not store.is_verified("jobs/j/missing.bin", sha)
+    assert not store.is_verified("../escape", sha)
+    path = store.local_path("jobs/j/a.bin")
+    path.write_bytes(b"abd" * 100)  # same size: the ctime still moves
+    assert not store.is_verified("jobs/j/a.bin", sha)
+    with pytest.raises(StorageError, match="corrupted"):
+        store.verified_path("jobs/j/a.bin", sha)
