@@ -68,11 +68,19 @@ def serve(
         True, "--worker/--no-worker", help="Start one worker process (the embedded default)."
     ),
     log_level: str = typer.Option("info", "--log-level", help="Log level of the server."),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        max=64,
+        help="API processes sharing the port (default: BITFACTOR_API_WORKERS, else 1).",
+    ),
 ) -> None:
     """Run the API (and one worker): migrations first, a local API key on first run."""
     import uvicorn
 
     settings = _settings(data_dir)
+    workers = workers or settings.api_workers
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     from db import repo
     from db.session import connect, session_factory, upgrade
@@ -104,13 +112,20 @@ def serve(
             env=env,
             start_new_session=True,
         )
-    from api.app import create_app
+    from api.app import create_server_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host=host, port=port, log_level=log_level)
-    )
     typer.echo(f"Serving on http://{host}:{port} (docs at /docs)")
+    if workers > 1:
+        try:
+            _serve_processes(settings, host=host, port=port, log_level=log_level, workers=workers)
+        finally:
+            if worker_proc is not None:
+                _stop(worker_proc)
+        return
+    server = uvicorn.Server(
+        uvicorn.Config(create_server_app(), host=host, port=port, log_level=log_level)
+    )
 
     def _interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -125,6 +140,35 @@ def serve(
     finally:
         if worker_proc is not None:
             _stop(worker_proc)
+
+
+def _serve_processes(
+    settings: Settings, *, host: str, port: int, log_level: str, workers: int
+) -> None:
+    """``workers`` uvicorn processes on one listening socket, each with its own app.
+
+    Each process builds its app from the environment (``api.app:create_server_app``), so the data
+    directory goes there. Metrics are summed across the processes through files in
+    ``<data_dir>/metrics`` (Prometheus' multiprocess mode), emptied at every start.
+    uvicorn's supervisor restarts a process that dies and stops them all on SIGINT/SIGTERM.
+    """
+    import shutil
+
+    import uvicorn
+
+    metrics_dir = settings.data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["BITFACTOR_DATA_DIR"] = str(settings.data_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    uvicorn.run(
+        "api.app:create_server_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+        workers=workers,
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:

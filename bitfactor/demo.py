@@ -40,6 +40,24 @@ JOB_CONFIG: dict[str, Any] = {
 }
 
 
+def descendants(pid: int) -> set[int]:
+    """The process ids below ``pid`` (children, theirs, ...), read from Linux ``/proc``."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while the table was read
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = {child for child, ppid in parents.items() if ppid == parent}
+        found |= children
+        frontier.extend(children)
+    return found
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -90,9 +108,13 @@ def run_service(
     *,
     env: dict[str, str] | None = None,
     worker: bool = True,
+    api_workers: int = 1,
     timeout: float = 90.0,
 ) -> Iterator[Service]:
-    """Start ``bitfactor serve`` (API + one worker) on a free port; stop it on exit."""
+    """Start ``bitfactor serve`` (API + one worker) on a free port; stop it on exit.
+
+    ``api_workers`` > 1 starts that many API processes on the port (``--workers``).
+    """
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "serve.log"
@@ -100,6 +122,8 @@ def run_service(
     cmd += ["--data-dir", str(data_dir), "--log-level", "warning"]
     if not worker:
         cmd.append("--no-worker")
+    if api_workers > 1:
+        cmd += ["--workers", str(api_workers)]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

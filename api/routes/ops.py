@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+import os
 
-from api.metrics import REGISTRY
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from api.metrics import JOBS, REGISTRY
 
 router = APIRouter(tags=["operations"])
 
@@ -18,7 +21,14 @@ router = APIRouter(tags=["operations"])
 )
 def prometheus_metrics() -> Response:
     """Request and predict latencies, jobs by status, queue depth."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several API processes ('bitfactor serve --workers N'): the latencies of all of
+        # them, from the files each writes; the job gauges are read from the database.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(JOBS)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz", summary="Liveness of the API process")
