@@ -86,7 +86,17 @@ static inline BF_TARGET_AVX2 __m128i emu_extracti32x4(emu_m512i a, int quarter) 
 static inline BF_TARGET_AVX2 __m256i emu_castsi512_si256(emu_m512i a) {
     return _mm256_loadu_si256((const __m256i *)a.v);
 }
+static inline BF_TARGET_AVX2 __m128i emu_castsi512_si128(emu_m512i a) {
+    return _mm_loadu_si128((const __m128i *)a.v);
+}
 static inline void emu_storeu(void *p, emu_m512i a) { memcpy(p, a.v, sizeof a.v); }
+/* the 32-bit lanes of a selected by mask to p (128-bit form) */
+static inline BF_TARGET_AVX2 void emu_mask_storeu_epi32_128(void *p, unsigned mask, __m128i a) {
+    int32_t t[4];
+    _mm_storeu_si128((__m128i *)t, a);
+    for (int i = 0; i < 4; i++)
+        if (mask >> i & 1) memcpy((char *)p + 4 * i, &t[i], 4);
+}
 
 #undef __m512i
 #define __m512i emu_m512i
@@ -116,6 +126,10 @@ static inline void emu_storeu(void *p, emu_m512i a) { memcpy(p, a.v, sizeof a.v)
 #define _mm512_permutex2var_epi32 emu_permutex2var_epi32
 #undef _mm512_extracti32x4_epi32
 #define _mm512_extracti32x4_epi32 emu_extracti32x4
+#undef _mm512_castsi512_si128
+#define _mm512_castsi512_si128 emu_castsi512_si128
+#undef _mm_mask_storeu_epi32
+#define _mm_mask_storeu_epi32 emu_mask_storeu_epi32_128
 
 #include "xnor_panel/xnor_panel__avx512vpopcnt.c"
 

@@ -13,7 +13,7 @@
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-#define BF_BCONV_MASKS 8 /* padding corrections kept per work item */
+#define BF_BCONV_MASKS 16 /* padding corrections kept per thread (tap mask, channel chunk) */
 #define BF_BCONV_AHEAD 8 /* channels between an output row's prefetch and its writing */
 
 /* Per-thread scratch, in this order: segments built for pixels whose kernel row is cut by
@@ -130,39 +130,79 @@ BF_NO_LIBCALLS static size_t build_rows(const bf_bconv_args *g, size_t p0, size_
         const int x_inside = x0 >= 0 && x0 + (long)ex < w;
         uint64_t mask = 0;
         size_t n_out = 0;
-        for (size_t ky = 0; ky < kh; ky++) {
-            const long iy = y0 + (long)(ky * dh);
-            const int row_out = iy < 0 || iy >= h;
-            const bf_word *line = image + (size_t)(row_out ? 0 : iy) * line_words;
-            if (dw == 1) {
-                if (row_out) {
-                    seg[ky] = zero;
-                } else if (x_inside) {
-                    seg[ky] = line + (size_t)x0 * cw;
-                } else {
-                    for (size_t kx = 0; kx < kw; kx++) {
-                        const long ix = x0 + (long)kx;
-                        bf_word *dst = built + kx * cw;
-                        if (ix < 0 || ix >= w) {
-                            for (size_t k = 0; k < cw; k++) dst[k] = 0;
-                        } else {
-                            const bf_word *src = line + (size_t)ix * cw;
-                            for (size_t k = 0; k < cw; k++) dst[k] = src[k];
-                        }
+        if (dw == 1 && kh * kw <= 64) {
+            /* the taps out of a row inside the image are the same in every such row */
+            uint64_t cols = 0;
+            size_t n_cols = 0;
+            if (!x_inside)
+                for (size_t kx = 0; kx < kw; kx++)
+                    if (x0 + (long)kx < 0 || x0 + (long)kx >= w) {
+                        cols |= (uint64_t)1 << kx;
+                        n_cols++;
                     }
-                    seg[ky] = built;
-                    built += seg_len;
+            const uint64_t row = kw == 64 ? ~(uint64_t)0 : ((uint64_t)1 << kw) - 1;
+            for (size_t ky = 0; ky < kh; ky++) {
+                const long iy = y0 + (long)(ky * dh);
+                if (iy < 0 || iy >= h) {
+                    seg[ky] = zero;
+                    mask |= row << (ky * kw);
+                    n_out += kw;
+                    continue;
                 }
+                const bf_word *line = image + (size_t)iy * line_words;
+                if (!cols) {
+                    seg[ky] = line + (size_t)x0 * cw;
+                    continue;
+                }
+                for (size_t kx = 0; kx < kw; kx++) {
+                    bf_word *dst = built + kx * cw;
+                    if (cols >> kx & 1) {
+                        for (size_t k = 0; k < cw; k++) dst[k] = 0;
+                    } else {
+                        const bf_word *src = line + (size_t)(x0 + (long)kx) * cw;
+                        for (size_t k = 0; k < cw; k++) dst[k] = src[k];
+                    }
+                }
+                seg[ky] = built;
+                built += seg_len;
+                mask |= cols << (ky * kw);
+                n_out += n_cols;
             }
-            for (size_t kx = 0; kx < kw; kx++) {
-                const long ix = x0 + (long)(kx * dw);
-                const int out = row_out || ix < 0 || ix >= w;
-                const size_t tap = ky * kw + kx;
-                if (out) {
-                    mask |= tap < 64 ? (uint64_t)1 << tap : ~(uint64_t)0;
-                    n_out++;
+        } else {
+            for (size_t ky = 0; ky < kh; ky++) {
+                const long iy = y0 + (long)(ky * dh);
+                const int row_out = iy < 0 || iy >= h;
+                const bf_word *line = image + (size_t)(row_out ? 0 : iy) * line_words;
+                if (dw == 1) {
+                    if (row_out) {
+                        seg[ky] = zero;
+                    } else if (x_inside) {
+                        seg[ky] = line + (size_t)x0 * cw;
+                    } else {
+                        for (size_t kx = 0; kx < kw; kx++) {
+                            const long ix = x0 + (long)kx;
+                            bf_word *dst = built + kx * cw;
+                            if (ix < 0 || ix >= w) {
+                                for (size_t k = 0; k < cw; k++) dst[k] = 0;
+                            } else {
+                                const bf_word *src = line + (size_t)ix * cw;
+                                for (size_t k = 0; k < cw; k++) dst[k] = src[k];
+                            }
+                        }
+                        seg[ky] = built;
+                        built += seg_len;
+                    }
                 }
-                if (dw != 1) seg[tap] = out ? zero : line + (size_t)ix * cw;
+                for (size_t kx = 0; kx < kw; kx++) {
+                    const long ix = x0 + (long)(kx * dw);
+                    const int out = row_out || ix < 0 || ix >= w;
+                    const size_t tap = ky * kw + kx;
+                    if (out) {
+                        mask |= tap < 64 ? (uint64_t)1 << tap : ~(uint64_t)0;
+                        n_out++;
+                    }
+                    if (dw != 1) seg[tap] = out ? zero : line + (size_t)ix * cw;
+                }
             }
         }
         kvec[i] = k_total;
@@ -214,6 +254,15 @@ static void padding_correction(const bf_bconv_args *g, size_t co0, size_t nt, ui
 
 static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 
+/* The padding corrections a thread has computed: slot s holds `half` of tap mask mask[s] for
+ * the chunk at channel co0[s] (kept over the thread's work items: the same few masks recur in
+ * every pixel tile). */
+typedef struct {
+    uint64_t mask[BF_BCONV_MASKS];
+    size_t co0[BF_BCONV_MASKS];
+    size_t n, next;
+} bf_half_cache;
+
 /* The transform's loops are plain C; on x86 an AVX-512 clone (16 floats a step) or an AVX2
  * one (8) is chosen at load time by the CPU (GCC function multi-versioning; libgcc checks
  * the OS-saved state). Exact either way: -std=c11 keeps GCC from contracting a * b + c
@@ -240,35 +289,54 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
                                           size_t ldc, float *BF_RESTRICT y,
                                           float *BF_RESTRICT pos, float *BF_RESTRICT ych,
                                           const int32_t *BF_RESTRICT kvec,
-                                          int32_t *BF_RESTRICT half,
+                                          int32_t *BF_RESTRICT half, bf_half_cache *hc,
                                           const uint64_t *BF_RESTRICT border,
                                           const uint64_t *BF_RESTRICT masks, size_t n_border) {
     const size_t hw = g->ho * g->wo, wo = g->wo, cout = g->cout;
     const int out_bits = g->out_bits;
     /* zero padding: P' = P + half, so that acc = kvec - 2 P' leaves out exactly what the
      * out-of-bounds taps (read as +1) added; the half vectors of the last BF_BCONV_MASKS
-     * distinct tap masks are kept (a 3x3 kernel's border has 8) */
-    uint64_t cached[BF_BCONV_MASKS];
-    size_t n_cached = 0, next = 0;
+     * distinct (tap mask, chunk) pairs are kept (a 3x3 kernel's border has 8 masks). Past 64
+     * taps a mask does not name the taps: computed per pixel, never kept. */
     const int cache = g->kh * g->kw <= 64;
-    for (size_t e = 0; e < n_border; e++) {
+    size_t n_cached = hc->n, next = hc->next;
+    for (size_t e = 0; e < n_border;) {
         const size_t i = (size_t)border[e];
         size_t slot = 0;
-        while (slot < n_cached && cached[slot] != masks[e]) slot++;
+        while (slot < n_cached && (hc->mask[slot] != masks[e] || hc->co0[slot] != co0)) slot++;
         if (!cache || slot == n_cached) {
             slot = n_cached < BF_BCONV_MASKS ? n_cached++ : next++ % BF_BCONV_MASKS;
             padding_correction(g, co0, nt, masks[e], p0 + i, half + slot * NT);
-            cached[slot] = cache ? masks[e] : 0;
+            hc->mask[slot] = cache ? masks[e] : 0; /* 0: no border pixel has it */
+            hc->co0[slot] = co0;
         }
         const int32_t *BF_RESTRICT hs = half + slot * NT;
         if (out_bits) {
             int32_t *BF_RESTRICT ci = c + i * ldc;
             for (size_t j = 0; j < nt; j++) ci[j] += hs[j];
-        } else {
-            int32_t *BF_RESTRICT ci = c + i;
-            for (size_t j = 0; j < nt; j++) ci[j * ldc] += hs[j];
+            e++;
+            continue;
         }
+        /* a run of consecutive pixels with the same taps out (along a row above or below the
+         * image): each channel's part of the run at once, not pixel by pixel */
+        size_t run = 1;
+        while (cache && e + run < n_border && masks[e + run] == masks[e] &&
+               (size_t)border[e + run] == i + run)
+            run++;
+        int32_t *BF_RESTRICT ci = c + i;
+        if (run == 1) {
+            for (size_t j = 0; j < nt; j++) ci[j * ldc] += hs[j];
+        } else {
+            for (size_t j = 0; j < nt; j++) {
+                const int32_t h = hs[j];
+                int32_t *BF_RESTRICT cj = ci + j * ldc;
+                for (size_t k = 0; k < run; k++) cj[k] += h;
+            }
+        }
+        e += run;
     }
+    hc->n = n_cached;
+    hc->next = next;
     if (g->pos_h)
         for (size_t i = 0; i < mt; i++) {
             const size_t r = (p0 + i) % hw;
@@ -339,11 +407,12 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
         if (in_place && j + BF_BCONV_AHEAD < nt)
             for (size_t at = 0; at < mt * sizeof(float); at += 64)
                 __builtin_prefetch((const char *)(y + BF_BCONV_AHEAD * hw) + at, 1, 3);
+        /* acc = (K - P) - P: two integer ops a step (GCC made three of K - 2 * P here) */
         if (g->pos_h)
             for (size_t i = 0; i < mt; i++)
-                y[i] = ((float)(kvec[i] - 2 * cj[i]) * sc) * pos[i] + bi;
+                y[i] = ((float)((kvec[i] - cj[i]) - cj[i]) * sc) * pos[i] + bi;
         else
-            for (size_t i = 0; i < mt; i++) y[i] = (float)(kvec[i] - 2 * cj[i]) * sc + bi;
+            for (size_t i = 0; i < mt; i++) y[i] = (float)((kvec[i] - cj[i]) - cj[i]) * sc + bi;
         if (activation == BF_ACT_RELU) {
             for (size_t i = 0; i < mt; i++) y[i] = relu(y[i]);
         } else if (activation == BF_ACT_PRELU) {
@@ -408,6 +477,8 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     const size_t n_seg = n_segments(g), seg_len = segment_words(g);
     for (size_t k = 0; k < seg_len; k++) zero[k] = 0;
     size_t packed = (size_t)-1, built_for = (size_t)-1, n_border = 0;
+    bf_half_cache hc;
+    hc.n = hc.next = 0;
     for (size_t item = begin; item < end; item++) {
         const size_t mi = item / job->n_chunks, ni = item % job->n_chunks;
         const size_t p0 = mi * MT, co0 = ni * NT;
@@ -435,8 +506,8 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
         const size_t ldc = g->out_bits ? NT : mt;
         g->panel(mt, nt, rows, n_seg, seg_len, w_panel, kpad, c_tile, g->out_bits ? 1 : ldc,
                  g->out_bits ? ldc : 1);
-        transform(g, p0, mt, co0, nt, c_tile, ldc, y_row, pos_row, y_chan, kvec, half, border,
-                  masks, n_border);
+        transform(g, p0, mt, co0, nt, c_tile, ldc, y_row, pos_row, y_chan, kvec, half, &hc,
+                  border, masks, n_border);
     }
 }
 

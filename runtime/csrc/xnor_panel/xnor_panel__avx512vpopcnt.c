@@ -6,7 +6,8 @@
  * are the channels' counts. The pixels' words come from their segment pointers (one
  * segment per kernel row: the convolution's input itself, no im2col). Channel-major
  * output: two vpermt2d per 8 channels put each channel's 4 pixels in a 128-bit lane,
- * stored at once; pixel-major output: one vpermt2d + 512-bit store per 16 channels.
+ * stored at once (vextracti32x4 to memory); pixel-major output: one vpermt2d + 512-bit
+ * store per 16 channels.
  */
 #include "xnor_panel.h"
 
@@ -26,6 +27,16 @@ static __attribute__((noinline)) void store_counts(int P, int G, int32_t t[4][4]
             for (size_t l = 0; l < valid && l < L; l++)
                 c[((size_t)g * L + l) * c_ch + (size_t)p * c_pix] = t[p][g][l];
     }
+}
+
+/* The four 128-bit lanes of v to rows r, r + ld, r + 2 ld, r + 3 ld: vextracti32x4 straight
+ * to memory (a store, no shuffle uop; GCC emits that form for the full-mask store of an
+ * extract, not for a plain store of it). */
+BF_AVX512_INLINE void store_rows4(int32_t *r, size_t ld, __m512i v) {
+    _mm_storeu_si128((__m128i *)r, _mm512_castsi512_si128(v));
+    _mm_mask_storeu_epi32(r + ld, 0xf, _mm512_extracti32x4_epi32(v, 1));
+    _mm_mask_storeu_epi32(r + 2 * ld, 0xf, _mm512_extracti32x4_epi32(v, 2));
+    _mm_mask_storeu_epi32(r + 3 * ld, 0xf, _mm512_extracti32x4_epi32(v, 3));
 }
 
 BF_AVX512_INLINE void tile(const int P, const int G, const bf_word *const *rows, size_t n_seg,
@@ -75,14 +86,8 @@ BF_AVX512_INLINE void tile(const int P, const int G, const bf_word *const *rows,
                 const __m512i z23 = _mm512_permutex2var_epi32(acc[2][g], even, acc[3][g]);
                 const __m512i lo = _mm512_permutex2var_epi32(z01, lo_idx, z23);
                 const __m512i hi = _mm512_permutex2var_epi32(z01, hi_idx, z23);
-                _mm_storeu_si128((__m128i *)(cg + 0 * c_ch), _mm512_extracti32x4_epi32(lo, 0));
-                _mm_storeu_si128((__m128i *)(cg + 1 * c_ch), _mm512_extracti32x4_epi32(lo, 1));
-                _mm_storeu_si128((__m128i *)(cg + 2 * c_ch), _mm512_extracti32x4_epi32(lo, 2));
-                _mm_storeu_si128((__m128i *)(cg + 3 * c_ch), _mm512_extracti32x4_epi32(lo, 3));
-                _mm_storeu_si128((__m128i *)(cg + 4 * c_ch), _mm512_extracti32x4_epi32(hi, 0));
-                _mm_storeu_si128((__m128i *)(cg + 5 * c_ch), _mm512_extracti32x4_epi32(hi, 1));
-                _mm_storeu_si128((__m128i *)(cg + 6 * c_ch), _mm512_extracti32x4_epi32(hi, 2));
-                _mm_storeu_si128((__m128i *)(cg + 7 * c_ch), _mm512_extracti32x4_epi32(hi, 3));
+                store_rows4(cg, c_ch, lo);
+                store_rows4(cg + 4 * c_ch, c_ch, hi);
             }
             return;
         }
