@@ -3,17 +3,19 @@
     python bench/load.py                       # 64 clients x 60 s, then 20 jobs
     python bench/load.py --duration 10 --jobs 4 --json
 
-Starts ``bitfactor serve`` (embedded defaults: SQLite, filesystem broker, one worker
-process, one uvicorn process) in a temporary data directory, with the per-key rate limit
-off (this measures the server, not the limiter). Trains a small MLP on scikit-learn's
-digits (64-256-256-256-10), uploads it and the data, and runs one job (``--model-epochs``,
+Starts ``bitfactor serve`` in a temporary data directory: ``--api-workers`` API
+processes (default one per core), one worker process, the embedded broker, SQLite (or
+the database of ``BITFACTOR_DATABASE_URL`` when set), and the per-key rate limit off
+(this measures the server, not the limiter). Trains a small MLP on scikit-learn's digits
+(64-256-256-256-10), uploads it and the data, and runs one job (``--model-epochs``,
 default 1) for the packed model that predict serves. Then:
 
-1. **predict**: ``--clients`` (64) asyncio clients, each with its own connection, call
+1. **predict**: ``--clients`` (64) asyncio clients, each with its own keep-alive
+   connection (opened one after another, one request each before the clock starts), call
    ``POST /v1/jobs/{id}/predict`` with one digit (batch 1) back to back for
-   ``--duration`` (60) seconds. Reports requests/s, p50/p90/p99/max latency and errors
-   (any answer but 200, or a transport error). The clients run on the same machine as the
-   server and take CPU from it.
+   ``--duration`` (60) seconds. Reports requests/s, p50/p90/p99/max latency, errors (any
+   answer but 200, or a transport error), and the CPU per request of the server (all its
+   processes) and of the clients, which run on the same machine and take CPU from it.
 2. **jobs**: ``--jobs`` (20) jobs submitted at once (``--job-epochs``, default 1) to the one
    worker; waits for all of them and checks each ended ``succeeded`` exactly once: one
    delivery (``attempts == 1``), one ``.bfm`` in its directory, nothing left in ``tmp/``.
@@ -309,6 +311,8 @@ def main() -> int:
                     jobs=args.jobs,
                     epochs=args.job_epochs,
                 )
+    url = os.environ.get("BITFACTOR_DATABASE_URL", "")
+    database = url.split(":", 1)[0].split("+", 1)[0] if url else "sqlite"
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -316,7 +320,7 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "server": f"bitfactor serve --workers {args.api_workers} (API processes), one worker "
-        "process, SQLite, rate limit off",
+        f"process, {database}, rate limit off",
         "predict": predict,
         "jobs": burst,
     }
