@@ -139,18 +139,117 @@ def _stage_of(epoch: int, config: BinarizeConfig) -> tuple[str, int, int]:
     return "binary", 0, config.epochs
 
 
+CHECKPOINT_FORMAT = "bitfactor-checkpoint/1"
+
+
 def _latest_checkpoint(directory: Path) -> Path | None:
     found = sorted(
-        p for p in directory.glob("epoch-*.pt") if re.fullmatch(r"epoch-\d+\.pt", p.name)
+        p
+        for p in directory.glob("epoch-*.safetensors")
+        if re.fullmatch(r"epoch-\d+\.safetensors", p.name)
     )
     return found[-1] if found else None
 
 
-def _save_checkpoint(directory: Path, payload: dict[str, Any], epoch: int) -> None:
+def _save_checkpoint(
+    directory: Path,
+    *,
+    epoch: int,
+    fingerprint: str,
+    model: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> None:
+    """``epoch-NNNN.safetensors``: the model's and the optimizer's tensors, and the rest
+    (epoch, fingerprint, param groups, history) as JSON metadata. No pickle: reading a
+    checkpoint back runs no code, whoever wrote the file."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model/{k}": v.detach().cpu().clone() for k, v in model.items()}
+    plain: dict[str, dict[str, Any]] = {}
+    for index, entries in optimizer["state"].items():
+        for name, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{index}/{name}"] = value.detach().cpu().clone()
+            else:
+                plain.setdefault(str(index), {})[name] = value
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "epoch": str(epoch),
+        "fingerprint": fingerprint,
+        "history": json.dumps(history),
+        "param_groups": json.dumps(optimizer["param_groups"]),
+        "optimizer_values": json.dumps(plain),
+    }
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".epoch-{epoch:04d}.pt.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, directory / f"epoch-{epoch:04d}.pt")
+    tmp = directory / f".epoch-{epoch:04d}.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, directory / f"epoch-{epoch:04d}.safetensors")
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`_save_checkpoint`: epoch, fingerprint, the model's
+    and the optimizer's state dicts, history. ValueError for a file that is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        if metadata.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} file")
+        state: dict[int, dict[str, Any]] = {}
+        model: dict[str, torch.Tensor] = {}
+        for key, tensor in tensors.items():
+            kind, _, rest = key.partition("/")
+            if kind == "model":
+                model[rest] = tensor
+            elif kind == "optimizer":
+                index, _, name = rest.partition("/")
+                state.setdefault(int(index), {})[name] = tensor
+        for index, entries in json.loads(metadata["optimizer_values"]).items():
+            state.setdefault(int(index), {}).update(entries)
+        return {
+            "epoch": int(metadata["epoch"]),
+            "fingerprint": metadata["fingerprint"],
+            "model": model,
+            "optimizer": {"state": state, "param_groups": json.loads(metadata["param_groups"])},
+            "history": json.loads(metadata["history"]),
+        }
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path.name} is not a readable checkpoint: {exc}") from exc
+
+
+def _resume(
+    directory: Path,
+    fingerprint: str,
+    student: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    log: Callable[[str], None] | None,
+) -> int:
+    """Load the latest checkpoint of this configuration into ``student``, ``optimizer``
+    and ``state``; the epoch to start from (0 without a usable checkpoint)."""
+    latest = _latest_checkpoint(directory)
+    if latest is None:
+        return 0
+    try:
+        payload = _load_checkpoint(latest)
+    except ValueError as exc:
+        if log:
+            log(f"ignored {exc}; training from the start")
+        return 0
+    if payload["fingerprint"] != fingerprint:
+        if log:
+            log(f"ignored {latest.name}: it belongs to another job configuration")
+        return 0
+    student.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    state.history = payload["history"]
+    state.resumed_from = payload["epoch"]
+    if log:
+        log(f"resumed from {latest.name} (epoch {payload['epoch']})")
+    return int(payload["epoch"])
 
 
 def _latent_params(layer: Any) -> list[nn.Parameter]:
@@ -290,19 +389,7 @@ def train(
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None and ckpt_dir.is_dir():
-        latest = _latest_checkpoint(ckpt_dir)
-        if latest is not None:
-            payload = torch.load(latest, map_location="cpu", weights_only=True)
-            if payload.get("fingerprint") == fingerprint:
-                student.load_state_dict(payload["model"])
-                optimizer.load_state_dict(payload["optimizer"])
-                start_epoch = int(payload["epoch"])
-                state.history = json.loads(payload["history"])
-                state.resumed_from = start_epoch
-                if log:
-                    log(f"resumed from {latest.name} (epoch {start_epoch})")
-            elif log:
-                log(f"ignored {latest.name}: it belongs to another job configuration")
+        start_epoch = _resume(ckpt_dir, fingerprint, student, optimizer, state, log)
     student.to(device)
     x_dev = x.to(device)
     y_dev = y.to(device) if y is not None else None
@@ -399,14 +486,11 @@ def train(
         if ckpt_dir is not None:
             _save_checkpoint(
                 ckpt_dir,
-                {
-                    "epoch": epoch + 1,
-                    "fingerprint": fingerprint,
-                    "model": {k: v.detach().cpu() for k, v in student.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "history": json.dumps(state.history),
-                },
-                epoch + 1,
+                epoch=epoch + 1,
+                fingerprint=fingerprint,
+                model=student.state_dict(),
+                optimizer=optimizer.state_dict(),
+                history=state.history,
             )
         state.epochs_run = epoch + 1
     state.epochs_run = max(state.epochs_run, start_epoch)

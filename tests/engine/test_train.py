@@ -87,9 +87,9 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path: Path) -> None:
     full, kw = _setup(config)
     train(full, checkpoint_dir=tmp_path / "a", **kw)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
-        "epoch-0001.pt",
-        "epoch-0002.pt",
-        "epoch-0003.pt",
+        "epoch-0001.safetensors",
+        "epoch-0002.safetensors",
+        "epoch-0003.safetensors",
     ]
 
     interrupted, kw = _setup(config)
@@ -101,13 +101,13 @@ def test_resume_from_a_checkpoint_is_exact(tmp_path: Path) -> None:
 
     with pytest.raises(JobCancelled):
         train(interrupted, checkpoint_dir=tmp_path / "b", should_cancel=cancel_in_epoch_two, **kw)
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["epoch-0001.pt"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["epoch-0001.safetensors"]
 
     resumed, kw = _setup(config)
     logs: list[str] = []
     state = train(resumed, checkpoint_dir=tmp_path / "b", log=logs.append, **kw)
     assert state.resumed_from == 1
-    assert any("resumed from epoch-0001.pt" in m for m in logs)
+    assert any("resumed from epoch-0001.safetensors" in m for m in logs)
     assert [h["epoch"] for h in state.history] == [1, 2, 3]
     assert _same_state(full, resumed)
 
@@ -224,3 +224,37 @@ def test_factor_lr_and_the_residual_groups(
         assert {id(p) for p in group["params"]} == {
             id(p) for p in tensors[: len(tensors) - has_residual]
         }
+
+
+def test_checkpoints_are_read_back_without_unpickling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checkpoints are safetensors with JSON metadata: resuming never calls torch.load (or
+    pickle), and a checkpoint that is not readable is skipped, not fatal."""
+    config = _config()
+    full, kw = _setup(config)
+    train(full, checkpoint_dir=tmp_path / "a", **kw)
+    first = (tmp_path / "a" / "epoch-0001.safetensors").read_bytes()
+    assert b"torch._utils" not in first  # what a torch.save pickle names
+    assert first[8:9] == b"{"  # a safetensors header: its length, then JSON
+
+    def forbidden(*_: object, **__: object) -> None:
+        raise AssertionError("a checkpoint was unpickled")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr("pickle.load", forbidden)
+    monkeypatch.setattr("pickle.loads", forbidden)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "epoch-0001.safetensors").write_bytes(first)
+    resumed, kw = _setup(config)
+    state = train(resumed, checkpoint_dir=tmp_path / "b", **kw)
+    assert state.resumed_from == 1
+    assert _same_state(full, resumed)
+
+    (tmp_path / "b" / "epoch-0009.safetensors").write_bytes(b"\x10\x00\x00\x00junk")
+    again, kw = _setup(config)
+    logs: list[str] = []
+    state = train(again, checkpoint_dir=tmp_path / "b", log=logs.append, **kw)
+    assert state.resumed_from is None
+    assert any("epoch-0009.safetensors is not a readable checkpoint" in m for m in logs)
+    assert _same_state(full, again)
