@@ -137,6 +137,23 @@ def run_service(
         Service(url, "", data_dir, process, log_path).stop()
 
 
+def export_onnx(net: Any, path: Path, *, features: int) -> Path:
+    """``net`` (a torch module taking ``(batch, features)``) as ONNX at ``path``: input
+    ``input``, output ``logits``, any batch size."""
+    import torch
+
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, features),),
+        str(path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return path
+
+
 def train_digits_model(workdir: Path) -> dict[str, Any]:
     """Train a small MLP on scikit-learn's digits; export ONNX and the data as ``.npz``."""
     import numpy as np
@@ -179,16 +196,7 @@ def train_digits_model(workdir: Path) -> dict[str, Any]:
         for _ in range(200):
             net(one)
         torch_ms = (time.perf_counter() - start) / 200 * 1000
-    onnx_path = workdir / "digits_mlp.onnx"
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 64),),
-        str(onnx_path),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    onnx_path = export_onnx(net, workdir / "digits_mlp.onnx", features=64)
     data_path = workdir / "digits_train.npz"
     np.savez(data_path, x=x_train, y=y_train)
     return {

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from bitfactor.demo import export_onnx
+
 from .conftest import Api
 
 torch = pytest.importorskip("torch")
@@ -20,16 +22,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-    onnx_path = root / "mlp.onnx"
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 8),),
-        str(onnx_path),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    onnx_path = export_onnx(net, root / "mlp.onnx", features=8)
     st_path = root / "mlp.safetensors"
     save_file(net.state_dict(), str(st_path))
     return {"onnx": onnx_path, "safetensors": st_path}

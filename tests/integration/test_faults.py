@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from bitfactor.client import Client
-from bitfactor.demo import Service, free_port, run_service
+from bitfactor.demo import Service, export_onnx, free_port, run_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 torch = pytest.importorskip("torch")
@@ -201,15 +201,7 @@ def _make_files(root: Path) -> tuple[dict[str, Path], np.ndarray]:
         torch.nn.ReLU(),
         torch.nn.Linear(32, 3),
     ).eval()
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 12),),
-        str(root / "mlp.onnx"),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    export_onnx(net, root / "mlp.onnx", features=12)
     np.savez(root / "small.npz", x=x[:240], y=y[:240])
     np.savez(root / "medium.npz", x=np.repeat(x[:240], 6, axis=0), y=np.repeat(y[:240], 6))
     files = {"mlp": root / "mlp.onnx"} | {k: root / f"{k}.npz" for k in ("small", "medium")}

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from bitfactor.client import ApiError, Client
-from bitfactor.demo import Service, run_service
+from bitfactor.demo import Service, export_onnx, run_service
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 torch = pytest.importorskip("torch")
@@ -85,15 +85,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], np
         torch.nn.functional.cross_entropy(net(xt), yt).backward()
         opt.step()
     net.eval()
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 12),),
-        str(root / "mlp.onnx"),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    export_onnx(net, root / "mlp.onnx", features=12)
     np.savez(root / "train.npz", x=x[:240], y=y[:240])
     np.savez(root / "bad_labels.npz", x=x[:40], y=np.full(40, 7))
     np.savez(root / "val.npz", x=x[240:], y=y[240:])

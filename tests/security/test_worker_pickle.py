@@ -9,11 +9,10 @@ a function that fails the test if called: whatever loads the file must be anothe
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -22,6 +21,7 @@ from bitfactor.sandbox import Limits
 from engine.archs import MLP
 from engine.errors import UserInputError
 
+from ..conftest import QueueJob
 from . import corpus as c
 
 ARCH = {"arch": "mlp", "arch_kwargs": {"in_features": 8, "hidden": [16], "num_classes": 3}}
@@ -124,73 +124,24 @@ def test_a_child_past_its_wall_time_is_a_clear_error(
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from bitfactor.settings import get_settings
-    from db.session import upgrade
-    from worker import jobs
-
-    monkeypatch.setenv("BITFACTOR_DATA_DIR", str(tmp_path))
+def data_dir(worker_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # run_job sets the loader's limits from the settings; restored after the test.
     monkeypatch.setattr(importers, "PT_LIMITS", importers.PT_LIMITS)
-    for cached in (get_settings, jobs._sessions, jobs._store):
-        cached.cache_clear()
-    upgrade(get_settings().resolved_database_url)
-    yield tmp_path
-    for cached in (get_settings, jobs._sessions, jobs._store):
-        cached.cache_clear()
+    return worker_data_dir
 
 
-def _queued_pt_job(data_dir: Path) -> str:
+@pytest.fixture
+def queued_pt_job(queue_job: QueueJob, data_dir: Path) -> Callable[[], str]:
     """A queued job on a ``.pt`` MLP state dict and 64 labelled rows, stored as the API would."""
-    from bitfactor.settings import get_settings
-    from db import repo
-    from db.models import Dataset, Job, ModelFile
-    from db.storage import LocalArtifactStore
-    from worker import jobs
 
-    kwargs = {"in_features": 8, "hidden": [32, 32], "num_classes": 3}
-    torch.manual_seed(0)
-    pt_path, data_path = data_dir / "m.pt", data_dir / "d.npz"
-    torch.save(MLP(**kwargs).state_dict(), pt_path)  # type: ignore[arg-type]
-    rng = np.random.default_rng(0)
-    np.savez(data_path, x=rng.normal(size=(64, 8)).astype(np.float32), y=rng.integers(0, 3, 64))
-    store = LocalArtifactStore(get_settings().resolved_artifacts_dir)
-    model_sha, model_size = store.put_file("models/m/model.pt", pt_path)
-    data_sha, data_size = store.put_file("datasets/d/data.npz", data_path)
-    with jobs._sessions()() as session:
-        tenant = repo.get_or_create_tenant(session, name="t")
-        model = ModelFile(
-            tenant_id=tenant.id,
-            name="m",
-            format="pt",
-            sha256=model_sha,
-            size_bytes=model_size,
-            input_shape=[8],
-            storage_key="models/m/model.pt",
-            arch="mlp",
-            arch_kwargs=kwargs,
-        )
-        dataset = Dataset(
-            tenant_id=tenant.id,
-            name="d",
-            sha256=data_sha,
-            size_bytes=data_size,
-            n=64,
-            x_shape=[64, 8],
-            has_labels=True,
-            storage_key="datasets/d/data.npz",
-        )
-        session.add_all([model, dataset])
-        session.flush()
-        job = Job(
-            tenant_id=tenant.id,
-            model_id=model.id,
-            dataset_id=dataset.id,
-            config={"epochs": 1, "batch_size": 16, "min_layer_size": 16},
-        )
-        session.add(job)
-        session.commit()
-        return job.id
+    def queued() -> str:
+        kwargs = {"in_features": 8, "hidden": [32, 32], "num_classes": 3}
+        torch.manual_seed(0)
+        pt_path = data_dir / "m.pt"
+        torch.save(MLP(**kwargs).state_dict(), pt_path)  # type: ignore[arg-type]
+        return queue_job(pt_path, "pt", arch="mlp", arch_kwargs=kwargs)
+
+    return queued
 
 
 def _job(job_id: str) -> tuple[str, str | None]:
@@ -204,24 +155,24 @@ def _job(job_id: str) -> tuple[str, str | None]:
 
 
 def test_a_pt_job_succeeds_without_a_torch_load_in_the_worker(
-    data_dir: Path, no_torch_load_here: list[Any]
+    queued_pt_job: Callable[[], str], no_torch_load_here: list[Any]
 ) -> None:
     from worker import jobs
 
-    job_id = _queued_pt_job(data_dir)
+    job_id = queued_pt_job()
     assert jobs.run_job(job_id, worker_id="test:1") == "succeeded", _job(job_id)
     assert no_torch_load_here == []
 
 
 def test_the_worker_applies_the_inspect_limits_and_fails_the_job_once(
-    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    queued_pt_job: Callable[[], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bitfactor.settings import get_settings
     from worker import jobs
 
     monkeypatch.setenv("BITFACTOR_INSPECT_TIMEOUT", "0.01")
     get_settings.cache_clear()
-    job_id = _queued_pt_job(data_dir)
+    job_id = queued_pt_job()
     assert jobs.run_job(job_id, worker_id="test:1") == "failed", _job(job_id)
     status, error = _job(job_id)
     assert status == "failed"

@@ -4,95 +4,55 @@ from __future__ import annotations
 
 import errno
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import update
 
+from bitfactor.demo import export_onnx
 from bitfactor.settings import Settings, get_settings
 from db import repo
-from db.models import Dataset, Job, ModelFile, utcnow
+from db.models import Job, utcnow
 from db.session import upgrade
 from db.storage import LocalArtifactStore
 from worker import jobs
 from worker.reaper import MARKER_PREFIX, Reaper
 
+from ..conftest import QueueJob
+
 
 @pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    monkeypatch.setenv("BITFACTOR_DATA_DIR", str(tmp_path))
-    for cached in (get_settings, jobs._sessions, jobs._store):
-        cached.cache_clear()
-    upgrade(get_settings().resolved_database_url)
-    yield tmp_path
-    for cached in (get_settings, jobs._sessions, jobs._store):
-        cached.cache_clear()
+def data_dir(worker_data_dir: Path) -> Path:
+    return worker_data_dir
 
 
-def _queued_job(data_dir: Path) -> str:
+@pytest.fixture
+def queued_job(queue_job: QueueJob, data_dir: Path) -> Callable[[], str]:
     """A queued job on a small ONNX MLP and 64 labelled rows, stored as the API would."""
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.Linear(32, 3)
-    ).eval()
-    onnx_path, data_path = data_dir / "m.onnx", data_dir / "d.npz"
-    torch.onnx.export(
-        net,
-        (torch.zeros(1, 8),),
-        str(onnx_path),
-        dynamo=False,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )
-    rng = np.random.default_rng(0)
-    np.savez(data_path, x=rng.normal(size=(64, 8)).astype(np.float32), y=rng.integers(0, 3, 64))
-    store = LocalArtifactStore(get_settings().resolved_artifacts_dir)
-    model_sha, model_size = store.put_file("models/m/model.onnx", onnx_path)
-    data_sha, data_size = store.put_file("datasets/d/data.npz", data_path)
-    with jobs._sessions()() as session:
-        tenant = repo.get_or_create_tenant(session, name="t")
-        model = ModelFile(
-            tenant_id=tenant.id,
-            name="m",
-            format="onnx",
-            sha256=model_sha,
-            size_bytes=model_size,
-            input_shape=[8],
-            storage_key="models/m/model.onnx",
-        )
-        dataset = Dataset(
-            tenant_id=tenant.id,
-            name="d",
-            sha256=data_sha,
-            size_bytes=data_size,
-            n=64,
-            x_shape=[64, 8],
-            has_labels=True,
-            storage_key="datasets/d/data.npz",
-        )
-        session.add_all([model, dataset])
-        session.flush()
-        job = Job(
-            tenant_id=tenant.id,
-            model_id=model.id,
-            dataset_id=dataset.id,
-            config={"epochs": 1, "batch_size": 16, "min_layer_size": 16},
-        )
-        session.add(job)
-        session.commit()
-        return job.id
+
+    def queued() -> str:
+        torch = pytest.importorskip("torch")
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            torch.nn.Linear(8, 32),
+            torch.nn.ReLU(),
+            torch.nn.Linear(32, 32),
+            torch.nn.Linear(32, 3),
+        ).eval()
+        return queue_job(export_onnx(net, data_dir / "m.onnx", features=8), "onnx")
+
+    return queued
 
 
 @pytest.mark.slow
-def test_cancel_after_the_last_step_wins(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_after_the_last_step_wins(
+    data_dir: Path, queued_job: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cancel committed while the packed model is being stored (training is over) ends
     the job ``canceled``, with no artifact recorded or left on disk."""
-    job_id = _queued_job(data_dir)
+    job_id = queued_job()
     real_put = LocalArtifactStore.put_file
 
     def cancel_then_put(self: LocalArtifactStore, key: str, source: Path) -> tuple[str, int]:
@@ -118,7 +78,7 @@ def test_cancel_after_the_last_step_wins(data_dir: Path, monkeypatch: pytest.Mon
 
     # Without the cancel, the same runner stores one artifact and succeeds.
     monkeypatch.setattr(LocalArtifactStore, "put_file", real_put)
-    second = _queued_job(data_dir)
+    second = queued_job()
     assert jobs.run_job(second, worker_id="test:1") == "succeeded"
     assert len(list((artifacts / "jobs" / second).glob("*.bfm"))) == 1
 
