@@ -6,7 +6,7 @@ loads and validates a packed file and runs its graph. It depends on numpy and sa
 only and must never import torch, ``engine``, ``api``, ``worker`` or ``db``: a packed model
 plus this package is all a device needs.
 
-The ISA in use is the best this CPU supports; ``BITFACTOR_ISA=scalar|neon|avx2|avx512``
+The ISA in use is the best this CPU supports; ``BITFACTOR_ISA=scalar|neon|avx2|avx512bw|avx512``
 forces a lower one (read once, at import).
 """
 
@@ -35,7 +35,8 @@ __all__ = [
 
 
 def isa() -> str:
-    """The ISA whose kernels are in use: ``scalar``, ``neon``, ``avx2`` or ``avx512``."""
+    """The ISA whose kernels are in use: ``scalar``, ``neon``, ``avx2``, ``avx512bw`` (AVX-512
+    without VPOPCNTDQ) or ``avx512``."""
     return _native.isa()
 
 
@@ -62,7 +63,7 @@ def _apply_isa_override() -> None:
     wanted = os.environ.get("BITFACTOR_ISA", "").strip().lower()
     if not wanted:
         return
-    order = ["scalar", "neon", "avx2", "avx512"]
+    order = ["scalar", "neon", "avx2", "avx512bw", "avx512"]
     if wanted not in order:
         raise ValueError(f"BITFACTOR_ISA={wanted!r}: expected one of {', '.join(order)}")
     if wanted not in supported_isas():

@@ -612,7 +612,7 @@ class _Step:
         raise FormatError(f"node {self.name!r}: op {op!r} has no implementation")
 
 
-NATIVE_FLOAT_ISAS = ("avx2", "avx512")  # ISAs with vector fconv/flinear kernels
+NATIVE_FLOAT_ISAS = ("avx2", "avx512bw", "avx512")  # ISAs with vector fconv/flinear kernels
 FUSED_RELU = "__fused_relu"  # set by _fuse_relu on a loaded (already validated) node
 FUSED_POOL = "__fused_maxpool"  # set by _fuse_pool: the max pooling's attrs
 

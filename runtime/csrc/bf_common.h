@@ -44,12 +44,15 @@ typedef uint64_t bf_word;
 /* Per-function ISA targets: one build runs on any x86-64, the dispatcher picks. */
 #if BF_ARCH_X86 && (defined(__GNUC__) || defined(__clang__))
 #define BF_TARGET_AVX2 __attribute__((target("avx2,popcnt,bmi2")))
-#define BF_TARGET_AVX512 \
+/* AVX-512 F/BW/VL: every AVX-512 kernel; VPOPCNTDQ only where its name says so */
+#define BF_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,popcnt,avx2,bmi2")))
+#define BF_TARGET_AVX512VPOPCNT \
     __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,popcnt,avx2,bmi2")))
 #define BF_TARGET_POPCNT __attribute__((target("popcnt")))
 #else
 #define BF_TARGET_AVX2
 #define BF_TARGET_AVX512
+#define BF_TARGET_AVX512VPOPCNT
 #define BF_TARGET_POPCNT
 #endif
 

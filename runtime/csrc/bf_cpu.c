@@ -36,8 +36,14 @@ static int bf_x86_has_avx512(void) {
     if ((bf_xgetbv0() & 0xE6) != 0xE6) return 0;
     __cpuid_count(7, 0, a, b, c, d);
     const int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
-    const int vpopcntdq = (c >> 14) & 1;
-    return f && bw && vl && vpopcntdq;
+    return f && bw && vl;
+}
+
+static int bf_x86_has_avx512_vpopcntdq(void) {
+    unsigned int a, b, c, d;
+    if (!bf_x86_has_avx512()) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (c >> 14) & 1;
 }
 #endif
 
@@ -55,8 +61,8 @@ int bf_cpu_has_popcnt(void) {
 }
 
 int bf_cpu_supports(bf_isa isa) {
-    static int cached[4] = {-1, -1, -1, -1};
-    if ((int)isa < 0 || (int)isa > 3) return 0;
+    static int cached[5] = {-1, -1, -1, -1, -1};
+    if ((int)isa < 0 || (int)isa > 4) return 0;
     if (cached[isa] >= 0) return cached[isa];
     int ok = 0;
     switch (isa) {
@@ -64,7 +70,8 @@ int bf_cpu_supports(bf_isa isa) {
     case BF_ISA_NEON: ok = BF_ARCH_ARM64; break;
 #if BF_ARCH_X86
     case BF_ISA_AVX2: ok = bf_x86_has_avx2(); break;
-    case BF_ISA_AVX512: ok = bf_x86_has_avx512(); break;
+    case BF_ISA_AVX512BW: ok = bf_x86_has_avx512(); break;
+    case BF_ISA_AVX512: ok = bf_x86_has_avx512_vpopcntdq(); break;
 #else
     default: ok = 0; break;
 #endif
@@ -75,6 +82,7 @@ int bf_cpu_supports(bf_isa isa) {
 
 bf_isa bf_cpu_best_isa(void) {
     if (bf_cpu_supports(BF_ISA_AVX512)) return BF_ISA_AVX512;
+    if (bf_cpu_supports(BF_ISA_AVX512BW)) return BF_ISA_AVX512BW;
     if (bf_cpu_supports(BF_ISA_AVX2)) return BF_ISA_AVX2;
     if (bf_cpu_supports(BF_ISA_NEON)) return BF_ISA_NEON;
     return BF_ISA_SCALAR;
@@ -85,6 +93,7 @@ const char *bf_isa_name(bf_isa isa) {
     case BF_ISA_SCALAR: return "scalar";
     case BF_ISA_NEON: return "neon";
     case BF_ISA_AVX2: return "avx2";
+    case BF_ISA_AVX512BW: return "avx512bw";
     case BF_ISA_AVX512: return "avx512";
     }
     return "unknown";
@@ -95,6 +104,7 @@ int bf_isa_parse(const char *name) {
     if (strcmp(name, "scalar") == 0) return BF_ISA_SCALAR;
     if (strcmp(name, "neon") == 0) return BF_ISA_NEON;
     if (strcmp(name, "avx2") == 0) return BF_ISA_AVX2;
+    if (strcmp(name, "avx512bw") == 0) return BF_ISA_AVX512BW;
     if (strcmp(name, "avx512") == 0) return BF_ISA_AVX512;
     return -1;
 }

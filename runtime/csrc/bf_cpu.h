@@ -9,7 +9,9 @@ typedef enum {
     BF_ISA_SCALAR = 0,
     BF_ISA_NEON = 1,
     BF_ISA_AVX2 = 2,
-    BF_ISA_AVX512 = 3, /* AVX-512 F/BW/VL + VPOPCNTDQ with OS support for the ZMM state */
+    BF_ISA_AVX512BW = 3, /* AVX-512 F/BW/VL with OS support for the ZMM state (Skylake-SP,
+                            Cascade Lake): popcounts by vpshufb nibble lookup */
+    BF_ISA_AVX512 = 4,   /* the same + VPOPCNTDQ (Ice Lake and later, Zen 4 and later) */
 } bf_isa;
 
 /* The best ISA this CPU and OS support. */
@@ -18,7 +20,7 @@ bf_isa bf_cpu_best_isa(void);
 int bf_cpu_supports(bf_isa isa);
 /* Whether the CPU has the POPCNT instruction (x86; 0 elsewhere). */
 int bf_cpu_has_popcnt(void);
-/* "scalar", "neon", "avx2", "avx512". */
+/* "scalar", "neon", "avx2", "avx512bw", "avx512". */
 const char *bf_isa_name(bf_isa isa);
 /* Parse a name as above; returns -1 for an unknown name. */
 int bf_isa_parse(const char *name);

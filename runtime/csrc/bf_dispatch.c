@@ -25,6 +25,14 @@ static const bf_kernels bf_table_avx512 = {BF_ISA_AVX512, bf_popcount__avx512vpo
                                            BF_FCONV_MR_AVX512, BF_FCONV_NR_AVX512,
                                            bf_fconv_8x32__avx512,
     bf_maxpool2d__avx512, bf_flinear__avx512};
+/* AVX-512 without VPOPCNTDQ: the AVX-512 float, packing and panel kernels (the panel counting
+ * bits by nibble lookup); the general product and popcount are AVX2's. */
+static const bf_kernels bf_table_avx512bw = {BF_ISA_AVX512BW, bf_popcount__avx2,
+                                             bf_xnor_gemm_2x5__avx2, bf_sign_pack__avx512,
+                                             BF_PANEL_LANES_AVX512, bf_xnor_panel__avx512bw,
+                                             BF_FCONV_MR_AVX512, BF_FCONV_NR_AVX512,
+                                             bf_fconv_8x32__avx512,
+    bf_maxpool2d__avx512, bf_flinear__avx512};
 #endif
 #if BF_ARCH_ARM64
 static const bf_kernels bf_table_neon = {BF_ISA_NEON, bf_popcount__neon, bf_xnor_gemm_2x4__neon,
@@ -46,6 +54,7 @@ const bf_kernels *bf_dispatch_for(bf_isa isa) {
 #endif
 #if BF_ARCH_X86
     case BF_ISA_AVX2: return &bf_table_avx2;
+    case BF_ISA_AVX512BW: return &bf_table_avx512bw;
     case BF_ISA_AVX512: return &bf_table_avx512;
 #endif
 #if BF_ARCH_ARM64

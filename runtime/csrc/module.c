@@ -22,8 +22,8 @@ static const bf_kernels *resolve_isa(PyObject *name) {
     if (!s) return NULL;
     const int isa = bf_isa_parse(s);
     if (isa < 0) {
-        PyErr_Format(PyExc_ValueError, "unknown ISA %R (expected scalar, neon, avx2, avx512)",
-                     name);
+        PyErr_Format(PyExc_ValueError,
+                     "unknown ISA %R (expected scalar, neon, avx2, avx512bw, avx512)", name);
         return NULL;
     }
     const bf_kernels *table = bf_dispatch_for((bf_isa)isa);
@@ -360,7 +360,7 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
     g.panel = table->xnor_panel;
     g.panel_lanes = table->panel_lanes;
 #if BF_ARCH_X86
-    if (table->isa == BF_ISA_AVX512) g.bits = bf_bconv_bits__avx512;
+    if (table->isa >= BF_ISA_AVX512BW) g.bits = bf_bconv_bits__avx512;
 #endif
     const size_t outs = BF_PRODUCT(g.n, g.ho, g.wo);
     const int used = bf_bconv_threads(&g, threads < 1 ? 1 : threads);
@@ -685,7 +685,7 @@ static PyObject *py_supported_isas(PyObject *self, PyObject *unused) {
     (void)unused;
     PyObject *out = PyList_New(0);
     if (!out) return NULL;
-    const bf_isa all[] = {BF_ISA_SCALAR, BF_ISA_NEON, BF_ISA_AVX2, BF_ISA_AVX512};
+    const bf_isa all[] = {BF_ISA_SCALAR, BF_ISA_NEON, BF_ISA_AVX2, BF_ISA_AVX512BW, BF_ISA_AVX512};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         if (!bf_dispatch_for(all[i])) continue;
         PyObject *name = PyUnicode_FromString(bf_isa_name(all[i]));

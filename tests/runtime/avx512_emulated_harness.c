@@ -1,10 +1,12 @@
 /*
- * avx512_emulated_harness.c - runs the AVX-512 panel kernel's C code on any x86-64 CPU by
+ * avx512_emulated_harness.c - runs an AVX-512 panel kernel's C code on any x86-64 CPU by
  * replacing the AVX-512 intrinsics it uses with plain C lane loops (the 128/256-bit ones
- * are the real SSE/AVX2 instructions), and compares it with the scalar panel kernel.
- * This checks the kernel's logic (tiling, tails, padded lanes, segmented pixel rows, both
- * output layouts and their stores), not the compiler's instruction selection: the real
- * kernel runs in test_kernels.py on CPUs with AVX-512 VPOPCNTDQ. Built by test_avx512_emulated.py; prints "ok <cases>".
+ * are the real SSE/AVX2 instructions), and compares it with the scalar panel kernel:
+ * xnor_panel__avx512vpopcnt.c, or xnor_panel__avx512bw.c when built with -DEMU_BW.
+ * This checks the kernel's logic (tiling, tails, padded lanes, segmented pixel rows, byte
+ * count folds, both output layouts and their stores), not the compiler's instruction
+ * selection: the real kernels run in test_kernels.py on CPUs with AVX-512 (VPOPCNTDQ).
+ * Built by test_avx512_emulated.py; prints "ok <cases>".
  */
 #include <immintrin.h>
 #include <stdio.h>
@@ -16,6 +18,8 @@
 /* the kernel is compiled for AVX2 here; its AVX-512 intrinsics are the functions below */
 #undef BF_TARGET_AVX512
 #define BF_TARGET_AVX512 BF_TARGET_AVX2
+#undef BF_TARGET_AVX512VPOPCNT
+#define BF_TARGET_AVX512VPOPCNT BF_TARGET_AVX2
 
 typedef struct {
     uint64_t v[8];
@@ -47,6 +51,64 @@ static inline emu_m512i emu_xor(emu_m512i a, emu_m512i b) {
 static inline emu_m512i emu_popcnt(emu_m512i a) {
     for (int i = 0; i < 8; i++) a.v[i] = (uint64_t)__builtin_popcountll(a.v[i]);
     return a;
+}
+/* byte lanes, for the BW kernel's nibble counts */
+static inline emu_m512i emu_set1_epi8(char x) {
+    emu_m512i r;
+    memset(r.v, (unsigned char)x, sizeof r.v);
+    return r;
+}
+static inline BF_TARGET_AVX2 emu_m512i emu_broadcast_i32x4(__m128i a) {
+    emu_m512i r;
+    for (int i = 0; i < 4; i++) _mm_storeu_si128((__m128i *)(r.v + 2 * i), a);
+    return r;
+}
+static inline emu_m512i emu_srli_epi64(emu_m512i a, unsigned n) {
+    for (int i = 0; i < 8; i++) a.v[i] = n < 64 ? a.v[i] >> n : 0;
+    return a;
+}
+/* bit i of the result = bit (a_i << 2 | b_i << 1 | c_i) of imm */
+static inline emu_m512i emu_ternarylogic(emu_m512i a, emu_m512i b, emu_m512i c, int imm) {
+    emu_m512i r;
+    for (int i = 0; i < 8; i++) {
+        r.v[i] = 0;
+        for (int bit = 0; bit < 64; bit++) {
+            const unsigned sel = (unsigned)((a.v[i] >> bit & 1) << 2 | (b.v[i] >> bit & 1) << 1 |
+                                            (c.v[i] >> bit & 1));
+            r.v[i] |= (uint64_t)((unsigned)imm >> sel & 1) << bit;
+        }
+    }
+    return r;
+}
+/* per 128-bit lane: byte j = table byte (idx_j & 15), or 0 when idx_j has bit 7 set */
+static inline emu_m512i emu_shuffle_epi8(emu_m512i table, emu_m512i idx) {
+    unsigned char t[64], x[64], r[64];
+    memcpy(t, table.v, 64);
+    memcpy(x, idx.v, 64);
+    for (int j = 0; j < 64; j++) r[j] = (x[j] & 0x80) ? 0 : t[(j & ~15) + (x[j] & 15)];
+    emu_m512i out;
+    memcpy(out.v, r, 64);
+    return out;
+}
+static inline emu_m512i emu_add_epi8(emu_m512i a, emu_m512i b) {
+    unsigned char x[64], y[64];
+    memcpy(x, a.v, 64);
+    memcpy(y, b.v, 64);
+    for (int j = 0; j < 64; j++) x[j] = (unsigned char)(x[j] + y[j]);
+    memcpy(a.v, x, 64);
+    return a;
+}
+/* per 64-bit lane: the sum of |a_j - b_j| over its 8 bytes */
+static inline emu_m512i emu_sad_epu8(emu_m512i a, emu_m512i b) {
+    unsigned char x[64], y[64];
+    memcpy(x, a.v, 64);
+    memcpy(y, b.v, 64);
+    emu_m512i r;
+    for (int i = 0; i < 8; i++) {
+        r.v[i] = 0;
+        for (int j = 0; j < 8; j++) r.v[i] += (uint64_t)abs(x[8 * i + j] - y[8 * i + j]);
+    }
+    return r;
 }
 /* 32-bit views of the 512-bit type for the stores of the counts */
 static inline emu_m512i emu_from32(const int32_t *t) {
@@ -131,7 +193,28 @@ static inline BF_TARGET_AVX2 void emu_mask_storeu_epi32_128(void *p, unsigned ma
 #undef _mm_mask_storeu_epi32
 #define _mm_mask_storeu_epi32 emu_mask_storeu_epi32_128
 
+#undef _mm512_set1_epi8
+#define _mm512_set1_epi8 emu_set1_epi8
+#undef _mm512_broadcast_i32x4
+#define _mm512_broadcast_i32x4 emu_broadcast_i32x4
+#undef _mm512_srli_epi64
+#define _mm512_srli_epi64 emu_srli_epi64
+#undef _mm512_ternarylogic_epi64
+#define _mm512_ternarylogic_epi64 emu_ternarylogic
+#undef _mm512_shuffle_epi8
+#define _mm512_shuffle_epi8 emu_shuffle_epi8
+#undef _mm512_add_epi8
+#define _mm512_add_epi8 emu_add_epi8
+#undef _mm512_sad_epu8
+#define _mm512_sad_epu8 emu_sad_epu8
+
+#ifdef EMU_BW
+#include "xnor_panel/xnor_panel__avx512bw.c"
+#define KERNEL bf_xnor_panel__avx512bw
+#else
 #include "xnor_panel/xnor_panel__avx512vpopcnt.c"
+#define KERNEL bf_xnor_panel__avx512vpopcnt
+#endif
 
 static uint64_t state = 0x9E3779B97F4A7C15ULL;
 
@@ -167,7 +250,7 @@ static int compare(size_t np_, size_t nc, size_t kw, size_t n_seg, int pixel_maj
     bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, nc, kw, w, ldw, p0);
     bf_xnor_panel__scalar(np_, nc, rows, n_seg, seg_len, p0, kw, c0, c_ch, c_pix);
     bf_xnor_panel_pack(BF_PANEL_LANES_AVX512, nc, kw, w, ldw, p1);
-    bf_xnor_panel__avx512vpopcnt(np_, nc, rows, n_seg, seg_len, p1, kw, c1, c_ch, c_pix);
+    KERNEL(np_, nc, rows, n_seg, seg_len, p1, kw, c1, c_ch, c_pix);
     int bad = 0;
     for (size_t i = 0; i < np_ * nc && !bad; i++)
         if (c0[i] != c1[i] || c0[i] < 0) {

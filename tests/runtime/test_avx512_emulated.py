@@ -1,10 +1,11 @@
-"""The AVX-512 panel kernel's logic on any x86-64 CPU.
+"""The AVX-512 panel kernels' logic on any x86-64 CPU.
 
-``avx512_emulated_harness.c`` compiles ``xnor_panel__avx512vpopcnt.c`` with its AVX-512
-intrinsics replaced by plain C lane loops (the code is otherwise unchanged, and compiled
-for AVX2 only) and compares it with the scalar panel kernel on awkward sizes: pixel and
-channel tails, padded lanes, long rows, saturated counts. The real instructions are
-tested in ``test_kernels.py`` on CPUs with AVX-512 VPOPCNTDQ.
+``avx512_emulated_harness.c`` compiles ``xnor_panel__avx512vpopcnt.c`` (or, with
+``-DEMU_BW``, ``xnor_panel__avx512bw.c``) with its AVX-512 intrinsics replaced by plain C
+lane loops (the code is otherwise unchanged, and compiled for AVX2 only) and compares it
+with the scalar panel kernel on awkward sizes: pixel and channel tails, padded lanes, long
+rows (past the BW kernel's 31-word byte folds), saturated counts. The real instructions
+are tested in ``test_kernels.py`` on CPUs with AVX-512 (and VPOPCNTDQ).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ CC = "gcc"
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 only")
-def test_avx512_panel_kernel_logic_equals_scalar(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernel", ["avx512vpopcnt", "avx512bw"])
+def test_avx512_panel_kernel_logic_equals_scalar(tmp_path: Path, kernel: str) -> None:
     if shutil.which(CC) is None:
         pytest.skip(f"{CC} not installed (the C extension needs it too)")
     binary = tmp_path / "avx512_emulated"
@@ -36,6 +38,7 @@ def test_avx512_panel_kernel_logic_equals_scalar(tmp_path: Path) -> None:
             "-Wall",
             "-Wextra",
             "-Werror",
+            *(["-DEMU_BW"] if kernel == "avx512bw" else []),
             f"-I{CSRC}",
             str(HARNESS),
             str(CSRC / "xnor_panel" / "xnor_panel__scalar.c"),

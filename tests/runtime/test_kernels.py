@@ -469,10 +469,23 @@ def test_bconv_rejects_undersized_buffers() -> None:
         op(x, np.empty((1, 4, 3, 3), np.float32), np.empty(8, np.uint8))
 
 
-@pytest.mark.skipif("avx512" in ISAS, reason="this CPU runs the AVX-512 kernels")
-def test_avx512_is_not_offered_without_cpu_support() -> None:
+@pytest.mark.parametrize("isa", ["avx512bw", "avx512"])
+def test_avx512_is_not_offered_without_cpu_support(isa: str) -> None:
+    if isa in ISAS:
+        pytest.skip(f"this CPU runs the {isa} kernels")
     with pytest.raises(ValueError, match="not supported"):
-        _gemm(np.zeros((1, 1), np.uint64), np.zeros((1, 1), np.uint64), 1, 1, 1, "avx512")
+        _gemm(np.zeros((1, 1), np.uint64), np.zeros((1, 1), np.uint64), 1, 1, 1, isa)
+
+
+def test_isa_levels_are_ordered() -> None:
+    """Each x86 level implies the ones below it; the best is the last supported."""
+    order = ["scalar", "neon", "avx2", "avx512bw", "avx512"]
+    assert [isa for isa in order if isa in ISAS] == ISAS
+    assert runtime.best_isa() == ISAS[-1]
+    if "avx512" in ISAS:
+        assert "avx512bw" in ISAS
+    if "avx512bw" in ISAS:
+        assert "avx2" in ISAS
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import runtime
 from runtime import _native
-from runtime.model import FloatConv, FloatLinear
+from runtime.model import NATIVE_FLOAT_ISAS, FloatConv, FloatLinear
 
 ISAS = runtime.supported_isas()
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -502,7 +502,7 @@ def test_float_kernels_only_where_the_isa_has_vector_ones(tmp_path: Path) -> Non
             _native.select_isa(isa)
             model = runtime.load(path, threads=2)
             ops = [(s.op, s.extra_outputs, s.scratch_bytes is not None) for s in model._steps]
-            if isa in ("avx2", "avx512"):  # conv + relu + pool + sign_pack is one C step
+            if isa in NATIVE_FLOAT_ISAS:  # conv + relu + pool + sign_pack is one C step
                 assert ops[0] == ("conv2d", ["in"], True)
                 assert [op for op, _, _ in ops] == ["conv2d", "bconv2d", "global_avgpool", "linear"]
             else:  # numpy's BLAS: scalar C float kernels would be slower

@@ -4,7 +4,7 @@
 #if BF_ARCH_X86
 #include <immintrin.h>
 
-BF_TARGET_AVX512 int64_t bf_popcount__avx512vpopcnt(const bf_word *x, size_t n) {
+BF_TARGET_AVX512VPOPCNT int64_t bf_popcount__avx512vpopcnt(const bf_word *x, size_t n) {
     __m512i acc = _mm512_setzero_si512();
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {

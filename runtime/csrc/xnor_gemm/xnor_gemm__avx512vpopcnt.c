@@ -9,7 +9,7 @@
 #if BF_ARCH_X86
 #include <immintrin.h>
 
-#define BF_AVX512_INLINE static inline __attribute__((always_inline)) BF_TARGET_AVX512
+#define BF_AVX512_INLINE static inline __attribute__((always_inline)) BF_TARGET_AVX512VPOPCNT
 
 BF_AVX512_INLINE void tile(const int MR, const int NR, size_t kw, const bf_word *a, size_t lda,
                            const bf_word *b, size_t ldb, int32_t *c, size_t ldc) {
@@ -54,7 +54,7 @@ BF_AVX512_INLINE void tile(const int MR, const int NR, size_t kw, const bf_word 
     }
 }
 
-BF_TARGET_AVX512 void bf_xnor_gemm_4x4__avx512vpopcnt(size_t m, size_t n, size_t kw,
+BF_TARGET_AVX512VPOPCNT void bf_xnor_gemm_4x4__avx512vpopcnt(size_t m, size_t n, size_t kw,
                                                       const bf_word *a, size_t lda,
                                                       const bf_word *b, size_t ldb, int32_t *c,
                                                       size_t ldc) {

@@ -45,6 +45,7 @@ void bf_xnor_panel__scalar_popcnt(BF_XNOR_PANEL_ARGS);
 void bf_xnor_panel__avx2(BF_XNOR_PANEL_ARGS);
 #define BF_PANEL_LANES_AVX512 8
 void bf_xnor_panel__avx512vpopcnt(BF_XNOR_PANEL_ARGS);
+void bf_xnor_panel__avx512bw(BF_XNOR_PANEL_ARGS); /* same lanes, no VPOPCNTDQ */
 #endif
 
 #endif
