@@ -21,7 +21,7 @@ from api import metrics
 from api.deps import SessionDep, StateDep, TenantDep, bearer_key
 from api.errors import Problem
 from api.predictor import LoadedModel, TensorSpec
-from api.routes.predict import find_job, job_model, load_job_model
+from api.routes.predict import find_job, job_model, json_floats, load_job_model
 from api.schemas import V2InferResponse, V2ModelMetadata, V2ModelReady, V2ServerMetadata
 from db import repo
 from db.models import Job
@@ -289,7 +289,7 @@ async def infer(name: str, request: Request, state: StateDep) -> Response:
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)
         else:
-            entry["data"] = value.reshape(-1).astype(np.float64).tolist()
+            entry["data"] = json_floats(value.reshape(-1))  # NaN, inf: null (binary keeps them)
         response_outputs.append(entry)
     result: dict[str, Any] = {
         "model_name": name,
@@ -298,7 +298,7 @@ async def infer(name: str, request: Request, state: StateDep) -> Response:
     }
     if "id" in body:
         result["id"] = body["id"]
-    head = json.dumps(result).encode()
+    head = json.dumps(result, allow_nan=False).encode()
     if not chunks:
         return Response(head, media_type="application/json")
     return Response(

@@ -7,6 +7,7 @@ compared with a float64 numpy reference. The v2 tests drive a real uvicorn serve
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import uvicorn
 
+import runtime
 from api.predictor import INLINE_RUN_S, LoadedModel
 from db import repo
 from db.models import ApiKey, utcnow
@@ -145,6 +147,51 @@ def test_v2_with_tritonclient(
             client.get_model_metadata(job_id, headers=api.headers("bob"))
     finally:
         client.close()
+
+
+def test_non_finite_outputs_are_json_null(
+    api: Api, model_id: str, dataset_id: str, tmp_path: Path
+) -> None:
+    """Finite inputs can overflow to inf or NaN; JSON has neither, so both protocols answer
+    null there (strict JSON every parser reads), the binary v2 mode the float32 bits."""
+    job_id = submit(api, model_id, dataset_id)
+    _, data = finish_with_artifact(api, job_id, tmp_path)
+    x = np.array([[3e38, 3e38, 3e38, 3e38], [-3e38, 3e38, -3e38, 3e38], [1, 2, 3, 4]], np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = np.asarray(runtime.load(data).run(x))
+    assert not np.isfinite(want).all()
+    assert np.isfinite(want[2]).all()
+
+    def strict(text: str) -> object:
+        def refuse(token: str) -> None:
+            raise AssertionError(f"non-JSON token {token}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    def check(values: list[object]) -> None:
+        got = np.array([np.nan if v is None else v for v in values], np.float64)
+        flat = want.reshape(-1).astype(np.float64)
+        assert [v is None for v in values] == list(~np.isfinite(flat))
+        np.testing.assert_allclose(got[np.isfinite(flat)], flat[np.isfinite(flat)], rtol=1e-6)
+
+    v1 = api.client.post(
+        f"/v1/jobs/{job_id}/predict", headers=api.headers(), json={"inputs": x.tolist()}
+    )
+    assert v1.status_code == 200, v1.text
+    check([v for row in strict(v1.text)["outputs"] for v in row])  # type: ignore[index]
+    body = {
+        "inputs": [
+            {"name": "input", "shape": [3, 4], "datatype": "FP32", "data": x.reshape(-1).tolist()}
+        ]
+    }
+    v2 = api.client.post(f"/v2/models/{job_id}/infer", headers=api.headers(), json=body)
+    assert v2.status_code == 200, v2.text
+    check(strict(v2.text)["outputs"][0]["data"])  # type: ignore[index]
+    body["outputs"] = [{"name": "logits", "parameters": {"binary_data": True}}]  # type: ignore[list-item]
+    raw = api.client.post(f"/v2/models/{job_id}/infer", headers=api.headers(), json=body)
+    assert raw.status_code == 200, raw.text
+    head = int(raw.headers["inference-header-content-length"])
+    np.testing.assert_array_equal(np.frombuffer(raw.content[head:], "<f4").reshape(3, 3), want)
 
 
 def test_v2_errors_keep_the_protocol_body(
