@@ -367,6 +367,14 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
         if mod.start_dim != 1 or mod.end_dim != -1:
             raise UserInputError(f"export: flatten {name} must flatten dims 1..-1")
         out = ex.emit("flatten", name, [x])
+    elif isinstance(mod, nn.LayerNorm):
+        ln_weight = mod.weight if mod.weight is not None else np.ones(mod.normalized_shape)
+        params = {"weight": ex.tensor(f"{name}.weight", _f32(ln_weight))}
+        if mod.bias is not None:
+            params["bias"] = ex.tensor(f"{name}.bias", _f32(mod.bias))
+        out = ex.emit("layernorm", name, [x], attrs={"eps": float(mod.eps)}, params=params)
+    elif isinstance(mod, nn.GELU):
+        out = ex.emit("gelu", name, [x], attrs={"approximate": str(mod.approximate)})
     elif isinstance(mod, nn.Dropout | nn.Identity):
         out = x
     else:

@@ -10,8 +10,8 @@ understand. Tests compare its outputs with onnxruntime's.
 Supported: Conv (1D/2D), Gemm, MatMul (with a constant 2-D right operand),
 BatchNormalization, Relu, PRelu, LeakyRelu, Clip, Sigmoid, Tanh, MaxPool, AveragePool,
 GlobalAveragePool, Add, Mul, Flatten, Reshape, Concat, Identity, Dropout, Constant,
-Softmax. Models must have one input with a fixed shape except the batch dimension, and
-be self-contained (external data is refused).
+Softmax, LayerNormalization (over trailing axes), Gelu. Models must have one input with a
+fixed shape except the batch dimension, and be self-contained (external data is refused).
 """
 
 from __future__ import annotations
@@ -242,6 +242,32 @@ def _convert_node(b: _Builder, node: Any) -> None:
     elif op == "Softmax":
         axis = int(a.get("axis", -1))
         b.values[out] = b.module("softmax", nn.Softmax(dim=axis), x)
+    elif op == "LayerNormalization":
+        if len(node.output) > 1 and any(node.output[1:]):
+            raise _fail(node, "the mean and inverse-deviation outputs are not supported")
+        scale = np.asarray(b.const(ins[1], node), np.float32)
+        shift = b.const(ins[2], node) if len(ins) > 2 and ins[2] else None
+        rank, axis = b.rank(ins[0]), int(a.get("axis", -1))
+        if rank is None:
+            raise _fail(node, "LayerNormalization needs a known input rank")
+        if axis % rank == 0 or axis % rank != rank - scale.ndim:
+            raise _fail(
+                node, f"axis {axis} must start the {scale.ndim} trailing axes its scale has"
+            )
+        if int(a.get("stash_type", 1)) != 1:
+            raise _fail(node, "only stash_type 1 (float32 statistics) is supported")
+        eps = float(a.get("epsilon", 1e-5))
+        norm = nn.LayerNorm(list(scale.shape), eps=eps, bias=shift is not None)
+        norm.weight = _param(scale)
+        if shift is not None:
+            norm.bias = _param(np.broadcast_to(np.asarray(shift, np.float32), scale.shape))
+        b.values[out] = b.module("layernorm", norm, x)
+    elif op == "Gelu":
+        approximate = a.get("approximate", b"none")
+        approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+        if approximate not in ("none", "tanh"):
+            raise _fail(node, f"Gelu approximate={approximate!r} is not supported")
+        b.values[out] = b.module("gelu", nn.GELU(approximate=approximate), x)
     else:
         raise _fail(node, "this operator is not supported")
 

@@ -134,6 +134,8 @@ REAL_OPS = {
     "reshape",
     "concat",
     "softmax",
+    "layernorm",
+    "gelu",
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
 
@@ -441,6 +443,27 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
             axis = _int(f"{w}: attr 'axis'", node.attr("axis", 1), minimum=1)
             if axis >= len(shape):
                 raise _fail(w, f"axis {axis} out of range for {len(shape)} dims")
+        return ValueInfo("float", shape)
+    if op == "layernorm":
+        node.n_inputs(1)
+        shape = need(0, "float", (2, 3, 4))
+        eps = _number(f"{w}: attr 'eps'", node.attr("eps", 1e-5))
+        if eps <= 0:
+            raise _fail(w, f"eps {eps} must be > 0")
+        name = node.params.get("weight", "")
+        nd = node.tensors[name].ndim if name in node.tensors else 1
+        if not 1 <= nd < len(shape):
+            raise _fail(
+                w, f"weight has {nd} dims; it must cover 1 to {len(shape) - 1} trailing dims"
+            )
+        normalized = tuple(int(d) for d in shape[len(shape) - nd :] if d is not None)
+        node.param("weight", "F32", normalized)
+        node.param("bias", "F32", normalized, required=False)
+        return ValueInfo("float", shape)
+    if op == "gelu":
+        node.n_inputs(1)
+        shape = need(0, "float", (2, 3, 4))
+        _choice(f"{w}: attr 'approximate'", node.attr("approximate", "none"), ("none", "tanh"))
         return ValueInfo("float", shape)
     if op in ("maxpool2d", "avgpool2d", "maxpool1d", "avgpool1d"):
         node.n_inputs(1)

@@ -80,6 +80,19 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
             (3, 16),
             {"factorization": "none", "scales": "xnorpp", "binarize_first_last": True},
         ),
+        (
+            lambda: nn.Sequential(
+                nn.Linear(24, 64),
+                nn.LayerNorm(64),
+                nn.GELU(),
+                nn.Linear(64, 64),
+                nn.LayerNorm(64, elementwise_affine=False),
+                nn.GELU(approximate="tanh"),
+                nn.Linear(64, 5),
+            ),
+            (24,),
+            {"factorization": "matrix", "scales": "channel"},
+        ),
     ],
 )
 def test_runtime_matches_binary_torch_model(

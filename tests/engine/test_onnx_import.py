@@ -37,6 +37,24 @@ class Branchy(nn.Module):
         return self.fc(y)
 
 
+class NormGelu(nn.Module):
+    """LayerNormalization over one and two trailing axes (with and without bias), both
+    Gelu forms (opset 20)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 3, padding=1)
+        self.norm2 = nn.LayerNorm([8, 16], eps=1e-3)
+        self.fc = nn.Linear(128, 32)
+        self.norm1 = nn.LayerNorm(32, bias=False)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.gelu(self.norm2(self.conv(x))).flatten(1)
+        y = nn.functional.gelu(self.norm1(self.fc(y)), approximate="tanh")
+        return self.out(y)
+
+
 def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -59,6 +77,7 @@ def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
         (lambda: ResNetCIFAR(depth=8, width=8), (3, 32, 32)),
         ("tiny_conv1d", (3, 16)),
         (Branchy, (3, 12, 12)),
+        (NormGelu, (3, 16)),
     ],
 )
 def test_imported_model_matches_onnxruntime(

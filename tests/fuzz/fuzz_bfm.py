@@ -215,6 +215,7 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
     rng = b.rng
     c, nsp = shape[0], len(shape) - 1
     choices = ["act", "act", "batchnorm", "addmul", "concat", "softmax", "reshape", "flatten"]
+    choices += ["layernorm", "gelu"]
     if nsp >= 1:
         choices += ["conv", "conv", "pool", "pool", "gap"]
     else:
@@ -281,6 +282,16 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
     if what == "softmax":
         axis = rng.randint(1, len(shape))
         return b.node("softmax", [name], "float", shape, {"axis": axis})
+    if what == "layernorm":
+        nd = rng.randint(1, len(shape))  # trailing dims normalized
+        params = {"weight": b.floats(*shape[len(shape) - nd :])}
+        if rng.random() < 0.6:
+            params["bias"] = b.floats(*shape[len(shape) - nd :])
+        attrs = {"eps": rng.choice([1e-5, 1e-3, 0.5])} if rng.random() < 0.5 else None
+        return b.node("layernorm", [name], "float", shape, attrs, params)
+    if what == "gelu":
+        attrs = {"approximate": rng.choice(["none", "tanh"])} if rng.random() < 0.7 else None
+        return b.node("gelu", [name], "float", shape, attrs)
     if what == "flatten":
         return b.node("flatten", [name], "float", (math.prod(shape),))
     if what == "reshape":
@@ -459,12 +470,13 @@ OPS = [
     "sign_pack", "bconv2d", "bconv1d", "blinear", "conv2d", "conv1d", "linear", "batchnorm",
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
-    "softmax",
+    "softmax", "layernorm", "gelu",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",
     "padding", "dilation", "groups", "pad_mode", "activation", "post_activation", "output",
     "min_val", "max_val", "axis", "shape", "ceil_mode", "count_include_pad", "negative_slope",
+    "eps", "approximate",
 ]  # fmt: skip
 
 

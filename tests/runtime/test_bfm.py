@@ -270,3 +270,46 @@ def test_real_weights_may_be_half_precision(tmp_path: Path) -> None:
     half["b1.scale"] = tensors["b1.scale"].astype(np.float16)
     with pytest.raises(FormatError, match=r"b1\.scale.*expected F32"):
         write_bfm(tmp_path / "bad.bfm", graph=graph, tensors=half, provenance={})
+
+
+def _norm_graph(attrs: dict[str, Any], weight_shape: tuple[int, ...]) -> tuple[Any, Any]:
+    graph = {
+        "inputs": [{"name": "x", "shape": [None, 4, 6], "dtype": "float32"}],
+        "outputs": [{"name": "y", "shape": [None, 4, 6], "dtype": "float32"}],
+        "nodes": [
+            {
+                "op": "layernorm",
+                "name": "norm",
+                "inputs": ["x"],
+                "outputs": ["t"],
+                "attrs": attrs,
+                "params": {"weight": "norm.weight"},
+            },
+            {"op": "gelu", "name": "act", "inputs": ["t"], "outputs": ["y"]},
+        ],
+    }
+    return graph, {"norm.weight": np.ones(weight_shape, np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("attrs", "weight_shape", "gelu", "match"),
+    [
+        ({}, (4, 6), {}, None),
+        ({"eps": 1e-6}, (6,), {"approximate": "tanh"}, None),
+        ({}, (5,), {}, r"norm\.weight.*shape \(5,\), expected \(6,\)"),
+        ({}, (1, 4, 6), {}, "trailing dims"),
+        ({"eps": 0}, (6,), {}, "eps 0.0 must be > 0"),
+        ({"eps": "small"}, (6,), {}, "expected a number"),
+        ({}, (6,), {"approximate": "sigmoid"}, "expected one of none, tanh"),
+    ],
+)
+def test_layernorm_and_gelu_are_validated(
+    tmp_path: Path, attrs: dict[str, Any], weight_shape: tuple[int, ...], gelu: Any, match: Any
+) -> None:
+    graph, tensors = _norm_graph(attrs, weight_shape)
+    graph["nodes"][1]["attrs"] = gelu
+    if match is None:
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+        return
+    with pytest.raises(FormatError, match=match):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})

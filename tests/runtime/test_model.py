@@ -152,6 +152,12 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = torch.cat(ins, dim=a.get("axis", 1))
         elif op == "softmax":
             y = torch.softmax(x0, dim=a.get("axis", 1))
+        elif op == "layernorm":
+            weight = param("weight")
+            assert weight is not None
+            y = F.layer_norm(x0, weight.shape, weight, param("bias"), a.get("eps", 1e-5))
+        elif op == "gelu":
+            y = F.gelu(x0, approximate=a.get("approximate", "none"))
         else:  # pragma: no cover
             raise AssertionError(op)
         env[node["outputs"][0]] = y
@@ -450,6 +456,50 @@ def real_ops_model() -> Builder:
     return b
 
 
+def norm_gelu_model() -> Builder:
+    """Layer norms (over one and two trailing dims, with and without bias) and both GELUs
+    around a binary linear layer, as in an MLP block."""
+    b = Builder(5, "x", [None, 5, 17])
+    r = b.rng
+    c0 = b.node(
+        "conv1d",
+        "c0",
+        ["x"],
+        {"stride": [1], "padding": [1], "dilation": [1], "groups": 1},
+        {"weight": b.tensor("c0.w", r.standard_normal((8, 5, 3)).astype(np.float32))},
+    )
+    wide = r.standard_normal((8, 17)).astype(np.float32)
+    n0 = b.node(
+        "layernorm",
+        "n0",
+        [c0],
+        {"eps": 1e-3},
+        {"weight": b.tensor("n0.w", wide), "bias": b.tensor("n0.b", wide[::-1].copy())},
+    )
+    flat = b.node("flatten", "flat", [b.node("gelu", "g0", [n0])])
+    lin = b.node(
+        "linear",
+        "lin",
+        [flat],
+        params={"weight": b.tensor("lin.w", r.standard_normal((40, 136)).astype(np.float32))},
+    )
+    n1 = b.node(
+        "layernorm", "n1", [lin], params={"weight": b.vec("n1.w", 40), "bias": b.vec("n1.b", 40)}
+    )
+    bits = b.node("sign_pack", "p1", [b.node("gelu", "g1", [n1], {"approximate": "none"})])
+    bl = b.node(
+        "blinear",
+        "bl",
+        [bits],
+        {"in_features": 40, "out_features": 33},
+        {"weight": b.binary_weight("bl.w", 33, (), 40), "scale": b.vec("bl.s", 33)},
+    )
+    g2 = b.node("gelu", "g2", [bl], {"approximate": "tanh"})
+    b.node("layernorm", "out", [g2], params={"weight": b.vec("out.w", 33)})
+    b.output("out", [None, 33])
+    return b
+
+
 def pure_binary_chain() -> Builder:
     """sign_pack then 4 binary layers handing off bits: integer-exact end to end."""
     b = Builder(4, "x", [None, 67, 9, 8])
@@ -503,6 +553,7 @@ MODELS = {
     "sequence": sequence_model,
     "real_ops": real_ops_model,
     "binary_chain": pure_binary_chain,
+    "norm_gelu": norm_gelu_model,
 }
 
 

@@ -514,3 +514,19 @@ def test_float_kernels_only_where_the_isa_has_vector_ones(tmp_path: Path) -> Non
     first = results["scalar"]
     for isa, out in results.items():
         np.testing.assert_allclose(out, first, rtol=1e-4, atol=1e-4, err_msg=isa)
+
+
+def test_erf_is_float32_exact_enough() -> None:
+    """``runtime.model.erf`` (GELU's, numpy has none) against ``math.erf`` in float64."""
+    import math
+
+    from runtime.model import erf
+
+    x = np.concatenate(
+        [np.linspace(-6, 6, 24001), [0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0, np.inf, -np.inf]]
+    ).astype(np.float32)
+    want = np.array([math.erf(float(v)) for v in x])
+    got = erf(x)
+    assert got.dtype == np.float32
+    assert np.abs(got.astype(np.float64) - want).max() < 2e-7
+    assert np.isnan(erf(np.array([np.nan], np.float32))).all()
