@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import math
 import operator
 import os
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from engine.errors import UserInputError
 from engine.layers import BinaryConv2d, BinaryLinear, BinaryMixin
-from engine.onnx_import import GlobalAvgPool
+from engine.onnx_import import GlobalAvgPool, HardSigmoid
 from runtime.packing import pack_signs
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -373,6 +374,11 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
         if mod.bias is not None:
             params["bias"] = ex.tensor(f"{name}.bias", _f32(mod.bias))
         out = ex.emit("layernorm", name, [x], attrs={"eps": float(mod.eps)}, params=params)
+    elif isinstance(mod, nn.Hardswish):
+        out = ex.emit("hardswish", name, [x])
+    elif isinstance(mod, nn.Hardsigmoid | HardSigmoid):
+        alpha, beta = (mod.alpha, mod.beta) if isinstance(mod, HardSigmoid) else (1 / 6, 0.5)
+        out = ex.emit("hardsigmoid", name, [x], attrs={"alpha": float(alpha), "beta": float(beta)})
     elif isinstance(mod, nn.GELU):
         out = ex.emit("gelu", name, [x], attrs={"approximate": str(mod.approximate)})
     elif isinstance(mod, nn.Dropout | nn.Identity):
@@ -427,9 +433,19 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
             return
         if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
             raise UserInputError(f"export: {node.name} combines a value with a Python number")
-        ex.names[node] = ex.emit(
-            "add" if is_add else "mul", node.name, [ex.value(a, node), ex.value(b, node)]
-        )
+        sa, sb = ex.shape(a), ex.shape(b)
+        if len(sa) < len(sb) or (len(sa) == len(sb) and math.prod(sa) < math.prod(sb)):
+            a, b, sa, sb = b, a, sb, sa  # the full-size operand first (both ops commute)
+        rhs = ex.value(b, node)
+        if sa != sb:  # (N, C, 1, ..., 1) or (N, C) against (N, C, *S): per channel
+            if len(sa) < 3 or sb[:2] != sa[:2] or any(d != 1 for d in sb[2:]):
+                raise UserInputError(
+                    f"export: {node.name} broadcasts {tuple(sb)} over {tuple(sa)}; only same "
+                    "shapes or one value per channel are supported"
+                )
+            if len(sb) > 2:
+                rhs = ex.emit("flatten", f"{node.name}.per_channel", [rhs])
+        ex.names[node] = ex.emit("add" if is_add else "mul", node.name, [ex.value(a, node), rhs])
     elif target in (torch.flatten, "flatten"):
         start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
         if start != 1 or node.kwargs.get("end_dim", -1) != -1 or (len(args) > 2 and args[2] != -1):
@@ -516,13 +532,16 @@ def export_bfm(
     """Write the ``.bfm`` file of a converted model; returns the file's sha256.
 
     ``real_dtype``: see :func:`build_graph`."""
-    from runtime.bfm import write_bfm
+    from runtime.bfm import FormatError, write_bfm
 
     graph, tensors = build_graph(gm, input_shape, real_dtype=real_dtype)
     prov = {"created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     prov.update(provenance or {})
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_bfm(path, graph=graph, tensors=tensors, provenance=prov)
+    try:
+        write_bfm(path, graph=graph, tensors=tensors, provenance=prov)
+    except FormatError as exc:  # a pattern the runtime cannot run: say so, not a traceback
+        raise UserInputError(f"export: the model uses something the runtime lacks: {exc}") from exc
     return sha256_file(path)
 
 

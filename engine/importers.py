@@ -240,7 +240,7 @@ def load_model(
             out = module(torch.zeros(1, *input_shape))
     except Exception as exc:
         raise UserInputError(
-            f"{p.name}: the model does not run on an input of shape (1, {input_shape}): {exc}"
+            f"{p.name}: the model does not run on an input of shape {(1, *input_shape)}: {exc}"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserInputError(f"{p.name}: expected (N, classes) logits, got {type(out).__name__}")

@@ -10,12 +10,17 @@ understand. Tests compare its outputs with onnxruntime's.
 Supported: Conv (1D/2D), Gemm, MatMul (with a constant 2-D right operand),
 BatchNormalization, Relu, PRelu, LeakyRelu, Clip, Sigmoid, Tanh, MaxPool, AveragePool,
 GlobalAveragePool, Add, Mul, Flatten, Reshape, Concat, Identity, Dropout, Constant,
-Softmax, LayerNormalization (over trailing axes), Gelu. Models must have one input with a
-fixed shape except the batch dimension, and be self-contained (external data is refused).
+Softmax, LayerNormalization (over trailing axes), Gelu, Sub, Div (by a constant),
+Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis), HardSigmoid,
+HardSwish, ``auto_pad`` when it pads symmetrically, and shape arithmetic on constants and
+on the input's shape (Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Add, Sub,
+Mul, Div), so ``x.view(x.size(0), -1)`` imports. Models must have one input with a fixed
+shape except the batch dimension, and be self-contained (external data is refused).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,22 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+class HardSigmoid(nn.Module):
+    """ONNX HardSigmoid: ``max(0, min(1, alpha x + beta))`` (torch's is alpha 1/6, beta 1/2)."""
+
+    def __init__(self, alpha: float = 0.2, beta: float = 0.5) -> None:
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.alpha + self.beta).clamp(0.0, 1.0)
+
+
+# Ops computed at import on constants and on shapes (``x.view(x.size(0), -1)`` exports as
+# Shape -> Gather -> Unsqueeze -> Concat -> Reshape); a shape's batch entry is None.
+FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Add", "Sub", "Mul", "Div"}
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -55,6 +76,98 @@ def _sym_pads(node: Any, pads: list[int], nd: int) -> list[int]:
     return list(begin)
 
 
+def _pads(b: _Builder, node: Any, a: dict[str, Any], kernel: list[int]) -> list[int]:
+    """Symmetric padding per spatial axis, from ``pads`` or from ``auto_pad``."""
+    nd = len(kernel)
+    mode = a.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode == "NOTSET":
+        return _sym_pads(node, list(a.get("pads", [])), nd)
+    if mode == "VALID":
+        return [0] * nd
+    shape = b.shapes.get(node.input[0])
+    if mode not in ("SAME_UPPER", "SAME_LOWER") or shape is None or None in shape[2:]:
+        raise _fail(node, f"auto_pad {mode} needs a known input shape and SAME_* or VALID")
+    strides = list(a.get("strides", [1] * nd))
+    dilations = list(a.get("dilations", [1] * nd))
+    pads = []
+    for i in range(nd):
+        n, st = int(shape[2 + i]), strides[i]  # type: ignore[arg-type]
+        total = max((-(-n // st) - 1) * st + (kernel[i] - 1) * dilations[i] + 1 - n, 0)
+        if total % 2:
+            raise _fail(
+                node,
+                f"auto_pad {mode} pads axis {2 + i} by {total} (asymmetric); only symmetric "
+                "padding is supported",
+            )
+        pads.append(total // 2)
+    return pads
+
+
+def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) -> bool:
+    """Compute ``node`` now when it is shape arithmetic or works on constants only."""
+    out = node.output[0]
+    if op == "Shape":
+        shape = b.shapes.get(ins[0])
+        if shape is None:
+            raise _fail(node, "Shape needs a known input shape")
+        start, end = int(a.get("start", 0)), a.get("end")
+        b.store(out, np.array(shape[start : None if end is None else int(end)], dtype=object))
+        return True
+    named = [n for n in ins if n]
+    if op not in FOLDABLE or not named or not all(n in b.consts or n in b.syms for n in named):
+        return False
+
+    def get(i: int) -> np.ndarray:
+        return b.syms[ins[i]] if ins[i] in b.syms else np.asarray(b.consts[ins[i]])
+
+    def ints(i: int, key: str) -> list[int] | None:
+        if key in a:
+            return [int(v) for v in a[key]]
+        return (
+            [int(v) for v in b.const(ins[i], node).reshape(-1)] if len(ins) > i and ins[i] else None
+        )
+
+    x = get(0)
+    if op == "Gather":
+        result = np.take(x, b.const(ins[1], node).astype(np.int64), axis=int(a.get("axis", 0)))
+    elif op == "Unsqueeze":
+        axes = ints(1, "axes") or []
+        rank = x.ndim + len(axes)
+        result = x.reshape(x.shape)
+        for axis in sorted(v % rank for v in axes):
+            result = np.expand_dims(result, axis)
+    elif op == "Squeeze":
+        squeeze = ints(1, "axes")
+        result = np.squeeze(x, axis=None if squeeze is None else tuple(v % x.ndim for v in squeeze))
+    elif op == "Concat":
+        result = np.concatenate([get(i) for i in range(len(ins))], axis=int(a["axis"]))
+    elif op == "Cast":
+        from onnx import helper
+
+        result = x if x.dtype == object else x.astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+    elif op == "Slice":
+        starts, ends = ints(1, "starts") or [], ints(2, "ends") or []
+        axes = ints(3, "axes") or list(range(len(starts)))
+        steps = ints(4, "steps") or [1] * len(starts)
+        index = [slice(None)] * x.ndim
+        for st, en, ax, sp in zip(starts, ends, axes, steps, strict=True):
+            index[ax] = slice(st, en, sp)
+        result = x[tuple(index)]
+    else:  # Add, Sub, Mul, Div
+        y = get(1)
+        if (x.dtype == object and None in x.flat) or (y.dtype == object and None in y.flat):
+            raise _fail(node, f"{op} on the batch size is not supported")
+        x, y = (v.astype(np.int64) if v.dtype == object else v for v in (x, y))
+        if op == "Div" and x.dtype.kind in "iu" and y.dtype.kind in "iu":
+            result = np.trunc(x / y).astype(np.result_type(x, y))
+        else:
+            fns = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+            result = fns[op](x, y)
+    b.store(out, np.asarray(result))
+    return True
+
+
 class _Builder:
     def __init__(self, model: Any) -> None:
         import onnx
@@ -69,7 +182,17 @@ class _Builder:
             init.name: numpy_helper.to_array(init) for init in model.graph.initializer
         }
         self.shapes: dict[str, list[int | None]] = {}
+        self.syms: dict[str, np.ndarray] = {}  # object arrays of ints, None for the batch
         self.count = 0
+
+    def store(self, name: str, array: np.ndarray) -> None:
+        """A folded result: a constant, or a shape that still holds the batch (None)."""
+        if array.dtype == object and any(v is None for v in array.flat):
+            self.syms[name] = array
+        elif array.dtype == object:
+            self.consts[name] = array.astype(np.int64)
+        else:
+            self.consts[name] = array
 
     def module(self, base: str, module: nn.Module, *args: Any) -> fx.Node:
         self.count += 1
@@ -78,6 +201,8 @@ class _Builder:
         return self.graph.call_module(name, args)
 
     def const(self, name: str, node: Any) -> np.ndarray:
+        if name in self.syms:
+            raise _fail(node, f"input {name!r} depends on the batch size")
         if name not in self.consts:
             raise _fail(node, f"input {name!r} must be a constant (initializer or Constant)")
         return self.consts[name]
@@ -120,14 +245,14 @@ def _convert_node(b: _Builder, node: Any) -> None:
         else:
             b.values[out] = b.value(ins[0], node)
         return
+    if _fold(b, node, op, a, ins):
+        return
     x = b.value(ins[0], node) if ins and ins[0] not in b.consts else None
     if op == "Conv":
         w = b.const(ins[1], node)
         nd = w.ndim - 2
         if nd not in (1, 2):
             raise _fail(node, f"{nd}-D convolution is not supported")
-        if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise _fail(node, "auto_pad is not supported; export with explicit pads")
         cls: Any = nn.Conv1d if nd == 1 else nn.Conv2d
         groups = int(a.get("group", 1))
         conv = cls(
@@ -135,7 +260,7 @@ def _convert_node(b: _Builder, node: Any) -> None:
             w.shape[0],
             tuple(w.shape[2:]),
             stride=tuple(a.get("strides", [1] * nd)),
-            padding=tuple(_sym_pads(node, list(a.get("pads", [])), nd)),
+            padding=tuple(_pads(b, node, a, list(w.shape[2:]))),
             dilation=tuple(a.get("dilations", [1] * nd)),
             groups=groups,
             bias=len(ins) > 2 and bool(ins[2]),
@@ -200,14 +325,14 @@ def _convert_node(b: _Builder, node: Any) -> None:
     elif op in {"MaxPool", "AveragePool"}:
         k = list(a["kernel_shape"])
         nd = len(k)
-        if nd not in (1, 2) or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise _fail(node, "only 1-D/2-D pooling with explicit pads is supported")
+        if nd not in (1, 2):
+            raise _fail(node, "only 1-D/2-D pooling is supported")
         if any(d != 1 for d in a.get("dilations", [1] * nd)):
             raise _fail(node, "dilated pooling is not supported")
         kw: dict[str, Any] = {
             "kernel_size": tuple(k),
             "stride": tuple(a.get("strides", [1] * nd)),
-            "padding": tuple(_sym_pads(node, list(a.get("pads", [])), nd)),
+            "padding": tuple(_pads(b, node, a, k)),
             "ceil_mode": bool(a.get("ceil_mode", 0)),
         }
         if op == "MaxPool":
@@ -224,17 +349,71 @@ def _convert_node(b: _Builder, node: Any) -> None:
         fn = operator.add if op == "Add" else operator.mul
         lhs, rhs = b.value(ins[0], node), b.value(ins[1], node)
         b.values[out] = b.graph.call_function(fn, (lhs, rhs))
+    elif op == "Sub":  # x - y = x + (-1) y; a constant operand is negated here
+        if ins[1] in b.consts:
+            b.consts[f"{out}.neg"] = -np.asarray(b.consts[ins[1]])
+            neg = b.value(f"{out}.neg", node)
+        else:
+            b.consts[f"{out}.minus_one"] = np.array(-1.0, np.float32)
+            minus = b.value(f"{out}.minus_one", node)
+            neg = b.graph.call_function(operator.mul, (b.value(ins[1], node), minus))
+        b.values[out] = b.graph.call_function(operator.add, (b.value(ins[0], node), neg))
+    elif op == "Div":  # by a constant only: x * (1 / c)
+        if ins[1] not in b.consts:
+            raise _fail(node, "Div needs a constant divisor")
+        divisor = np.asarray(b.consts[ins[1]], np.float64)
+        if not np.all(divisor != 0):
+            raise _fail(node, "Div by zero")
+        b.consts[f"{out}.inv"] = (1.0 / divisor).astype(np.float32)
+        b.values[out] = b.graph.call_function(operator.mul, (x, b.value(f"{out}.inv", node)))
+    elif op in {"Squeeze", "Unsqueeze"}:  # a reshape that keeps the batch
+        in_shape, out_shape = b.shapes.get(ins[0]), b.shapes.get(out)
+        if in_shape is None or out_shape is None or None in out_shape[1:]:
+            raise _fail(node, f"{op} needs known input and output shapes")
+        if len(out_shape) < 1 or (in_shape[0], out_shape[0]) not in ((None, None),):
+            raise _fail(node, f"{op} must keep the batch axis first")
+        b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *out_shape[1:])))
+    elif op == "ReduceMean":  # over every spatial axis: global average pooling
+        rank = b.rank(ins[0])
+        axes = a.get("axes")
+        if axes is None and len(ins) > 1 and ins[1]:
+            axes = b.const(ins[1], node).reshape(-1).tolist()
+        if (
+            rank is None
+            or axes is None
+            or sorted(int(v) % rank for v in axes) != list(range(2, rank))
+            or rank < 3
+        ):
+            raise _fail(node, f"ReduceMean over axes {axes} (only over every spatial axis)")
+        gap = b.module("gap", GlobalAvgPool(), x)
+        keep = int(a.get("keepdims", 1))
+        b.values[out] = gap if keep else b.graph.call_function(torch.flatten, (gap, 1))
+    elif op == "HardSigmoid":
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        b.values[out] = b.module("hardsigmoid", HardSigmoid(alpha, beta), x)
+    elif op == "HardSwish":
+        b.values[out] = b.module("hardswish", nn.Hardswish(), x)
     elif op == "Flatten":
         axis = int(a.get("axis", 1))
         if axis != 1:
             raise _fail(node, f"Flatten axis {axis} is not supported (only 1)")
         b.values[out] = b.graph.call_function(torch.flatten, (x, 1))
     elif op == "Reshape":
-        shape = [int(s) for s in b.const(ins[1], node)]
+        target = b.syms.get(ins[1])
+        if target is None:
+            target = b.const(ins[1], node)
+        if any(v is None for v in target.flat[1:]):
+            raise _fail(node, "only the first entry of the target shape may be the batch size")
+        shape = [-1 if v is None else int(v) for v in target.flat]
         in_shape = b.shapes.get(ins[0])
         if a.get("allowzero", 0) or in_shape is None:
             raise _fail(node, "Reshape needs a known input shape and allowzero=0")
         dims = [in_shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        rest = dims[1:]
+        if -1 in rest and None not in in_shape[1:]:  # the batch first and one -1 after it
+            known = math.prod(int(v) for v in rest if v is not None and v != -1)
+            rest[rest.index(-1)] = math.prod(int(v or 0) for v in in_shape[1:]) // max(known, 1)
+            dims = [dims[0], *rest]
         b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *dims[1:])))
     elif op == "Concat":
         parts = [b.value(n, node) for n in ins]

@@ -136,6 +136,8 @@ REAL_OPS = {
     "softmax",
     "layernorm",
     "gelu",
+    "hardsigmoid",
+    "hardswish",
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
 
@@ -459,6 +461,13 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         normalized = tuple(int(d) for d in shape[len(shape) - nd :] if d is not None)
         node.param("weight", "F32", normalized)
         node.param("bias", "F32", normalized, required=False)
+        return ValueInfo("float", shape)
+    if op in ("hardsigmoid", "hardswish"):
+        node.n_inputs(1)
+        shape = need(0, "float", (2, 3, 4))
+        if op == "hardsigmoid":
+            _number(f"{w}: attr 'alpha'", node.attr("alpha", 0.2))
+            _number(f"{w}: attr 'beta'", node.attr("beta", 0.5))
         return ValueInfo("float", shape)
     if op == "gelu":
         node.n_inputs(1)

@@ -583,6 +583,20 @@ class _Step:
                     np.add(out, ln_bias, out=out)
 
             return run_layernorm
+        if op in ("hardsigmoid", "hardswish"):
+            # hardswish: x * hardsigmoid(x) with alpha 1/6, beta 1/2 (ONNX's, torch's)
+            alpha = np.float32(a.get("alpha", 0.2) if op == "hardsigmoid" else 1 / 6)
+            beta = np.float32(a.get("beta", 0.5))
+
+            def run_hard(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                x = ins[0]
+                np.multiply(x, alpha, out=out)
+                np.add(out, beta, out=out)
+                np.clip(out, np.float32(0), np.float32(1), out=out)
+                if op == "hardswish":
+                    np.multiply(out, x, out=out)
+
+            return run_hard
         if op == "gelu":
             tanh_form = a.get("approximate", "none") == "tanh"
 

@@ -78,6 +78,32 @@ def trained_mlp(tmp_path_factory: pytest.TempPathFactory, digits_npz: Path) -> P
     return path
 
 
+class Idioms(nn.Module):
+    """What hand-written torch models export: input normalization (Sub, Div), padding
+    "same" (auto_pad), HardSwish, a squeeze-excite gate (ReduceMean keepdim, HardSigmoid,
+    a per-channel Mul), ReduceMean without keepdim, Squeeze, and x.view(x.size(0), -1)
+    (Shape -> Gather -> Unsqueeze -> Concat -> Reshape)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding="same")
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8 * 6 * 6 + 8 + 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.hardswish(self.stem((x - 0.25) / 0.5))
+        y = y * nn.functional.hardsigmoid(self.gate(y.mean((2, 3), keepdim=True)))
+        pooled = nn.functional.adaptive_avg_pool2d(y, 1).squeeze(-1).squeeze(-1)
+        flat = torch.cat([y.view(y.size(0), -1), y.mean((2, 3)), pooled], dim=1)
+        return self.fc(flat)
+
+
+@pytest.fixture
+def make_idioms() -> type[nn.Module]:
+    """The :class:`Idioms` class."""
+    return Idioms
+
+
 @pytest.fixture
 def make_tiny_conv1d() -> type[nn.Module]:
     """The :class:`TinyConv1d` class."""

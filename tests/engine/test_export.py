@@ -93,6 +93,7 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
             (24,),
             {"factorization": "matrix", "scales": "channel"},
         ),
+        ("idioms", (3, 6, 6), {"factorization": "matrix", "scales": "channel"}),
     ],
 )
 def test_runtime_matches_binary_torch_model(
@@ -101,9 +102,28 @@ def test_runtime_matches_binary_torch_model(
     shape,
     cfg,
     make_tiny_conv1d,
+    make_idioms,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
-    model = make_tiny_conv1d() if factory == "tiny_conv1d" else factory()
+    if factory == "idioms":  # through ONNX: Sub/Div, hardswish, an SE gate, view
+        import warnings
+
+        from engine.importers import load_model
+
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                make_idioms().eval(),
+                (torch.randn(1, *shape),),
+                str(tmp_path / "m.onnx"),
+                dynamo=False,
+                input_names=["x"],
+                dynamic_axes={"x": {0: "batch"}},
+            )
+        model = load_model(tmp_path / "m.onnx").module
+    else:
+        model = make_tiny_conv1d() if factory == "tiny_conv1d" else factory()
     bn_randomizer(model)
     path = tmp_path / "m.bfm"
     student, x = _convert_and_export(model, shape, path, train_epochs=1, **cfg)
@@ -138,11 +158,11 @@ def test_export_folds_batch_norm_and_packs_sign_weights(tmp_path: Path, bn_rando
 
 
 def test_unsupported_module_is_reported(tmp_path: Path) -> None:
-    class WithGelu(nn.Module):
+    class WithSilu(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a = nn.Linear(8, 8)
-            self.act = nn.GELU()
+            self.act = nn.SiLU()  # the runtime has no silu op (ONNX exports it as x * sigmoid)
             self.b = nn.Linear(8, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,8 +170,8 @@ def test_unsupported_module_is_reported(tmp_path: Path) -> None:
 
     from engine.errors import UserInputError
 
-    with pytest.raises(UserInputError, match=r"act \(GELU\) is not supported"):
-        build_graph(torch.fx.symbolic_trace(WithGelu()), (8,))
+    with pytest.raises(UserInputError, match=r"act \(SiLU\) is not supported"):
+        build_graph(torch.fx.symbolic_trace(WithSilu()), (8,))
 
 
 def test_module_called_twice_exports_uniquely_named_nodes(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -78,6 +79,7 @@ def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
         ("tiny_conv1d", (3, 16)),
         (Branchy, (3, 12, 12)),
         (NormGelu, (3, 16)),
+        ("idioms", (3, 6, 6)),
     ],
 )
 def test_imported_model_matches_onnxruntime(
@@ -85,10 +87,12 @@ def test_imported_model_matches_onnxruntime(
     factory,
     shape,
     make_tiny_conv1d,
+    make_idioms,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
     torch.manual_seed(0)
-    model = make_tiny_conv1d() if factory == "tiny_conv1d" else factory()
+    named = {"tiny_conv1d": make_tiny_conv1d, "idioms": make_idioms}
+    model = named[factory]() if isinstance(factory, str) else factory()
     bn_randomizer(model)
     path = _export(model, shape, tmp_path / "m.onnx")
     loaded = load_model(path)
@@ -134,4 +138,23 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
 
     path = _export(WithErf(), (5,), tmp_path / "m.onnx")
     with pytest.raises(UserInputError, match=r"\(Erf\): this operator is not supported"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    ("forward", "match"),
+    [
+        (lambda x: nn.functional.conv2d(x, torch.ones(2, 3, 4, 4), padding="same"), "asymmetric"),
+        (lambda x: x.mean(1), r"ReduceMean over axes \[1\]"),
+        (lambda x: x.view(x.size(0) * 3, -1), "on the batch size"),
+        (lambda x: x / (x + 1), "constant divisor"),
+    ],
+)
+def test_unsupported_idioms_are_named(tmp_path: Path, forward: Any, match: str) -> None:
+    class Model(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forward(x).flatten(1)
+
+    path = _export(Model(), (3, 6, 6), tmp_path / "m.onnx")
+    with pytest.raises(UserInputError, match=match):
         load_model(path)

@@ -290,8 +290,13 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         attrs = {"eps": rng.choice([1e-5, 1e-3, 0.5])} if rng.random() < 0.5 else None
         return b.node("layernorm", [name], "float", shape, attrs, params)
     if what == "gelu":
-        attrs = {"approximate": rng.choice(["none", "tanh"])} if rng.random() < 0.7 else None
-        return b.node("gelu", [name], "float", shape, attrs)
+        op = rng.choice(["gelu", "gelu", "hardswish", "hardsigmoid"])
+        attrs: dict[str, Any] | None = None
+        if op == "gelu" and rng.random() < 0.7:
+            attrs = {"approximate": rng.choice(["none", "tanh"])}
+        if op == "hardsigmoid" and rng.random() < 0.7:
+            attrs = {"alpha": rng.choice([0.2, 1 / 6, -1.0]), "beta": rng.choice([0.5, 0.0])}
+        return b.node(op, [name], "float", shape, attrs)
     if what == "flatten":
         return b.node("flatten", [name], "float", (math.prod(shape),))
     if what == "reshape":
@@ -384,11 +389,12 @@ def encode(graph: Graph, tensors: Tensors, provenance: dict[str, Any] | None = N
 
 
 def valid_pool(seed: int, size: int = 96) -> tuple[list[bytes], set[str]]:
-    """``size`` valid models made from ``seed`` (deterministic) and the ops they cover."""
+    """At least ``size`` valid models made from ``seed`` (deterministic; more, up to 8
+    times as many, until every op of ``OPS`` is used) and the ops they cover."""
     rng = random.Random(f"pool:{seed}")
     pool: list[bytes] = []
     ops: set[str] = set()
-    while len(pool) < size:
+    while len(pool) < size or (not ops >= set(OPS) and len(pool) < 8 * size):
         graph, tensors, used = random_model(rng)
         pool.append(encode(graph, tensors))
         ops |= used
@@ -470,13 +476,13 @@ OPS = [
     "sign_pack", "bconv2d", "bconv1d", "blinear", "conv2d", "conv1d", "linear", "batchnorm",
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
-    "softmax", "layernorm", "gelu",
+    "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",
     "padding", "dilation", "groups", "pad_mode", "activation", "post_activation", "output",
     "min_val", "max_val", "axis", "shape", "ceil_mode", "count_include_pad", "negative_slope",
-    "eps", "approximate",
+    "eps", "approximate", "alpha", "beta",
 ]  # fmt: skip
 
 

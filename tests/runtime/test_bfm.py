@@ -301,13 +301,17 @@ def _norm_graph(attrs: dict[str, Any], weight_shape: tuple[int, ...]) -> tuple[A
         ({"eps": 0}, (6,), {}, "eps 0.0 must be > 0"),
         ({"eps": "small"}, (6,), {}, "expected a number"),
         ({}, (6,), {"approximate": "sigmoid"}, "expected one of none, tanh"),
+        ({}, (6,), {"op": "hardsigmoid", "alpha": "x"}, "attr 'alpha': expected a number"),
+        ({}, (6,), {"op": "hardswish"}, None),
     ],
 )
-def test_layernorm_and_gelu_are_validated(
+def test_layernorm_and_activations_are_validated(
     tmp_path: Path, attrs: dict[str, Any], weight_shape: tuple[int, ...], gelu: Any, match: Any
 ) -> None:
     graph, tensors = _norm_graph(attrs, weight_shape)
-    graph["nodes"][1]["attrs"] = gelu
+    act = dict(gelu)
+    graph["nodes"][1]["op"] = act.pop("op", "gelu")
+    graph["nodes"][1]["attrs"] = act
     if match is None:
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
         return

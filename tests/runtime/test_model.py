@@ -158,6 +158,10 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = F.layer_norm(x0, weight.shape, weight, param("bias"), a.get("eps", 1e-5))
         elif op == "gelu":
             y = F.gelu(x0, approximate=a.get("approximate", "none"))
+        elif op == "hardsigmoid":
+            y = (x0 * a.get("alpha", 0.2) + a.get("beta", 0.5)).clamp(0, 1)
+        elif op == "hardswish":
+            y = F.hardswish(x0)
         else:  # pragma: no cover
             raise AssertionError(op)
         env[node["outputs"][0]] = y
@@ -457,8 +461,8 @@ def real_ops_model() -> Builder:
 
 
 def norm_gelu_model() -> Builder:
-    """Layer norms (over one and two trailing dims, with and without bias) and both GELUs
-    around a binary linear layer, as in an MLP block."""
+    """Layer norms (over one and two trailing dims, with and without bias), both GELUs,
+    hardswish and hardsigmoid around a binary linear layer, as in an MLP block."""
     b = Builder(5, "x", [None, 5, 17])
     r = b.rng
     c0 = b.node(
@@ -495,7 +499,11 @@ def norm_gelu_model() -> Builder:
         {"weight": b.binary_weight("bl.w", 33, (), 40), "scale": b.vec("bl.s", 33)},
     )
     g2 = b.node("gelu", "g2", [bl], {"approximate": "tanh"})
-    b.node("layernorm", "out", [g2], params={"weight": b.vec("out.w", 33)})
+    h1 = b.node("hardswish", "h1", [g2])
+    h2 = b.node("hardsigmoid", "h2", [h1], {"alpha": 0.7, "beta": 0.4})
+    h3 = b.node("hardsigmoid", "h3", [g2])
+    both = b.node("add", "both", [h2, h3])
+    b.node("layernorm", "out", [both], params={"weight": b.vec("out.w", 33)})
     b.output("out", [None, 33])
     return b
 
