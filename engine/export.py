@@ -32,7 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from engine.errors import UserInputError
 from engine.layers import BinaryConv2d, BinaryLinear, BinaryMixin
-from engine.onnx_import import GlobalAvgPool, HardSigmoid
+from engine.onnx_import import Erf, GlobalAvgPool, HardSigmoid
 from runtime.packing import pack_signs
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -374,6 +374,8 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
         if mod.bias is not None:
             params["bias"] = ex.tensor(f"{name}.bias", _f32(mod.bias))
         out = ex.emit("layernorm", name, [x], attrs={"eps": float(mod.eps)}, params=params)
+    elif isinstance(mod, Erf):
+        out = ex.emit("erf", name, [x])
     elif isinstance(mod, nn.Hardswish):
         out = ex.emit("hardswish", name, [x])
     elif isinstance(mod, nn.Hardsigmoid | HardSigmoid):

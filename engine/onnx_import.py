@@ -14,7 +14,8 @@ Softmax, LayerNormalization (over trailing axes), Gelu, Sub, Div (by a constant)
 Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis), HardSigmoid,
 HardSwish, ``auto_pad`` when it pads symmetrically, and shape arithmetic on constants and
 on the input's shape (Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Add, Sub,
-Mul, Div), so ``x.view(x.size(0), -1)`` imports. Models must have one input with a fixed
+Mul, Div), so ``x.view(x.size(0), -1)`` imports; Erf; GlobalMaxPool and ReduceMax over
+every spatial axis. Models must have one input with a fixed
 shape except the batch dimension, and be self-contained (external data is refused).
 """
 
@@ -50,6 +51,13 @@ class HardSigmoid(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x * self.alpha + self.beta).clamp(0.0, 1.0)
+
+
+class Erf(nn.Module):
+    """ONNX Erf (older exporters write GELU as ``x/2 (1 + erf(x / sqrt 2))``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x)
 
 
 # Ops computed at import on constants and on shapes (``x.view(x.size(0), -1)`` exports as
@@ -393,6 +401,24 @@ def _convert_node(b: _Builder, node: Any) -> None:
         b.values[out] = b.module("hardsigmoid", HardSigmoid(alpha, beta), x)
     elif op == "HardSwish":
         b.values[out] = b.module("hardswish", nn.Hardswish(), x)
+    elif op == "Erf":
+        b.values[out] = b.module("erf", Erf(), x)
+    elif op in {"GlobalMaxPool", "ReduceMax"}:  # over every spatial axis: one max pool
+        shape = b.shapes.get(ins[0])
+        axes = a.get("axes")
+        if axes is None and len(ins) > 1 and ins[1]:
+            axes = b.const(ins[1], node).reshape(-1).tolist()
+        rank = len(shape) if shape is not None else 0
+        if op == "ReduceMax" and (
+            axes is None or sorted(int(v) % max(rank, 1) for v in axes) != list(range(2, rank))
+        ):
+            raise _fail(node, f"ReduceMax over axes {axes} (only over every spatial axis)")
+        if shape is None or rank not in (3, 4) or None in shape[2:]:
+            raise _fail(node, f"{op} needs a known 1-D or 2-D spatial input shape")
+        spatial = tuple(int(d) for d in shape[2:])  # type: ignore[arg-type]
+        pooled = b.module("pool", (nn.MaxPool1d if rank == 3 else nn.MaxPool2d)(spatial), x)
+        keep = op == "GlobalMaxPool" or int(a.get("keepdims", 1))
+        b.values[out] = pooled if keep else b.graph.call_function(torch.flatten, (pooled, 1))
     elif op == "Flatten":
         axis = int(a.get("axis", 1))
         if axis != 1:

@@ -138,6 +138,7 @@ REAL_OPS = {
     "gelu",
     "hardsigmoid",
     "hardswish",
+    "erf",
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
 
@@ -462,7 +463,7 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         node.param("weight", "F32", normalized)
         node.param("bias", "F32", normalized, required=False)
         return ValueInfo("float", shape)
-    if op in ("hardsigmoid", "hardswish"):
+    if op in ("hardsigmoid", "hardswish", "erf"):
         node.n_inputs(1)
         shape = need(0, "float", (2, 3, 4))
         if op == "hardsigmoid":

@@ -583,6 +583,12 @@ class _Step:
                     np.add(out, ln_bias, out=out)
 
             return run_layernorm
+        if op == "erf":
+
+            def run_erf(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                out[...] = erf(ins[0])
+
+            return run_erf
         if op in ("hardsigmoid", "hardswish"):
             # hardswish: x * hardsigmoid(x) with alpha 1/6, beta 1/2 (ONNX's, torch's)
             alpha = np.float32(a.get("alpha", 0.2) if op == "hardsigmoid" else 1 / 6)

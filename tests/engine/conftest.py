@@ -98,6 +98,27 @@ class Idioms(nn.Module):
         return self.fc(flat)
 
 
+class ErfGeluMaxPool(nn.Module):
+    """GELU as opset-17 exporters write it (Div, Erf, Add, Mul), global max pooling, and
+    ReduceMax over the spatial axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.gelu(self.conv(x))
+        pooled = nn.functional.adaptive_max_pool2d(y, 1).flatten(1)
+        return self.fc(torch.cat([pooled, y.amax((2, 3))], dim=1))
+
+
+@pytest.fixture
+def make_erf_gelu() -> type[nn.Module]:
+    """The :class:`ErfGeluMaxPool` class (export it with opset 17 for the Erf form)."""
+    return ErfGeluMaxPool
+
+
 @pytest.fixture
 def make_idioms() -> type[nn.Module]:
     """The :class:`Idioms` class."""

@@ -94,6 +94,7 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
             {"factorization": "matrix", "scales": "channel"},
         ),
         ("idioms", (3, 6, 6), {"factorization": "matrix", "scales": "channel"}),
+        ("erf_gelu", (3, 7, 5), {"scales": "channel", "binarize_first_last": True}),
     ],
 )
 def test_runtime_matches_binary_torch_model(
@@ -103,21 +104,24 @@ def test_runtime_matches_binary_torch_model(
     cfg,
     make_tiny_conv1d,
     make_idioms,
+    make_erf_gelu,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
-    if factory == "idioms":  # through ONNX: Sub/Div, hardswish, an SE gate, view
-        import warnings
+    if factory in ("idioms", "erf_gelu"):  # through ONNX: Sub/Div, hardswish, an SE gate,
+        import warnings  # view; GELU as Div, Erf, Add, Mul (opset 17) and max pools
 
         from engine.importers import load_model
 
         torch.manual_seed(0)
+        source = make_idioms() if factory == "idioms" else make_erf_gelu()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                make_idioms().eval(),
+                source.eval(),
                 (torch.randn(1, *shape),),
                 str(tmp_path / "m.onnx"),
                 dynamo=False,
+                opset_version=17,
                 input_names=["x"],
                 dynamic_axes={"x": {0: "batch"}},
             )

@@ -56,13 +56,14 @@ class NormGelu(nn.Module):
         return self.out(y)
 
 
-def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
+def _export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int | None = None) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(),
             (torch.randn(1, *shape),),
             str(path),
+            opset_version=opset,
             dynamo=False,
             input_names=["x"],
             dynamic_axes={"x": {0: "batch"}},
@@ -80,6 +81,7 @@ def _export(model: nn.Module, shape: tuple[int, ...], path: Path) -> Path:
         (Branchy, (3, 12, 12)),
         (NormGelu, (3, 16)),
         ("idioms", (3, 6, 6)),
+        ("erf_gelu", (3, 7, 5)),
     ],
 )
 def test_imported_model_matches_onnxruntime(
@@ -88,13 +90,14 @@ def test_imported_model_matches_onnxruntime(
     shape,
     make_tiny_conv1d,
     make_idioms,
+    make_erf_gelu,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
     torch.manual_seed(0)
-    named = {"tiny_conv1d": make_tiny_conv1d, "idioms": make_idioms}
+    named = {"tiny_conv1d": make_tiny_conv1d, "idioms": make_idioms, "erf_gelu": make_erf_gelu}
     model = named[factory]() if isinstance(factory, str) else factory()
     bn_randomizer(model)
-    path = _export(model, shape, tmp_path / "m.onnx")
+    path = _export(model, shape, tmp_path / "m.onnx", 17 if factory == "erf_gelu" else None)
     loaded = load_model(path)
     assert loaded.format == "onnx"
     assert loaded.input_shape == shape
@@ -132,12 +135,12 @@ def test_external_data_is_refused(tmp_path: Path) -> None:
 
 
 def test_unsupported_operator_is_named(tmp_path: Path) -> None:
-    class WithErf(nn.Module):
+    class WithSin(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.erf(x)
+            return torch.sin(x)
 
-    path = _export(WithErf(), (5,), tmp_path / "m.onnx")
-    with pytest.raises(UserInputError, match=r"\(Erf\): this operator is not supported"):
+    path = _export(WithSin(), (5,), tmp_path / "m.onnx")
+    with pytest.raises(UserInputError, match=r"\(Sin\): this operator is not supported"):
         load_model(path)
 
 
@@ -158,3 +161,34 @@ def test_unsupported_idioms_are_named(tmp_path: Path, forward: Any, match: str) 
     path = _export(Model(), (3, 6, 6), tmp_path / "m.onnx")
     with pytest.raises(UserInputError, match=match):
         load_model(path)
+
+
+def test_opset_17_gelu_imports_as_an_erf_subgraph(tmp_path: Path, make_erf_gelu) -> None:  # type: ignore[no-untyped-def]
+    path = _export(make_erf_gelu(), (3, 7, 5), tmp_path / "m.onnx", 17)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Erf", "ReduceMax"} <= ops
+    assert "Gelu" not in ops
+
+
+def test_global_max_pool_matches_onnxruntime(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalMaxPool", ["x"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"], axis=1),
+            helper.make_node("Gemm", ["f", "w"], ["y"], transB=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 5, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 7)).astype(np.float32)
+    expected = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(tmp_path / "m.onnx").module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

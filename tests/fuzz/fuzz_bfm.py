@@ -290,7 +290,7 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         attrs = {"eps": rng.choice([1e-5, 1e-3, 0.5])} if rng.random() < 0.5 else None
         return b.node("layernorm", [name], "float", shape, attrs, params)
     if what == "gelu":
-        op = rng.choice(["gelu", "gelu", "hardswish", "hardsigmoid"])
+        op = rng.choice(["gelu", "gelu", "hardswish", "hardsigmoid", "erf"])
         attrs: dict[str, Any] | None = None
         if op == "gelu" and rng.random() < 0.7:
             attrs = {"approximate": rng.choice(["none", "tanh"])}
@@ -476,7 +476,7 @@ OPS = [
     "sign_pack", "bconv2d", "bconv1d", "blinear", "conv2d", "conv1d", "linear", "batchnorm",
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
-    "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish",
+    "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish", "erf",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",

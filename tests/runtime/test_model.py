@@ -162,6 +162,8 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = (x0 * a.get("alpha", 0.2) + a.get("beta", 0.5)).clamp(0, 1)
         elif op == "hardswish":
             y = F.hardswish(x0)
+        elif op == "erf":
+            y = torch.erf(x0)
         else:  # pragma: no cover
             raise AssertionError(op)
         env[node["outputs"][0]] = y
@@ -462,7 +464,7 @@ def real_ops_model() -> Builder:
 
 def norm_gelu_model() -> Builder:
     """Layer norms (over one and two trailing dims, with and without bias), both GELUs,
-    hardswish and hardsigmoid around a binary linear layer, as in an MLP block."""
+    hardswish, hardsigmoid and erf around a binary linear layer, as in an MLP block."""
     b = Builder(5, "x", [None, 5, 17])
     r = b.rng
     c0 = b.node(
@@ -502,7 +504,7 @@ def norm_gelu_model() -> Builder:
     h1 = b.node("hardswish", "h1", [g2])
     h2 = b.node("hardsigmoid", "h2", [h1], {"alpha": 0.7, "beta": 0.4})
     h3 = b.node("hardsigmoid", "h3", [g2])
-    both = b.node("add", "both", [h2, h3])
+    both = b.node("add", "both", [h2, b.node("erf", "e3", [h3])])
     b.node("layernorm", "out", [both], params={"weight": b.vec("out.w", 33)})
     b.output("out", [None, 33])
     return b
