@@ -193,3 +193,30 @@ def test_module_called_twice_exports_uniquely_named_nodes(tmp_path: Path) -> Non
     assert sum(1 for n in names if n.startswith("layer3.0.relu")) == 2
     agree, _ = _agreement(student, x, path)
     assert agree >= 0.999
+
+
+def test_per_channel_gates_export_and_other_broadcasts_are_named() -> None:
+    from engine.errors import UserInputError
+
+    class Gate(nn.Module):
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(4, channels, 1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(4 * 5 * 5, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gate = torch.sigmoid(self.pool(self.conv(x)))  # (N, c, 1, 1)
+            return self.head((gate * x).flatten(1))  # the smaller operand first
+
+    graph, _ = build_graph(torch.fx.symbolic_trace(Gate(4)), (4, 5, 5))
+    mul = next(n for n in graph["nodes"] if n["op"] == "mul")
+    flat = next(n for n in graph["nodes"] if n["outputs"][0] == mul["inputs"][1])
+    assert flat["op"] == "flatten"  # (N, C, 1, 1) -> (N, C): the runtime's per-channel form
+
+    class SpatialGate(Gate):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head((x * torch.sigmoid(self.conv(x))).flatten(1))  # (N, 1, H, W)
+
+    with pytest.raises(UserInputError, match=r"broadcasts \(\d+, 1, 5, 5\) over \(\d+, 4, 5, 5\)"):
+        build_graph(torch.fx.symbolic_trace(SpatialGate(1)), (4, 5, 5))
