@@ -376,6 +376,17 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
         out = ex.emit("layernorm", name, [x], attrs={"eps": float(mod.eps)}, params=params)
     elif isinstance(mod, Erf):
         out = ex.emit("erf", name, [x])
+    elif isinstance(mod, nn.ELU):
+        out = ex.emit("elu", name, [x], attrs={"alpha": float(mod.alpha)})
+    elif isinstance(mod, nn.SELU | nn.Mish):
+        out = ex.emit("selu" if isinstance(mod, nn.SELU) else "mish", name, [x])
+    elif isinstance(mod, nn.Softplus):
+        if mod.beta != 1:
+            raise UserInputError(f"export: softplus {name} with beta {mod.beta} (only 1)")
+        out = ex.emit("softplus", name, [x])
+    elif isinstance(mod, nn.LogSoftmax):
+        dim = mod.dim if mod.dim is not None else 1
+        out = ex.emit("log_softmax", name, [x], attrs={"axis": dim % len(shape)})
     elif isinstance(mod, nn.Hardswish):
         out = ex.emit("hardswish", name, [x])
     elif isinstance(mod, nn.Hardsigmoid | HardSigmoid):

@@ -14,9 +14,10 @@ Softmax, LayerNormalization (over trailing axes), Gelu, Sub, Div (by a constant)
 Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis), HardSigmoid,
 HardSwish, ``auto_pad`` when it pads symmetrically, and shape arithmetic on constants and
 on the input's shape (Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Add, Sub,
-Mul, Div), so ``x.view(x.size(0), -1)`` imports; Erf; GlobalMaxPool and ReduceMax over
-every spatial axis. Models must have one input with a fixed
-shape except the batch dimension, and be self-contained (external data is refused).
+Mul, Div), so ``x.view(x.size(0), -1)`` imports; Erf, Elu, Selu, Softplus, Mish,
+LogSoftmax; GlobalMaxPool and ReduceMax over every spatial axis. Models must have one
+input with a fixed shape except the batch dimension, and be self-contained (external data
+is refused).
 """
 
 from __future__ import annotations
@@ -403,6 +404,19 @@ def _convert_node(b: _Builder, node: Any) -> None:
         b.values[out] = b.module("hardswish", nn.Hardswish(), x)
     elif op == "Erf":
         b.values[out] = b.module("erf", Erf(), x)
+    elif op == "Elu":
+        b.values[out] = b.module("elu", nn.ELU(float(a.get("alpha", 1.0))), x)
+    elif op == "Selu":
+        alpha, gamma = float(a.get("alpha", 1.67326319)), float(a.get("gamma", 1.05070102))
+        if abs(alpha - 1.6732632) > 1e-6 or abs(gamma - 1.0507010) > 1e-6:
+            raise _fail(node, "only Selu's default alpha and gamma are supported")
+        b.values[out] = b.module("selu", nn.SELU(), x)
+    elif op == "Softplus":
+        b.values[out] = b.module("softplus", nn.Softplus(), x)
+    elif op == "Mish":
+        b.values[out] = b.module("mish", nn.Mish(), x)
+    elif op == "LogSoftmax":
+        b.values[out] = b.module("log_softmax", nn.LogSoftmax(dim=int(a.get("axis", -1))), x)
     elif op in {"GlobalMaxPool", "ReduceMax"}:  # over every spatial axis: one max pool
         shape = b.shapes.get(ins[0])
         axes = a.get("axes")

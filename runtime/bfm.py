@@ -139,6 +139,11 @@ REAL_OPS = {
     "hardsigmoid",
     "hardswish",
     "erf",
+    "elu",
+    "selu",
+    "softplus",
+    "mish",
+    "log_softmax",
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
 
@@ -428,7 +433,16 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         node.param("scale", "F32", (shape[1],))
         node.param("shift", "F32", (shape[1],))
         return ValueInfo("float", shape)
-    if op in ("relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "softmax"):
+    if op in (
+        "relu",
+        "sigmoid",
+        "tanh",
+        "prelu",
+        "leaky_relu",
+        "hardtanh",
+        "softmax",
+        "log_softmax",
+    ):
         node.n_inputs(1)
         shape = need(0, "float", (2, 3, 4))
         if op == "prelu":
@@ -442,7 +456,7 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
             hi = _number(f"{w}: attr 'max_val'", node.attr("max_val", 1.0))
             if lo > hi:
                 raise _fail(w, f"min_val {lo} > max_val {hi}")
-        elif op == "softmax":
+        elif op in ("softmax", "log_softmax"):
             axis = _int(f"{w}: attr 'axis'", node.attr("axis", 1), minimum=1)
             if axis >= len(shape):
                 raise _fail(w, f"axis {axis} out of range for {len(shape)} dims")
@@ -463,9 +477,11 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         node.param("weight", "F32", normalized)
         node.param("bias", "F32", normalized, required=False)
         return ValueInfo("float", shape)
-    if op in ("hardsigmoid", "hardswish", "erf"):
+    if op in ("hardsigmoid", "hardswish", "erf", "elu", "selu", "softplus", "mish"):
         node.n_inputs(1)
         shape = need(0, "float", (2, 3, 4))
+        if op == "elu":
+            _number(f"{w}: attr 'alpha'", node.attr("alpha", 1.0))
         if op == "hardsigmoid":
             _number(f"{w}: attr 'alpha'", node.attr("alpha", 0.2))
             _number(f"{w}: attr 'beta'", node.attr("beta", 0.5))

@@ -583,6 +583,30 @@ class _Step:
                     np.add(out, ln_bias, out=out)
 
             return run_layernorm
+        if op in ("elu", "selu", "softplus", "mish"):
+            alpha = np.float32(a.get("alpha", 1.0))
+
+            def run_smooth(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                x = ins[0]
+                if op == "elu":  # x > 0 ? x : alpha (e^x - 1)
+                    np.expm1(np.minimum(x, np.float32(0)), out=out)
+                    np.multiply(out, alpha, out=out)
+                    np.copyto(out, x, where=x > 0)
+                elif op == "selu":
+                    np.expm1(np.minimum(x, np.float32(0)), out=out)
+                    np.multiply(out, np.float32(SELU_ALPHA), out=out)
+                    np.copyto(out, x, where=x > 0)
+                    np.multiply(out, np.float32(SELU_SCALE), out=out)
+                else:  # softplus log(1 + e^x) = max(x, 0) + log1p(e^-|x|); mish x tanh(it)
+                    np.negative(np.abs(x), out=out)
+                    np.exp(out, out=out)
+                    np.log1p(out, out=out)
+                    np.add(out, np.maximum(x, np.float32(0)), out=out)
+                    if op == "mish":
+                        np.tanh(out, out=out)
+                        np.multiply(out, x, out=out)
+
+            return run_smooth
         if op == "erf":
 
             def run_erf(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
@@ -618,12 +642,15 @@ class _Step:
                 np.multiply(out, np.float32(0.5), out=out)
 
             return run_gelu
-        if op == "softmax":
+        if op in ("softmax", "log_softmax"):
             axis = int(a.get("axis", 1))
 
             def run_softmax(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
                 x = ins[0]
                 np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+                if op == "log_softmax":  # x - max - log(sum(e^(x - max)))
+                    np.subtract(out, np.log(np.exp(out).sum(axis=axis, keepdims=True)), out=out)
+                    return
                 np.exp(out, out=out)
                 np.divide(out, out.sum(axis=axis, keepdims=True), out=out)
 
@@ -662,6 +689,9 @@ class _Step:
 
             return run_view
         raise FormatError(f"node {self.name!r}: op {op!r} has no implementation")
+
+
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
 def erf(x: np.ndarray) -> np.ndarray:

@@ -95,6 +95,22 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
         ),
         ("idioms", (3, 6, 6), {"factorization": "matrix", "scales": "channel"}),
         ("erf_gelu", (3, 7, 5), {"scales": "channel", "binarize_first_last": True}),
+        (
+            lambda: nn.Sequential(
+                nn.Linear(24, 64),
+                nn.ELU(0.5),
+                nn.Linear(64, 64),
+                nn.SELU(),
+                nn.Linear(64, 64),
+                nn.Softplus(),
+                nn.Linear(64, 64),
+                nn.Mish(),
+                nn.Linear(64, 5),
+                nn.LogSoftmax(1),
+            ),
+            (24,),
+            {"factorization": "none", "scales": "channel"},
+        ),
     ],
 )
 def test_runtime_matches_binary_torch_model(

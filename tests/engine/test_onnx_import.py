@@ -82,6 +82,21 @@ def _export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int | N
         (NormGelu, (3, 16)),
         ("idioms", (3, 6, 6)),
         ("erf_gelu", (3, 7, 5)),
+        (
+            lambda: nn.Sequential(
+                nn.Linear(10, 16),
+                nn.ELU(0.5),
+                nn.Linear(16, 16),
+                nn.SELU(),
+                nn.Linear(16, 16),
+                nn.Softplus(),
+                nn.Linear(16, 16),
+                nn.Mish(),
+                nn.Linear(16, 4),
+                nn.LogSoftmax(1),
+            ),
+            (10,),
+        ),
     ],
 )
 def test_imported_model_matches_onnxruntime(

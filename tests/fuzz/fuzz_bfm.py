@@ -281,7 +281,8 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         return b.node("concat", ins, "float", tuple(out_shape), {"axis": axis})
     if what == "softmax":
         axis = rng.randint(1, len(shape))
-        return b.node("softmax", [name], "float", shape, {"axis": axis})
+        op = rng.choice(["softmax", "softmax", "log_softmax"])
+        return b.node(op, [name], "float", shape, {"axis": axis})
     if what == "layernorm":
         nd = rng.randint(1, len(shape))  # trailing dims normalized
         params = {"weight": b.floats(*shape[len(shape) - nd :])}
@@ -290,10 +291,14 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         attrs = {"eps": rng.choice([1e-5, 1e-3, 0.5])} if rng.random() < 0.5 else None
         return b.node("layernorm", [name], "float", shape, attrs, params)
     if what == "gelu":
-        op = rng.choice(["gelu", "gelu", "hardswish", "hardsigmoid", "erf"])
+        op = rng.choice(
+            ["gelu", "gelu", "hardswish", "hardsigmoid", "erf", "elu", "selu", "softplus", "mish"]
+        )
         attrs: dict[str, Any] | None = None
         if op == "gelu" and rng.random() < 0.7:
             attrs = {"approximate": rng.choice(["none", "tanh"])}
+        if op == "elu" and rng.random() < 0.5:
+            attrs = {"alpha": rng.choice([0.5, 2.0])}
         if op == "hardsigmoid" and rng.random() < 0.7:
             attrs = {"alpha": rng.choice([0.2, 1 / 6, -1.0]), "beta": rng.choice([0.5, 0.0])}
         return b.node(op, [name], "float", shape, attrs)
@@ -476,7 +481,8 @@ OPS = [
     "sign_pack", "bconv2d", "bconv1d", "blinear", "conv2d", "conv1d", "linear", "batchnorm",
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
-    "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish", "erf",
+    "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish", "erf", "elu", "selu",
+    "softplus", "mish", "log_softmax",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",

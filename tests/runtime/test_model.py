@@ -164,6 +164,16 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = F.hardswish(x0)
         elif op == "erf":
             y = torch.erf(x0)
+        elif op == "elu":
+            y = F.elu(x0, a.get("alpha", 1.0))
+        elif op == "selu":
+            y = F.selu(x0)
+        elif op == "softplus":
+            y = torch.log1p(torch.exp(-x0.abs())) + x0.clamp(min=0)
+        elif op == "mish":
+            y = F.mish(x0)
+        elif op == "log_softmax":
+            y = torch.log_softmax(x0, dim=a.get("axis", 1))
         else:  # pragma: no cover
             raise AssertionError(op)
         env[node["outputs"][0]] = y
@@ -464,7 +474,8 @@ def real_ops_model() -> Builder:
 
 def norm_gelu_model() -> Builder:
     """Layer norms (over one and two trailing dims, with and without bias), both GELUs,
-    hardswish, hardsigmoid and erf around a binary linear layer, as in an MLP block."""
+    hardswish, hardsigmoid, erf, elu, selu, softplus, mish and log_softmax around a binary
+    linear layer, as in an MLP block."""
     b = Builder(5, "x", [None, 5, 17])
     r = b.rng
     c0 = b.node(
@@ -505,7 +516,10 @@ def norm_gelu_model() -> Builder:
     h2 = b.node("hardsigmoid", "h2", [h1], {"alpha": 0.7, "beta": 0.4})
     h3 = b.node("hardsigmoid", "h3", [g2])
     both = b.node("add", "both", [h2, b.node("erf", "e3", [h3])])
-    b.node("layernorm", "out", [both], params={"weight": b.vec("out.w", 33)})
+    smooth = b.node("elu", "elu", [both], {"alpha": 0.7})
+    smooth = b.node("mish", "mish", [b.node("softplus", "sp", [b.node("selu", "selu", [smooth])])])
+    normed = b.node("layernorm", "n2", [smooth], params={"weight": b.vec("n2.w", 33)})
+    b.node("log_softmax", "out", [normed], {"axis": 1})
     b.output("out", [None, 33])
     return b
 
