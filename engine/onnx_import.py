@@ -61,6 +61,17 @@ class Erf(nn.Module):
         return torch.erf(x)
 
 
+# Parameterless elementwise ops and the module each becomes.
+ELEMENTWISE: dict[str, type[nn.Module]] = {
+    "Relu": nn.ReLU,
+    "Sigmoid": nn.Sigmoid,
+    "Tanh": nn.Tanh,
+    "Softplus": nn.Softplus,
+    "Mish": nn.Mish,
+    "HardSwish": nn.Hardswish,
+    "Erf": Erf,
+}
+
 # Ops computed at import on constants and on shapes (``x.view(x.size(0), -1)`` exports as
 # Shape -> Gather -> Unsqueeze -> Concat -> Reshape); a shape's batch entry is None.
 FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Add", "Sub", "Mul", "Div"}
@@ -307,12 +318,8 @@ def _convert_node(b: _Builder, node: Any) -> None:
         bn.running_mean = torch.from_numpy(np.array(mean, dtype=np.float32))
         bn.running_var = torch.from_numpy(np.array(var, dtype=np.float32))
         b.values[out] = b.module("bn", bn, x)
-    elif op == "Relu":
-        b.values[out] = b.module("relu", nn.ReLU(), x)
-    elif op == "Sigmoid":
-        b.values[out] = b.module("sigmoid", nn.Sigmoid(), x)
-    elif op == "Tanh":
-        b.values[out] = b.module("tanh", nn.Tanh(), x)
+    elif op in ELEMENTWISE:
+        b.values[out] = b.module(op.lower(), ELEMENTWISE[op](), x)
     elif op == "LeakyRelu":
         b.values[out] = b.module("leaky_relu", nn.LeakyReLU(float(a.get("alpha", 0.01))), x)
     elif op == "PRelu":
@@ -400,10 +407,6 @@ def _convert_node(b: _Builder, node: Any) -> None:
     elif op == "HardSigmoid":
         alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
         b.values[out] = b.module("hardsigmoid", HardSigmoid(alpha, beta), x)
-    elif op == "HardSwish":
-        b.values[out] = b.module("hardswish", nn.Hardswish(), x)
-    elif op == "Erf":
-        b.values[out] = b.module("erf", Erf(), x)
     elif op == "Elu":
         b.values[out] = b.module("elu", nn.ELU(float(a.get("alpha", 1.0))), x)
     elif op == "Selu":
@@ -411,10 +414,6 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if abs(alpha - 1.6732632) > 1e-6 or abs(gamma - 1.0507010) > 1e-6:
             raise _fail(node, "only Selu's default alpha and gamma are supported")
         b.values[out] = b.module("selu", nn.SELU(), x)
-    elif op == "Softplus":
-        b.values[out] = b.module("softplus", nn.Softplus(), x)
-    elif op == "Mish":
-        b.values[out] = b.module("mish", nn.Mish(), x)
     elif op == "LogSoftmax":
         b.values[out] = b.module("log_softmax", nn.LogSoftmax(dim=int(a.get("axis", -1))), x)
     elif op in {"GlobalMaxPool", "ReduceMax"}:  # over every spatial axis: one max pool
