@@ -18,6 +18,8 @@ refused, naming the tensor.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -235,15 +237,16 @@ def load_model(
         _check_finite(state, p.name)
         _load_state(module, state, arch, p.name)
     module.eval()
-    try:
-        with torch.no_grad():
+    try:  # fx prints the generated code of a failing call to stderr: the message says it all
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
             out = module(torch.zeros(1, *input_shape))
     except Exception as exc:
         raise UserInputError(
             f"{p.name}: the model does not run on an input of shape {(1, *input_shape)}: {exc}"
         ) from None
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise UserInputError(f"{p.name}: expected (N, classes) logits, got {type(out).__name__}")
+        what = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserInputError(f"{p.name}: expected (N, classes) logits, got {what}")
     return LoadedModel(module, tuple(input_shape), fmt, int(out.shape[1]))
 
 

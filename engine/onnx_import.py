@@ -534,7 +534,13 @@ def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             raise _fail(node, f"operator domain {node.domain!r} is not supported")
-        _convert_node(b, node)
+        try:
+            _convert_node(b, node)
+        except UserInputError:
+            raise
+        except (KeyError, IndexError, ValueError, TypeError, ArithmeticError, RuntimeError) as exc:
+            # a malformed node (missing attribute, index out of range, ...): name it
+            raise _fail(node, f"cannot be imported ({type(exc).__name__}: {exc})") from None
     out_name = model.graph.output[0].name
     if out_name not in b.values:
         raise UserInputError(f"{p.name}: the output {out_name!r} is not computed from the input")

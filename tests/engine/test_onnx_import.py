@@ -207,3 +207,48 @@ def test_global_max_pool_matches_onnxruntime(tmp_path: Path) -> None:
     with torch.no_grad():
         got = load_model(tmp_path / "m.onnx").module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "inits", "match"),
+    [
+        (  # a shape index out of range
+            [
+                ("Shape", ["x"], ["s"], {}),
+                ("Gather", ["s", "i"], ["g"], {}),
+                ("Reshape", ["x", "g"], ["y"], {}),
+            ],
+            {"i": np.array([9], np.int64)},
+            r"Gather \(Gather\): cannot be imported \(IndexError",
+        ),
+        (
+            [("Concat", ["x", "x"], ["y"], {})],
+            {},
+            r"Concat \(Concat\): cannot be imported \(KeyError",
+        ),
+        ([("Div", ["x", "z"], ["y"], {})], {"z": np.array(0, np.float32)}, "Div by zero"),
+        (
+            [("LayerNormalization", ["x", "s"], ["y"], {"axis": 1})],
+            {"s": np.ones(4, np.float32)},
+            "must start the 1 trailing axes",
+        ),
+    ],
+)
+def test_malformed_nodes_are_named_not_crashes(
+    tmp_path: Path, nodes: list[Any], inits: dict[str, np.ndarray], match: str
+) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, i, o, name=op, **attrs) for op, i, o, attrs in nodes],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        str(tmp_path / "m.onnx"),
+    )
+    with pytest.raises(UserInputError, match=match):
+        load_model(tmp_path / "m.onnx")
