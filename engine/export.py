@@ -410,14 +410,19 @@ def _export_const_affine(
     shape = ex.shape(x_node)
     c = shape[1]
     arr = value.detach().cpu().double().reshape(-1)
+    # numpy broadcasting aligns the constant's shape to the right of (N, C, *S): it is per
+    # channel when every axis but C is 1 there ((C,), (C, 1, 1), (1, C, 1, 1), ...)
+    aligned = (1,) * (len(shape) - value.dim()) + tuple(value.shape)
+    per_channel = len(aligned) == len(shape) and all(
+        d == 1 for i, d in enumerate(aligned) if i != 1
+    )
     if arr.numel() == 1:
         arr = arr.expand(c)
-    elif (
-        arr.numel() != c
-        or value.dim() > len(shape) - 1
-        or (value.dim() >= 1 and value.shape[0] != c and value.dim() == len(shape) - 1)
-    ):
-        raise UserInputError(f"export: {node.name} needs a scalar or per-channel constant")
+    elif not per_channel or arr.numel() != c:
+        raise UserInputError(
+            f"export: {node.name} needs a scalar or per-channel constant, got shape "
+            f"{tuple(value.shape)} against {tuple(shape)}"
+        )
     one = torch.ones(c, dtype=torch.float64)
     zero = torch.zeros(c, dtype=torch.float64)
     scale, shift = (one, arr) if is_add else (arr, zero)

@@ -236,3 +236,31 @@ def test_per_channel_gates_export_and_other_broadcasts_are_named() -> None:
 
     with pytest.raises(UserInputError, match=r"broadcasts \(\d+, 1, 5, 5\) over \(\d+, 4, 5, 5\)"):
         build_graph(torch.fx.symbolic_trace(SpatialGate(1)), (4, 5, 5))
+
+
+def test_constants_broadcast_like_numpy_or_are_refused(tmp_path: Path) -> None:
+    from engine.errors import UserInputError
+    from runtime.bfm import write_bfm
+
+    class Normalize(nn.Module):
+        def __init__(self, shift_shape: tuple[int, ...]) -> None:
+            super().__init__()
+            self.register_buffer("shift", torch.tensor([0.4, -0.5, 0.6]).reshape(shift_shape))
+            self.register_buffer("scale", torch.tensor([2.0, 3.0, -4.0]).reshape(3, 1, 1))
+            self.register_buffer("factor", torch.tensor(0.5))
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # as ONNX Sub/Div import
+            return self.pool(self.conv((x + self.shift) * self.scale * self.factor)).flatten(1)
+
+    x = torch.randn(5, 3, 3, 3)
+    for shift_shape in [(1, 3, 1, 1), (3, 1, 1)]:
+        model = Normalize(shift_shape).eval()
+        graph, tensors = build_graph(torch.fx.symbolic_trace(model), (3, 3, 3))
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+        got = runtime.load(tmp_path / "m.bfm").run(x.numpy())
+        np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
+    # (3,) against (N, 3, 3, 3) broadcasts along the width in torch, not per channel
+    with pytest.raises(UserInputError, match=r"per-channel constant, got shape \(3,\)"):
+        build_graph(torch.fx.symbolic_trace(Normalize((3,))), (3, 3, 3))
