@@ -411,7 +411,8 @@ def _export_const_affine(
     c = shape[1]
     arr = value.detach().cpu().double().reshape(-1)
     # numpy broadcasting aligns the constant's shape to the right of (N, C, *S): it is per
-    # channel when every axis but C is 1 there ((C,), (C, 1, 1), (1, C, 1, 1), ...)
+    # channel when every axis but C is 1 there ((C,) against (N, C); (C, 1, 1) or
+    # (1, C, 1, 1) against (N, C, H, W))
     aligned = (1,) * (len(shape) - value.dim()) + tuple(value.shape)
     per_channel = len(aligned) == len(shape) and all(
         d == 1 for i, d in enumerate(aligned) if i != 1
@@ -455,14 +456,14 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         if len(sa) < len(sb) or (len(sa) == len(sb) and math.prod(sa) < math.prod(sb)):
             a, b, sa, sb = b, a, sb, sa  # the full-size operand first (both ops commute)
         rhs = ex.value(b, node)
-        if sa != sb:  # (N, C, 1, ..., 1) or (N, C) against (N, C, *S): per channel
-            if len(sa) < 3 or sb[:2] != sa[:2] or any(d != 1 for d in sb[2:]):
+        if sa != sb:  # (N, C, 1, ..., 1) against (N, C, *S): per channel (torch aligns
+            # shapes from the right, so an (N, C) operand would index the spatial axes)
+            if len(sa) < 3 or len(sb) != len(sa) or sb[:2] != sa[:2] or any(d != 1 for d in sb[2:]):
                 raise UserInputError(
                     f"export: {node.name} broadcasts {tuple(sb)} over {tuple(sa)}; only same "
                     "shapes or one value per channel are supported"
                 )
-            if len(sb) > 2:
-                rhs = ex.emit("flatten", f"{node.name}.per_channel", [rhs])
+            rhs = ex.emit("flatten", f"{node.name}.per_channel", [rhs])
         ex.names[node] = ex.emit("add" if is_add else "mul", node.name, [ex.value(a, node), rhs])
     elif target in (torch.flatten, "flatten"):
         start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)

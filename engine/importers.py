@@ -18,8 +18,6 @@ refused, naming the tensor.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -237,9 +235,12 @@ def load_model(
         _check_finite(state, p.name)
         _load_state(module, state, arch, p.name)
     module.eval()
-    try:  # fx prints the generated code of a failing call to stderr: the message says it all
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
-            out = module(torch.zeros(1, *input_shape))
+    # a GraphModule's forward, not its __call__, which prints the generated code of a
+    # failing call to stderr (the message below says it all)
+    call = module.forward if isinstance(module, torch.fx.GraphModule) else module
+    try:
+        with torch.no_grad():
+            out = call(torch.zeros(1, *input_shape))
     except Exception as exc:
         raise UserInputError(
             f"{p.name}: the model does not run on an input of shape {(1, *input_shape)}: {exc}"

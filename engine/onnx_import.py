@@ -124,6 +124,25 @@ def _pads(b: _Builder, node: Any, a: dict[str, Any], kernel: list[int]) -> list[
     return pads
 
 
+def _softmax(b: _Builder, node: Any, op: str, a: dict[str, Any], x: fx.Node) -> fx.Node:
+    """(Log)Softmax: over one axis from opset 13 on (default the last); before, over the
+    input flattened to 2-D at ``axis`` (default 1), i.e. over every axis from it on."""
+    rank = b.rank(node.input[0])
+    if rank is None:
+        raise _fail(node, f"{op} needs a known input rank")
+    axis = int(a.get("axis", -1 if b.opset >= 13 else 1)) % rank
+    cls = nn.Softmax if op == "Softmax" else nn.LogSoftmax
+    if b.opset >= 13 or axis == rank - 1:
+        return b.module(op.lower(), cls(dim=axis), x)
+    shape = b.shapes[node.input[0]]
+    if axis != 1 or None in shape[1:]:
+        raise _fail(node, f"opset {b.opset} {op} over axes {axis}.. is not supported (only 1..)")
+    flat = b.graph.call_function(torch.flatten, (x, 1))
+    return b.graph.call_function(
+        torch.reshape, (b.module(op.lower(), cls(dim=1), flat), (-1, *shape[1:]))
+    )
+
+
 def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) -> bool:
     """Compute ``node`` now when it is shape arithmetic or works on constants only."""
     out = node.output[0]
@@ -204,6 +223,9 @@ class _Builder:
         self.shapes: dict[str, list[int | None]] = {}
         self.syms: dict[str, np.ndarray] = {}  # object arrays of ints, None for the batch
         self.count = 0
+        self.opset = max(
+            (int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13
+        )
 
     def store(self, name: str, array: np.ndarray) -> None:
         """A folded result: a constant, or a shape that still holds the batch (None)."""
@@ -414,8 +436,6 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if abs(alpha - 1.6732632) > 1e-6 or abs(gamma - 1.0507010) > 1e-6:
             raise _fail(node, "only Selu's default alpha and gamma are supported")
         b.values[out] = b.module("selu", nn.SELU(), x)
-    elif op == "LogSoftmax":
-        b.values[out] = b.module("log_softmax", nn.LogSoftmax(dim=int(a.get("axis", -1))), x)
     elif op in {"GlobalMaxPool", "ReduceMax"}:  # over every spatial axis: one max pool
         shape = b.shapes.get(ins[0])
         axes = a.get("axes")
@@ -443,23 +463,35 @@ def _convert_node(b: _Builder, node: Any) -> None:
             target = b.const(ins[1], node)
         if any(v is None for v in target.flat[1:]):
             raise _fail(node, "only the first entry of the target shape may be the batch size")
-        shape = [-1 if v is None else int(v) for v in target.flat]
         in_shape = b.shapes.get(ins[0])
-        if a.get("allowzero", 0) or in_shape is None:
+        if a.get("allowzero", 0) or in_shape is None or None in in_shape[1:]:
             raise _fail(node, "Reshape needs a known input shape and allowzero=0")
-        dims = [in_shape[i] if s == 0 else s for i, s in enumerate(shape)]
-        rest = dims[1:]
-        if -1 in rest and None not in in_shape[1:]:  # the batch first and one -1 after it
-            known = math.prod(int(v) for v in rest if v is not None and v != -1)
-            rest[rest.index(-1)] = math.prod(int(v or 0) for v in in_shape[1:]) // max(known, 1)
-            dims = [dims[0], *rest]
-        b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *dims[1:])))
+        first = target.flat[0] if target.size else 0
+        # the target must keep the batch first: the symbolic batch, -1, 0 (copy it), or the
+        # input's own fixed batch size
+        if not (
+            first is None
+            or int(first) in (-1, 0)
+            or (in_shape[0] is not None and int(first) == in_shape[0])
+        ):
+            raise _fail(node, f"target shape {target.tolist()} does not keep the batch first")
+        sample = [int(d or 0) for d in in_shape[1:]]
+        rest: list[int] = [
+            sample[i] if int(v) == 0 else int(v) for i, v in enumerate(target.flat[1:])
+        ]
+        if rest.count(-1) > 1 or (-1 in rest and first is not None and int(first) == -1):
+            raise _fail(node, f"target shape {target.tolist()}: more than one -1")
+        total = math.prod(sample)
+        if -1 in rest:  # resolved from the input's per-sample size
+            rest[rest.index(-1)] = total // max(math.prod(v for v in rest if v != -1), 1)
+        if math.prod(rest) != total:
+            raise _fail(node, f"cannot reshape {in_shape} to {target.tolist()} keeping the batch")
+        b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *rest)))
     elif op == "Concat":
         parts = [b.value(n, node) for n in ins]
         b.values[out] = b.graph.call_function(torch.cat, (parts,), {"dim": int(a["axis"])})
-    elif op == "Softmax":
-        axis = int(a.get("axis", -1))
-        b.values[out] = b.module("softmax", nn.Softmax(dim=axis), x)
+    elif op in {"Softmax", "LogSoftmax"}:
+        b.values[out] = _softmax(b, node, op, a, b.value(ins[0], node))
     elif op == "LayerNormalization":
         if len(node.output) > 1 and any(node.output[1:]):
             raise _fail(node, "the mean and inverse-deviation outputs are not supported")

@@ -127,13 +127,19 @@ def _parse_request(raw: bytes, header_length: str | None) -> tuple[dict[str, Any
         head, blob = raw[:n], raw[n:]
     else:
         head, blob = raw, b""
-    try:
-        body = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    try:  # strict JSON: NaN and Infinity are not JSON (and could not be echoed back)
+        body = json.loads(head, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError) as exc:
         raise Problem("bad-request", f"the request is not valid JSON: {exc}") from exc
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise Problem("bad-request", "the request needs an 'inputs' list")
+    if "id" in body and not isinstance(body["id"], str):
+        raise Problem("bad-request", "'id' must be a string")
     return body, blob
+
+
+def _not_json(token: str) -> None:
+    raise ValueError(f"{token} is not a JSON number")
 
 
 def _input_array(entry: Any, blob: bytes, offset: int, max_elements: int) -> tuple[np.ndarray, int]:

@@ -192,6 +192,18 @@ def test_non_finite_outputs_are_json_null(
     assert raw.status_code == 200, raw.text
     head = int(raw.headers["inference-header-content-length"])
     np.testing.assert_array_equal(np.frombuffer(raw.content[head:], "<f4").reshape(3, 3), want)
+    # NaN is no JSON either way in: a request carrying one (here as its id) is a 400
+    for text, fragment in [
+        ('{"id": NaN, "inputs": []}', "not valid JSON"),
+        ('{"id": 7, "inputs": []}', "'id' must be a string"),
+    ]:
+        bad = api.client.post(
+            f"/v2/models/{job_id}/infer",
+            headers={**api.headers(), "content-type": "application/json"},
+            content=text,
+        )
+        assert bad.status_code == 400, bad.text
+        assert fragment in bad.json()["error"]
 
 
 def test_v2_errors_keep_the_protocol_body(

@@ -237,6 +237,18 @@ def test_per_channel_gates_export_and_other_broadcasts_are_named() -> None:
     with pytest.raises(UserInputError, match=r"broadcasts \(\d+, 1, 5, 5\) over \(\d+, 4, 5, 5\)"):
         build_graph(torch.fx.symbolic_trace(SpatialGate(1)), (4, 5, 5))
 
+    class FlatGate(nn.Module):  # (N, C) against (N, C, H, W): torch aligns it with (H, W)
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(4 * 2 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head((x * self.pool(x).flatten(1)).flatten(1))
+
+    with pytest.raises(UserInputError, match=r"broadcasts \(\d+, 4\) over \(\d+, 4, 2, 4\)"):
+        build_graph(torch.fx.symbolic_trace(FlatGate()), (4, 2, 4))
+
 
 def test_constants_broadcast_like_numpy_or_are_refused(tmp_path: Path) -> None:
     from engine.errors import UserInputError

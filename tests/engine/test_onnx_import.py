@@ -252,3 +252,51 @@ def test_malformed_nodes_are_named_not_crashes(
     )
     with pytest.raises(UserInputError, match=match):
         load_model(tmp_path / "m.onnx")
+
+
+def _helper_model(
+    tmp_path: Path, nodes: list[Any], in_shape: list[Any], inits: dict[str, np.ndarray], opset: int
+) -> Path:
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node(op, i, o, name=op, **attrs) for op, i, o, attrs in nodes],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize(
+    ("opset", "attrs"), [(11, {}), (11, {"axis": 1}), (11, {"axis": -1}), (17, {})]
+)
+def test_softmax_follows_its_opset(
+    tmp_path: Path, op: str, opset: int, attrs: dict[str, int]
+) -> None:
+    """Before opset 13 (Log)Softmax normalizes over every axis from ``axis`` (default 1)."""
+    nodes = [(op, ["x"], ["s"], attrs), ("Flatten", ["s"], ["y"], {"axis": 1})]
+    path = _helper_model(tmp_path, nodes, ["n", 3, 4], {}, opset)
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_reshape_must_keep_the_batch_first(tmp_path: Path) -> None:
+    target = {"t": np.array([4, -1], np.int64)}
+    nodes = [("Reshape", ["x", "t"], ["r"], {}), ("Flatten", ["r"], ["y"], {"axis": 1})]
+    with pytest.raises(UserInputError, match=r"target shape \[4, -1\] does not keep the batch"):
+        load_model(_helper_model(tmp_path, nodes, ["n", 4, 3, 3], target, 17))
+    # a model exported with a fixed batch of 1 writes it into its targets: that is the batch
+    path = _helper_model(tmp_path, nodes, [1, 4, 3, 3], {"t": np.array([1, -1], np.int64)}, 17)
+    x = np.random.default_rng(0).standard_normal((1, 4, 3, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(np.repeat(x, 3, axis=0))).numpy()
+    assert got.shape == (3, 36)
+    np.testing.assert_array_equal(got[2], x.reshape(-1))
