@@ -393,13 +393,13 @@ def encode(graph: Graph, tensors: Tensors, provenance: dict[str, Any] | None = N
         return join(*split(path.read_bytes()))
 
 
-def valid_pool(seed: int, size: int = 96) -> tuple[list[bytes], set[str]]:
-    """At least ``size`` valid models made from ``seed`` (deterministic; more, up to 8
-    times as many, until every op of ``OPS`` is used) and the ops they cover."""
+def valid_pool(seed: int, size: int = 96, *, cover: bool = True) -> tuple[list[bytes], set[str]]:
+    """``size`` valid models made from ``seed`` (deterministic) and the ops they cover;
+    with ``cover``, more (up to 8 times as many) until every op of ``OPS`` is used."""
     rng = random.Random(f"pool:{seed}")
     pool: list[bytes] = []
     ops: set[str] = set()
-    while len(pool) < size or (not ops >= set(OPS) and len(pool) < 8 * size):
+    while len(pool) < size or (cover and not ops >= set(OPS) and len(pool) < 8 * size):
         graph, tensors, used = random_model(rng)
         pool.append(encode(graph, tensors))
         ops |= used
