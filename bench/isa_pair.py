@@ -34,10 +34,13 @@ sys.path.insert(0, str(ROOT))  # before bench/, whose runtime.py is not the pack
 
 import runtime  # noqa: E402
 from runtime import _native  # noqa: E402
-from runtime.ops import BinaryConv  # noqa: E402
-from runtime.packing import pack_signs  # noqa: E402
 
-LAYERS = [(64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1), (128, 28, 2)]
+# bench/runtime.py, by path: on sys.path its name would shadow the runtime package
+_SPEC = importlib.util.spec_from_file_location("bench_runtime", ROOT / "bench" / "runtime.py")
+assert _SPEC is not None
+assert _SPEC.loader is not None
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
 
 
 def _p10(values: list[float]) -> float:
@@ -47,17 +50,8 @@ def _p10(values: list[float]) -> float:
 def pair_layers(a: str, b: str, pairs: int) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     rows = []
-    for c, hw, stride in LAYERS:
-        x = np.where(rng.random((1, c, hw, hw)) < 0.5, -1.0, 1.0).astype(np.float32)
-        w = np.where(rng.random((c, c, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
-        op = BinaryConv.create(
-            pack_signs(w.transpose(0, 2, 3, 1)),
-            in_channels=c,
-            scale=np.ones(c, np.float32),
-            stride=(stride, stride),
-            padding=(1, 1),
-        )
-        xb = pack_signs(x.transpose(0, 2, 3, 1))
+    for c, hw, stride in bench.LAYERS:
+        _, _, op, xb = bench.binary_layer(rng, c, hw, stride)
         outs = {isa: np.empty(op.output_shape(1, hw, hw), np.float32) for isa in (a, b)}
         scratch = np.empty(op.scratch_bytes(1), np.uint8)
         times: dict[str, list[float]] = {a: [], b: []}
@@ -85,11 +79,6 @@ def pair_layers(a: str, b: str, pairs: int) -> list[dict[str, Any]]:
 
 
 def pair_model(a: str, b: str, rounds: int) -> dict[str, Any]:
-    spec = importlib.util.spec_from_file_location("bench_runtime", ROOT / "bench" / "runtime.py")
-    assert spec is not None
-    assert spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     graph, tensors, _ = bench.build_resnet18(bench._Net(0))
     original = runtime.isa()
     models = {}

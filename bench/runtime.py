@@ -134,6 +134,23 @@ def _pm1(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
 # -- layers ------------------------------------------------------------------------------
 
 
+def binary_layer(
+    rng: np.random.Generator, c: int, hw: int, stride: int
+) -> tuple[np.ndarray, np.ndarray, BinaryConv, np.ndarray]:
+    """A random +/-1 batch-1 input (1, c, hw, hw) and 3x3 weights (c, c, 3, 3), the binary
+    conv of those weights (padding 1, unit scale) and the packed input it takes."""
+    x = _pm1(rng, (1, c, hw, hw))
+    w = _pm1(rng, (c, c, 3, 3))
+    op = BinaryConv.create(
+        pack_signs(w.transpose(0, 2, 3, 1)),
+        in_channels=c,
+        scale=np.ones(c, np.float32),
+        stride=(stride, stride),
+        padding=(1, 1),
+    )
+    return x, w, op, pack_signs(x.transpose(0, 2, 3, 1))
+
+
 def bench_layers(
     isas: list[str], thread_counts: list[int], repeat: int, *, cold: bool = False
 ) -> list[dict[str, Any]]:
@@ -145,16 +162,7 @@ def bench_layers(
         torch.set_num_threads(threads)
         for isa in isas:
             for c, hw, stride in LAYERS:
-                x = _pm1(rng, (1, c, hw, hw))
-                w = _pm1(rng, (c, c, 3, 3))
-                op = BinaryConv.create(
-                    pack_signs(w.transpose(0, 2, 3, 1)),
-                    in_channels=c,
-                    scale=np.ones(c, np.float32),
-                    stride=(stride, stride),
-                    padding=(1, 1),
-                )
-                xb = pack_signs(x.transpose(0, 2, 3, 1))
+                x, w, op, xb = binary_layer(rng, c, hw, stride)
                 out = np.empty(op.output_shape(1, hw, hw), np.float32)
                 scratch = np.empty(op.scratch_bytes(threads), np.uint8)
                 xt, wt = torch.from_numpy(x), torch.from_numpy(w)

@@ -124,6 +124,20 @@ def _pads(b: _Builder, node: Any, a: dict[str, Any], kernel: list[int]) -> list[
     return pads
 
 
+def _int_list(b: _Builder, node: Any, a: dict[str, Any], i: int, key: str) -> list[int] | None:
+    """Attribute ``key`` (older opsets) or else constant input ``i`` (newer ones): the
+    axes, starts, ... an op takes; None when neither is given."""
+    if key in a:
+        return [int(v) for v in a[key]]
+    ins = node.input
+    return [int(v) for v in b.const(ins[i], node).reshape(-1)] if len(ins) > i and ins[i] else None
+
+
+def _over_spatial(axes: list[int] | None, rank: int) -> bool:
+    """Whether ``axes`` are exactly the spatial axes 2 .. rank - 1 of an (N, C, *S) value."""
+    return axes is not None and rank >= 3 and sorted(v % rank for v in axes) == list(range(2, rank))
+
+
 def _softmax(b: _Builder, node: Any, op: str, a: dict[str, Any], x: fx.Node) -> fx.Node:
     """(Log)Softmax: over one axis from opset 13 on (default the last); before, over the
     input flattened to 2-D at ``axis`` (default 1), i.e. over every axis from it on."""
@@ -160,24 +174,17 @@ def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) ->
     def get(i: int) -> np.ndarray:
         return b.syms[ins[i]] if ins[i] in b.syms else np.asarray(b.consts[ins[i]])
 
-    def ints(i: int, key: str) -> list[int] | None:
-        if key in a:
-            return [int(v) for v in a[key]]
-        return (
-            [int(v) for v in b.const(ins[i], node).reshape(-1)] if len(ins) > i and ins[i] else None
-        )
-
     x = get(0)
     if op == "Gather":
         result = np.take(x, b.const(ins[1], node).astype(np.int64), axis=int(a.get("axis", 0)))
     elif op == "Unsqueeze":
-        axes = ints(1, "axes") or []
+        axes = _int_list(b, node, a, 1, "axes") or []
         rank = x.ndim + len(axes)
         result = x.reshape(x.shape)
         for axis in sorted(v % rank for v in axes):
             result = np.expand_dims(result, axis)
     elif op == "Squeeze":
-        squeeze = ints(1, "axes")
+        squeeze = _int_list(b, node, a, 1, "axes")
         result = np.squeeze(x, axis=None if squeeze is None else tuple(v % x.ndim for v in squeeze))
     elif op == "Concat":
         result = np.concatenate([get(i) for i in range(len(ins))], axis=int(a["axis"]))
@@ -186,9 +193,12 @@ def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) ->
 
         result = x if x.dtype == object else x.astype(helper.tensor_dtype_to_np_dtype(a["to"]))
     elif op == "Slice":
-        starts, ends = ints(1, "starts") or [], ints(2, "ends") or []
-        axes = ints(3, "axes") or list(range(len(starts)))
-        steps = ints(4, "steps") or [1] * len(starts)
+        starts, ends = (
+            _int_list(b, node, a, 1, "starts") or [],
+            _int_list(b, node, a, 2, "ends") or [],
+        )
+        axes = _int_list(b, node, a, 3, "axes") or list(range(len(starts)))
+        steps = _int_list(b, node, a, 4, "steps") or [1] * len(starts)
         index = [slice(None)] * x.ndim
         for st, en, ax, sp in zip(starts, ends, axes, steps, strict=True):
             index[ax] = slice(st, en, sp)
@@ -412,16 +422,8 @@ def _convert_node(b: _Builder, node: Any) -> None:
             raise _fail(node, f"{op} must keep the batch axis first")
         b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *out_shape[1:])))
     elif op == "ReduceMean":  # over every spatial axis: global average pooling
-        rank = b.rank(ins[0])
-        axes = a.get("axes")
-        if axes is None and len(ins) > 1 and ins[1]:
-            axes = b.const(ins[1], node).reshape(-1).tolist()
-        if (
-            rank is None
-            or axes is None
-            or sorted(int(v) % rank for v in axes) != list(range(2, rank))
-            or rank < 3
-        ):
+        axes = _int_list(b, node, a, 1, "axes")
+        if not _over_spatial(axes, b.rank(ins[0]) or 0):
             raise _fail(node, f"ReduceMean over axes {axes} (only over every spatial axis)")
         gap = b.module("gap", GlobalAvgPool(), x)
         keep = int(a.get("keepdims", 1))
@@ -438,13 +440,9 @@ def _convert_node(b: _Builder, node: Any) -> None:
         b.values[out] = b.module("selu", nn.SELU(), x)
     elif op in {"GlobalMaxPool", "ReduceMax"}:  # over every spatial axis: one max pool
         shape = b.shapes.get(ins[0])
-        axes = a.get("axes")
-        if axes is None and len(ins) > 1 and ins[1]:
-            axes = b.const(ins[1], node).reshape(-1).tolist()
         rank = len(shape) if shape is not None else 0
-        if op == "ReduceMax" and (
-            axes is None or sorted(int(v) % max(rank, 1) for v in axes) != list(range(2, rank))
-        ):
+        axes = _int_list(b, node, a, 1, "axes")
+        if op == "ReduceMax" and not _over_spatial(axes, rank):
             raise _fail(node, f"ReduceMax over axes {axes} (only over every spatial axis)")
         if shape is None or rank not in (3, 4) or None in shape[2:]:
             raise _fail(node, f"{op} needs a known 1-D or 2-D spatial input shape")

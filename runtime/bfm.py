@@ -112,17 +112,31 @@ def _bool(where: str, value: Any) -> bool:
 
 OUTPUT_TRANSFORM_ATTRS = {"activation", "post_activation", "output", "min_val", "max_val"}
 BINARY_OPS = {"sign_pack", "bconv2d", "bconv1d", "blinear"}
-REAL_OPS = {
-    "conv2d",
-    "conv1d",
-    "linear",
-    "batchnorm",
+# one float input, an output of its shape (each op's attrs and params checked below)
+ELEMENTWISE_OPS = (
     "relu",
     "sigmoid",
     "tanh",
     "prelu",
     "leaky_relu",
     "hardtanh",
+    "softmax",
+    "log_softmax",
+    "gelu",
+    "hardsigmoid",
+    "hardswish",
+    "erf",
+    "elu",
+    "selu",
+    "softplus",
+    "mish",
+)
+REAL_OPS = {
+    "conv2d",
+    "conv1d",
+    "linear",
+    "batchnorm",
+    "layernorm",
     "maxpool2d",
     "avgpool2d",
     "maxpool1d",
@@ -133,17 +147,7 @@ REAL_OPS = {
     "flatten",
     "reshape",
     "concat",
-    "softmax",
-    "layernorm",
-    "gelu",
-    "hardsigmoid",
-    "hardswish",
-    "erf",
-    "elu",
-    "selu",
-    "softplus",
-    "mish",
-    "log_softmax",
+    *ELEMENTWISE_OPS,
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
 
@@ -433,16 +437,7 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         node.param("scale", "F32", (shape[1],))
         node.param("shift", "F32", (shape[1],))
         return ValueInfo("float", shape)
-    if op in (
-        "relu",
-        "sigmoid",
-        "tanh",
-        "prelu",
-        "leaky_relu",
-        "hardtanh",
-        "softmax",
-        "log_softmax",
-    ):
+    if op in ELEMENTWISE_OPS:
         node.n_inputs(1)
         shape = need(0, "float", (2, 3, 4))
         if op == "prelu":
@@ -460,6 +455,13 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
             axis = _int(f"{w}: attr 'axis'", node.attr("axis", 1), minimum=1)
             if axis >= len(shape):
                 raise _fail(w, f"axis {axis} out of range for {len(shape)} dims")
+        elif op == "gelu":
+            _choice(f"{w}: attr 'approximate'", node.attr("approximate", "none"), ("none", "tanh"))
+        elif op == "elu":
+            _number(f"{w}: attr 'alpha'", node.attr("alpha", 1.0))
+        elif op == "hardsigmoid":
+            _number(f"{w}: attr 'alpha'", node.attr("alpha", 0.2))
+            _number(f"{w}: attr 'beta'", node.attr("beta", 0.5))
         return ValueInfo("float", shape)
     if op == "layernorm":
         node.n_inputs(1)
@@ -476,20 +478,6 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         normalized = tuple(int(d) for d in shape[len(shape) - nd :] if d is not None)
         node.param("weight", "F32", normalized)
         node.param("bias", "F32", normalized, required=False)
-        return ValueInfo("float", shape)
-    if op in ("hardsigmoid", "hardswish", "erf", "elu", "selu", "softplus", "mish"):
-        node.n_inputs(1)
-        shape = need(0, "float", (2, 3, 4))
-        if op == "elu":
-            _number(f"{w}: attr 'alpha'", node.attr("alpha", 1.0))
-        if op == "hardsigmoid":
-            _number(f"{w}: attr 'alpha'", node.attr("alpha", 0.2))
-            _number(f"{w}: attr 'beta'", node.attr("beta", 0.5))
-        return ValueInfo("float", shape)
-    if op == "gelu":
-        node.n_inputs(1)
-        shape = need(0, "float", (2, 3, 4))
-        _choice(f"{w}: attr 'approximate'", node.attr("approximate", "none"), ("none", "tanh"))
         return ValueInfo("float", shape)
     if op in ("maxpool2d", "avgpool2d", "maxpool1d", "avgpool1d"):
         node.n_inputs(1)

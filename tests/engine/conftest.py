@@ -113,6 +113,30 @@ class ErfGeluMaxPool(nn.Module):
         return self.fc(torch.cat([pooled, y.amax((2, 3))], dim=1))
 
 
+class SmoothActivations(nn.Sequential):
+    """An MLP through ELU (alpha 0.5), SELU, Softplus and Mish to LogSoftmax."""
+
+    def __init__(self, n_in: int, hidden: int, n_out: int) -> None:
+        super().__init__(
+            nn.Linear(n_in, hidden),
+            nn.ELU(0.5),
+            nn.Linear(hidden, hidden),
+            nn.SELU(),
+            nn.Linear(hidden, hidden),
+            nn.Softplus(),
+            nn.Linear(hidden, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, n_out),
+            nn.LogSoftmax(1),
+        )
+
+
+@pytest.fixture
+def make_smooth_activations() -> type[nn.Module]:
+    """The :class:`SmoothActivations` class."""
+    return SmoothActivations
+
+
 @pytest.fixture
 def make_erf_gelu() -> type[nn.Module]:
     """The :class:`ErfGeluMaxPool` class (export it with opset 17 for the Erf form)."""

@@ -95,22 +95,7 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
         ),
         ("idioms", (3, 6, 6), {"factorization": "matrix", "scales": "channel"}),
         ("erf_gelu", (3, 7, 5), {"scales": "channel", "binarize_first_last": True}),
-        (
-            lambda: nn.Sequential(
-                nn.Linear(24, 64),
-                nn.ELU(0.5),
-                nn.Linear(64, 64),
-                nn.SELU(),
-                nn.Linear(64, 64),
-                nn.Softplus(),
-                nn.Linear(64, 64),
-                nn.Mish(),
-                nn.Linear(64, 5),
-                nn.LogSoftmax(1),
-            ),
-            (24,),
-            {"factorization": "none", "scales": "channel"},
-        ),
+        ("smooth", (24,), {"factorization": "none", "scales": "channel"}),
     ],
 )
 def test_runtime_matches_binary_torch_model(
@@ -121,6 +106,7 @@ def test_runtime_matches_binary_torch_model(
     make_tiny_conv1d,
     make_idioms,
     make_erf_gelu,
+    make_smooth_activations,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
     if factory in ("idioms", "erf_gelu"):  # through ONNX: Sub/Div, hardswish, an SE gate,
@@ -143,7 +129,11 @@ def test_runtime_matches_binary_torch_model(
             )
         model = load_model(tmp_path / "m.onnx").module
     else:
-        model = make_tiny_conv1d() if factory == "tiny_conv1d" else factory()
+        named = {
+            "tiny_conv1d": make_tiny_conv1d,
+            "smooth": lambda: make_smooth_activations(24, 64, 5),
+        }
+        model = named[factory]() if isinstance(factory, str) else factory()
     bn_randomizer(model)
     path = tmp_path / "m.bfm"
     student, x = _convert_and_export(model, shape, path, train_epochs=1, **cfg)
