@@ -584,19 +584,17 @@ class _Step:
 
             return run_layernorm
         if op in ("elu", "selu", "softplus", "mish"):
-            alpha = np.float32(a.get("alpha", 1.0))
+            # selu is SELU_SCALE * elu with alpha SELU_ALPHA
+            alpha = np.float32(SELU_ALPHA if op == "selu" else a.get("alpha", 1.0))
 
             def run_smooth(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
                 x = ins[0]
-                if op == "elu":  # x > 0 ? x : alpha (e^x - 1)
+                if op in ("elu", "selu"):  # x > 0 ? x : alpha (e^x - 1)
                     np.expm1(np.minimum(x, np.float32(0)), out=out)
                     np.multiply(out, alpha, out=out)
                     np.copyto(out, x, where=x > 0)
-                elif op == "selu":
-                    np.expm1(np.minimum(x, np.float32(0)), out=out)
-                    np.multiply(out, np.float32(SELU_ALPHA), out=out)
-                    np.copyto(out, x, where=x > 0)
-                    np.multiply(out, np.float32(SELU_SCALE), out=out)
+                    if op == "selu":
+                        np.multiply(out, np.float32(SELU_SCALE), out=out)
                 else:  # softplus log(1 + e^x) = max(x, 0) + log1p(e^-|x|); mish x tanh(it)
                     np.negative(np.abs(x), out=out)
                     np.exp(out, out=out)
@@ -694,49 +692,42 @@ class _Step:
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
+# erf's Maclaurin series in z^2 (times z): 2/sqrt(pi) (-1)^n / (n! (2n + 1)), n = 0..5
+ERF_SERIES = (
+    1.1283791670955126,
+    -0.37612638903183754,
+    0.11283791670955126,
+    -0.026866170645131252,
+    0.005223977625442188,
+    -8.548327023450852e-4,
+)
+# Numerical Recipes' erfcc: erfc(z) = t exp(-z^2 + sum c_k t^k), t = 1 / (1 + z/2)
+ERFC_CHEBYSHEV = (
+    -1.26551223,
+    1.00002368,
+    0.37409196,
+    0.09678418,
+    -0.18628806,
+    0.27886807,
+    -1.13520398,
+    1.48851587,
+    -0.82215223,
+    0.17087277,
+)
+
+
 def erf(x: np.ndarray) -> np.ndarray:
     """The error function, float32 in and out (numpy has none), evaluated in float64: its
     Maclaurin series below |x| = 0.5 (relative error < 1e-10 there, so tiny inputs keep
     their precision), above it 1 - erfc from a Chebyshev fit of erfc (Numerical Recipes'
     erfcc, relative error < 1.2e-7 on erfc, so < 6e-8 on erf)."""
+    polyval = np.polynomial.polynomial.polyval
     z = np.abs(x.astype(np.float64))
     z2 = z * z
-    series = z * (
-        1.1283791670955126
-        + z2
-        * (
-            -0.37612638903183754
-            + z2
-            * (
-                0.11283791670955126
-                + z2
-                * (-0.026866170645131252 + z2 * (0.005223977625442188 - z2 * 8.548327023450852e-4))
-            )
-        )
-    )
     t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (
-        1.00002368
-        + t
-        * (
-            0.37409196
-            + t
-            * (
-                0.09678418
-                + t
-                * (
-                    -0.18628806
-                    + t
-                    * (
-                        0.27886807
-                        + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))
-                    )
-                )
-            )
-        )
-    )
-    with np.errstate(over="ignore", invalid="ignore"):
-        tail = 1.0 - t * np.exp(poly - z2)
+    with np.errstate(over="ignore", invalid="ignore"):  # the branch np.where drops
+        tail = 1.0 - t * np.exp(polyval(t, ERFC_CHEBYSHEV) - z2)
+        series = z * polyval(z2, ERF_SERIES)
     out = np.where(z < 0.5, series, tail)
     return np.copysign(out, x).astype(np.float32)
 
