@@ -7,17 +7,24 @@ median times (and of the 10th percentiles). Both outputs must be equal. ``--mode
 the same with whole binary ResNet-18 runs, one model loaded per ISA (each with its own
 panel layout) and the ISA switched between blocks of three runs.
 
+``--against PATH`` pairs two builds instead: the layers run at one ISA (the best, or
+``--isa``) with another build's ``_native`` extension (PATH, e.g. built from an earlier
+commit) in alternation with this checkout's; ratio = other / this, so > 1 means this build
+is faster.
+
 Paired timing cancels most of a shared machine's drift, which moves separate blocks by
 10-30%. Times are the calling thread's CPU time (one thread).
 
     python bench/isa_pair.py                        # avx2 against the best ISA
     python bench/isa_pair.py --isas avx2,avx512bw --pairs 300
     python bench/isa_pair.py --model --rounds 30
+    python bench/isa_pair.py --against /tmp/old/runtime/_native.cpython-311-x86_64-linux-gnu.so
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import json
 import statistics
@@ -33,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # before bench/, whose runtime.py is not the package
 
 import runtime  # noqa: E402
+import runtime.ops  # noqa: E402
 from runtime import _native  # noqa: E402
 
 # bench/runtime.py, by path: on sys.path its name would shadow the runtime package
@@ -47,20 +55,48 @@ def _p10(values: list[float]) -> float:
     return sorted(values)[len(values) // 10]
 
 
-def pair_layers(a: str, b: str, pairs: int) -> list[dict[str, Any]]:
+def load_other_build(path: Path) -> Any:
+    """Another build's ``_native`` extension module, beside this checkout's."""
+    loader = importlib.machinery.ExtensionFileLoader("_native", str(path))
+    spec = importlib.util.spec_from_file_location("_native", path, loader=loader)
+    if spec is None:
+        raise SystemExit(f"{path} is not an extension module")
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def _scratch_bytes(native: Any, kpad: int, cout: int) -> int:
+    try:
+        return int(native.bconv_scratch_bytes(kpad, cout, 1))
+    except TypeError:  # builds before 2026-11-28 took (kpad, threads)
+        return int(native.bconv_scratch_bytes(kpad, 1))
+
+
+def pair_layers(
+    a: str, b: str, pairs: int, natives: dict[str, Any] | None = None, isa: str | None = None
+) -> list[dict[str, Any]]:
+    """Labels a and b: two ISAs of this build, or (natives, isa) two builds at one ISA."""
+    natives = natives or {a: _native, b: _native}
+    isas = {a: isa or a, b: isa or b}
     rng = np.random.default_rng(0)
     rows = []
     for c, hw, stride in bench.LAYERS:
         _, _, op, xb = bench.binary_layer(rng, c, hw, stride)
-        outs = {isa: np.empty(op.output_shape(1, hw, hw), np.float32) for isa in (a, b)}
-        scratch = np.empty(op.scratch_bytes(1), np.uint8)
+        outs = {key: np.empty(op.output_shape(1, hw, hw), np.float32) for key in (a, b)}
+        size = max(_scratch_bytes(native, op.kpad, c) for native in natives.values())
+        scratch = np.empty(size, np.uint8)
         times: dict[str, list[float]] = {a: [], b: []}
-        for i in range(pairs):
-            for isa in (a, b) if i % 2 else (b, a):
-                op(xb, outs[isa], scratch, threads=1, isa=isa)
-                start = time.thread_time()
-                op(xb, outs[isa], scratch, threads=1, isa=isa)
-                times[isa].append(time.thread_time() - start)
+        try:
+            for i in range(pairs):
+                for key in (a, b) if i % 2 else (b, a):
+                    runtime.ops._native = natives[key]  # type: ignore[attr-defined]
+                    op(xb, outs[key], scratch, threads=1, isa=isas[key])
+                    start = time.thread_time()
+                    op(xb, outs[key], scratch, threads=1, isa=isas[key])
+                    times[key].append(time.thread_time() - start)
+        finally:
+            runtime.ops._native = _native  # type: ignore[attr-defined]
         if not np.array_equal(outs[a], outs[b]):
             raise SystemExit(f"{c}x{hw}x{hw}-s{stride}: {a} and {b} disagree")
         macs = c * c * 9 * outs[a].shape[2] * outs[a].shape[3]
@@ -120,7 +156,19 @@ def main() -> None:
     parser.add_argument("--model", action="store_true", help="whole binary ResNet-18 instead")
     parser.add_argument("--rounds", type=int, default=30, help="model mode: rounds of blocks")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--against", type=Path, help="another build's _native extension")
+    parser.add_argument("--isa", help="with --against: the ISA both builds run (default: best)")
     args = parser.parse_args()
+    if args.against:
+        isa = args.isa or runtime.best_isa()
+        natives = {"other": load_other_build(args.against), "this": _native}
+        rows = pair_layers("other", "this", args.pairs, natives, isa)
+        if args.json:
+            print(json.dumps(rows))
+            return
+        print(f"binary 3x3 conv, batch 1, 1 thread, {isa}: {args.against} / this build")
+        _print_rows(rows, "other", "this", args.pairs)
+        return
     a, b = args.isas.split(",") if args.isas else ("avx2", runtime.best_isa())
     for isa in (a, b):
         if isa not in runtime.supported_isas():
@@ -141,7 +189,12 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"binary 3x3 conv, batch 1, 1 thread: {a} / {b}, {args.pairs} paired calls each")
+    print(f"binary 3x3 conv, batch 1, 1 thread: {a} / {b}")
+    _print_rows(rows, a, b, args.pairs)
+
+
+def _print_rows(rows: list[dict[str, Any]], a: str, b: str, pairs: int) -> None:
+    print(f"{pairs} paired calls each; ratio = {a} / {b} of median (and 10th percentile) times")
     print(f"{'shape':<14} {'ms ' + a:>12} {'ms ' + b:>12} {'G/s ' + b:>12} {'ratio':>7} {'p10':>7}")
     for row in rows:
         print(

@@ -13,10 +13,11 @@ Layer mode times the runtime's fused binary conv (packed input, float output, ze
 padding) and torch's float32 ``conv2d`` on the same shapes at batch 1, single thread first,
 then all cores, for every ISA this CPU runs (``--isa`` picks one). Single-threaded, both
 are timed alike in warm blocks: a block of torch calls, a block of binary calls, and so on
-(``--repeat`` rounds), each block one untimed call then 10 calls timed one by one; the
-table gives the median (speedup, GMAC/s) and the minimum of those per-call times. Caches
-then hold each function's own data, as for a layer inside a network, whose input the
-previous layer just wrote. ``--cold`` instead alternates single calls (torch, binary,
+(``--repeat`` rounds), each block 2 ms of untimed calls then 10 calls timed one by one;
+the table gives the median (speedup, GMAC/s) and the minimum of those per-call times.
+Caches then hold each function's own data, as for a layer inside a network, whose input the
+previous layer just wrote, and the core has left the power state the other function's code
+put it in (see ``blocks_ms``). ``--cold`` instead alternates single calls (torch, binary,
 torch, ...), so each starts after the other's cache pollution (medians only). Several
 threads: each function in a block of its own after a pause. It also times a chain of
 8 binary 3x3 layers (256ch@14x14) handing off bits, against the XOR/popcount kernel alone
@@ -105,21 +106,30 @@ def blocks_ms(
     *,
     repeat: int,
     block: int = 10,
+    settle_s: float = 0.002,
     clock: Callable[[], float] | None = None,
 ) -> list[tuple[float, float]]:
     """(median, min) milliseconds per call of each function, timed in warm blocks.
 
     The functions take turns by blocks (a block of the first, one of the second, ...,
-    ``repeat`` rounds): each block runs its function once untimed, then ``block`` timed
-    calls, each timed on its own. Every function is measured the same way: caches warm
-    with its own data, as a layer runs inside a network (its input just written by the
-    previous layer), while taking turns still spreads the machine's other load alike.
+    ``repeat`` rounds): each block runs its function untimed for ``settle_s`` seconds (at
+    least once), then ``block`` timed calls, each timed on its own. Every function is
+    measured the same way: caches warm with its own data, as a layer runs inside a network
+    (its input just written by the previous layer), and the core settled in the power state
+    its own code puts it in, while taking turns still spreads the machine's other load
+    alike. The settling matters after torch: on an AVX-512 Xeon, a binary conv run right
+    after a block of torch's float32 conv (FMA-heavy) ran ~25% slower for about 1 ms (its
+    median per position in the block: 0.156 ms first, 0.118 ms tenth; 0.115 ms after
+    anything else), while torch's own times did not depend on what ran before it.
     """
     clock = clock or CLOCK[0]
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
         for fn, bucket in zip(fns, times, strict=True):
+            start = clock()
             fn()
+            while clock() - start < settle_s:
+                fn()
             for _ in range(block):
                 start = clock()
                 fn()

@@ -153,7 +153,7 @@ class BinaryConv:
 
     def scratch_bytes(self, threads: int) -> int:
         """Scratch the kernel needs for ``threads`` threads."""
-        return int(_native.bconv_scratch_bytes(self.kpad, max(1, threads)))
+        return int(_native.bconv_scratch_bytes(self.kpad, self.out_channels, max(1, threads)))
 
     def __call__(
         self,

@@ -123,20 +123,23 @@ static int positive_sizes(const Py_ssize_t *values, int n) {
 /* --- xnor_panel ----------------------------------------------------------------------- */
 
 /* xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa, n_seg=1, seg_stride=0,
- * pixel_major=False): packs the n_ch weight rows of `w` into the ISA's panel layout
- * (aligned, heap) and runs its panel kernel on pixel rows of `a` read as n_seg segments of
- * kw / n_seg words (segment s of pixel p at word p * lda + s * seg_stride), into
- * channel-major c (n_ch, n_pix), or pixel-major c (n_pix, n_ch). */
+ * pixel_major=False, add=None): packs the n_ch weight rows of `w` into the ISA's panel
+ * layout (aligned, heap) and runs its panel kernel on pixel rows of `a` read as n_seg
+ * segments of kw / n_seg words (segment s of pixel p at word p * lda + s * seg_stride), into
+ * channel-major c (n_ch, n_pix), or pixel-major c (n_pix, n_ch). `add`: int32 (n_pix,
+ * round_up(n_ch, 8)) added to the counts; a pixel whose row is all zero gets no add row
+ * (the kernel's NULL). */
 static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *kwlist[] = {"a",   "w",     "c",          "n_pix",       "n_ch", "kw", "lda",
-                             "ldw", "isa",   "n_seg",      "seg_stride",  "pixel_major", NULL};
-    PyObject *a_obj, *w_obj, *c_obj, *isa_name = NULL;
+                             "ldw", "isa",   "n_seg",      "seg_stride",  "pixel_major", "add",
+                             NULL};
+    PyObject *a_obj, *w_obj, *c_obj, *isa_name = NULL, *add_obj = NULL;
     Py_ssize_t sz[5], n_seg_arg = 1, seg_stride_arg = 0;
     int pixel_major = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnnnnn|Onnp", kwlist, &a_obj, &w_obj,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOnnnnn|OnnpO", kwlist, &a_obj, &w_obj,
                                      &c_obj, &sz[0], &sz[1], &sz[2], &sz[3], &sz[4], &isa_name,
-                                     &n_seg_arg, &seg_stride_arg, &pixel_major))
+                                     &n_seg_arg, &seg_stride_arg, &pixel_major, &add_obj))
         return NULL;
     if (positive_sizes(sz, 5) < 0 || positive_sizes(&n_seg_arg, 1) < 0) return NULL;
     const size_t np_ = (size_t)sz[0], nch = (size_t)sz[1], kw = (size_t)sz[2],
@@ -153,11 +156,14 @@ static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs)
     const bf_kernels *table = resolve_isa(isa_name);
     if (!table) return NULL;
     bf_buffers bufs = {.count = 0};
-    void *a, *w, *c;
+    void *a, *w, *c, *add_buf = NULL;
+    const size_t ld_add = (nch + 7) / 8 * 8;
     if (get_buffer(&bufs, a_obj, "a", BF_PRODUCT((np_ - 1) * lda + (n_seg - 1) * seg_stride + seg_len, 8),
                    0, 0, &a) < 0 ||
         get_buffer(&bufs, w_obj, "w", BF_PRODUCT((nch - 1) * ldw + kw, 8), 0, 0, &w) < 0 ||
-        get_buffer(&bufs, c_obj, "c", BF_PRODUCT(np_, nch, 4), 1, 0, &c) < 0) {
+        get_buffer(&bufs, c_obj, "c", BF_PRODUCT(np_, nch, 4), 1, 0, &c) < 0 ||
+        get_buffer(&bufs, add_obj ? add_obj : Py_None, "add", BF_PRODUCT(np_, ld_add, 4),
+                   0, 1, &add_buf) < 0) {
         release_all(&bufs);
         return NULL;
     }
@@ -166,20 +172,29 @@ static PyObject *py_xnor_panel(PyObject *self, PyObject *args, PyObject *kwargs)
                          BF_ALIGN * BF_ALIGN;
     bf_word *panel = aligned_alloc(BF_ALIGN, bytes);
     const bf_word **rows = malloc(np_ * n_seg * sizeof(*rows));
-    if (!panel || !rows) {
+    const int32_t **add = add_buf ? malloc(np_ * sizeof(*add)) : NULL;
+    if (!panel || !rows || (add_buf && !add)) {
         free(panel);
         free(rows);
+        free(add);
         release_all(&bufs);
         return PyErr_NoMemory();
     }
     for (size_t p = 0; p < np_; p++)
         for (size_t s = 0; s < n_seg; s++)
             rows[p * n_seg + s] = (const bf_word *)a + p * lda + s * seg_stride;
+    for (size_t p = 0; add && p < np_; p++) {
+        const int32_t *row = (const int32_t *)add_buf + p * ld_add;
+        size_t l = 0;
+        while (l < nch && row[l] == 0) l++;
+        add[p] = l < nch ? row : NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     bf_xnor_panel_pack(table->panel_lanes, nch, kw, (const bf_word *)w, ldw, panel);
-    table->xnor_panel(np_, nch, rows, n_seg, seg_len, panel, kw, (int32_t *)c,
+    table->xnor_panel(np_, nch, rows, n_seg, seg_len, panel, kw, add, (int32_t *)c,
                       pixel_major ? 1 : np_, pixel_major ? nch : 1);
     Py_END_ALLOW_THREADS
+    free(add);
     free(rows);
     free(panel);
     release_all(&bufs);
@@ -290,14 +305,15 @@ static PyObject *py_sign_pack(PyObject *self, PyObject *args, PyObject *kwargs) 
 
 static PyObject *py_bconv_scratch_bytes(PyObject *self, PyObject *args) {
     (void)self;
-    Py_ssize_t kpad;
+    Py_ssize_t kpad, cout;
     int threads;
-    if (!PyArg_ParseTuple(args, "ni", &kpad, &threads)) return NULL;
-    if (kpad <= 0 || threads <= 0 || threads > 4096) {
-        PyErr_SetString(PyExc_ValueError, "kpad and threads must be positive");
+    if (!PyArg_ParseTuple(args, "nni", &kpad, &cout, &threads)) return NULL;
+    if (kpad <= 0 || cout <= 0 || threads <= 0 || threads > 4096 ||
+        kpad > ((Py_ssize_t)1 << 31) || cout > ((Py_ssize_t)1 << 31)) {
+        PyErr_SetString(PyExc_ValueError, "kpad, cout and threads must be positive");
         return NULL;
     }
-    return PyLong_FromSize_t(bf_bconv_scratch_bytes((size_t)kpad, threads));
+    return PyLong_FromSize_t(bf_bconv_scratch_bytes((size_t)kpad, (size_t)cout, threads));
 }
 
 static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -381,7 +397,7 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
                               : BF_PRODUCT(outs, g.cout, 4),
                    1, 0,
                    &p[10]) < 0 ||
-        get_buffer(&bufs, obj[11], "scratch", bf_bconv_scratch_bytes(g.kpad, used), 1, 0,
+        get_buffer(&bufs, obj[11], "scratch", bf_bconv_scratch_bytes(g.kpad, g.cout, used), 1, 0,
                    &p[11]) < 0) {
         release_all(&bufs);
         return NULL;
@@ -715,9 +731,10 @@ static PyMethodDef methods[] = {
      "c[i, j] = popcount of a[i] xor b[j] over kw words (int32, row stride n)."},
     {"xnor_panel", (PyCFunction)(void (*)(void))py_xnor_panel, METH_VARARGS | METH_KEYWORDS,
      "xnor_panel(a, w, c, n_pix, n_ch, kw, lda, ldw, isa=None, n_seg=1, seg_stride=0, "
-     "pixel_major=False) -> None\n\n"
+     "pixel_major=False, add=None) -> None\n\n"
      "c[ch, p] = popcount of a[p] xor w[ch] over kw words (int32, row stride n_pix), through "
-     "the ISA's panel layout and kernel (the binary convolution's product)."},
+     "the ISA's panel layout and kernel (the binary convolution's product), plus add[p, ch] "
+     "(int32, rows of n_ch rounded up to 8) where given."},
     {"panel_pack", py_panel_pack, METH_VARARGS,
      "panel_pack(w, panel, n_ch, kw, ldw, lanes) -> None\n\n"
      "Repack weight rows into lane-interleaved panels: panel[(g*kw+k)*lanes+l] = w[g*lanes+l, k]."},
@@ -727,7 +744,7 @@ static PyMethodDef methods[] = {
      "sign_pack(x, threshold, out, n, c, s, isa=None) -> None\n\n"
      "Pack float32 (n, c, s) signs into (n, s, ceil(c/64)) words."},
     {"bconv_scratch_bytes", py_bconv_scratch_bytes, METH_VARARGS,
-     "bconv_scratch_bytes(kpad, threads) -> int\n\nScratch bytes a bconv call needs."},
+     "bconv_scratch_bytes(kpad, cout, threads) -> int\n\nScratch bytes a bconv call needs."},
     {"bconv", (PyCFunction)(void (*)(void))py_bconv, METH_VARARGS | METH_KEYWORDS,
      "bconv(x, weight, wsum, scale, bias, pos_h, pos_w, slope, residual, out_threshold, out, "
      "scratch, geometry, transform, threads, isa=None, panel=None, panel_lanes=0) -> int\n\n"

@@ -1001,7 +1001,7 @@ def call_binding(rng: random.Random, isas: list[str]) -> str:
                     outs * (_words(cout) if out_bits else cout)),
         ]  # fmt: skip
         try:
-            scratch_bytes = _native.bconv_scratch_bytes(max(kpad, 1), max(threads, 1))
+            scratch_bytes = _native.bconv_scratch_bytes(max(kpad, 1), max(cout, 1), max(threads, 1))
         except BINDING_ERRORS:
             scratch_bytes = 64
         buffers.append(_buffer(rng, np.uint8, scratch_bytes))

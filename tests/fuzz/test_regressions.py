@@ -197,7 +197,7 @@ import numpy as np
 from runtime import _native
 big = 1 << 30
 u64, f32 = np.zeros(1, np.uint64), np.zeros(4, np.float32)
-scratch = np.zeros(_native.bconv_scratch_bytes(1, 1), np.uint8)
+scratch = np.zeros(_native.bconv_scratch_bytes(1, 1, 1), np.uint8)
 calls = {
     "bconv": lambda: _native.bconv(
         u64, u64, None, f32, None, None, None, None, None, None, f32, scratch,

@@ -152,6 +152,14 @@ static inline BF_TARGET_AVX2 __m128i emu_castsi512_si128(emu_m512i a) {
     return _mm_loadu_si128((const __m128i *)a.v);
 }
 static inline void emu_storeu(void *p, emu_m512i a) { memcpy(p, a.v, sizeof a.v); }
+/* 8 int32 sign-extended to 64-bit lanes */
+static inline BF_TARGET_AVX2 emu_m512i emu_cvtepi32_epi64(__m256i a) {
+    int32_t t[8];
+    _mm256_storeu_si256((__m256i *)t, a);
+    emu_m512i r;
+    for (int i = 0; i < 8; i++) r.v[i] = (uint64_t)(int64_t)t[i];
+    return r;
+}
 /* the 32-bit lanes of a selected by mask to p (128-bit form) */
 static inline BF_TARGET_AVX2 void emu_mask_storeu_epi32_128(void *p, unsigned mask, __m128i a) {
     int32_t t[4];
@@ -192,6 +200,8 @@ static inline BF_TARGET_AVX2 void emu_mask_storeu_epi32_128(void *p, unsigned ma
 #define _mm512_castsi512_si128 emu_castsi512_si128
 #undef _mm_mask_storeu_epi32
 #define _mm_mask_storeu_epi32 emu_mask_storeu_epi32_128
+#undef _mm512_cvtepi32_epi64
+#define _mm512_cvtepi32_epi64 emu_cvtepi32_epi64
 
 #undef _mm512_set1_epi8
 #define _mm512_set1_epi8 emu_set1_epi8
@@ -226,9 +236,10 @@ static uint64_t next_word(void) { /* xorshift64* */
 }
 
 /* The kernels on pixel rows of kw words read as n_seg segments (segment s of pixel p at
- * word p * lda + s * seg_stride), into counts with strides (c_ch, c_pix). */
+ * word p * lda + s * seg_stride), into counts with strides (c_ch, c_pix); with_add: add
+ * rows (negative values too) for all pixels but every third. */
 static int compare(size_t np_, size_t nc, size_t kw, size_t n_seg, int pixel_major,
-                   int saturate) {
+                   int saturate, int with_add) {
     const size_t seg_len = kw / n_seg, seg_stride = seg_len + 3, lda = n_seg * seg_stride + 1;
     const size_t ldw = kw + 2;
     bf_word *a = malloc(np_ * lda * sizeof(bf_word));
@@ -236,27 +247,36 @@ static int compare(size_t np_, size_t nc, size_t kw, size_t n_seg, int pixel_maj
     const bf_word **rows = malloc(np_ * n_seg * sizeof(*rows));
     int32_t *c0 = malloc(np_ * nc * sizeof(int32_t));
     int32_t *c1 = malloc(np_ * nc * sizeof(int32_t));
+    const size_t ld_add = (nc + 7) / 8 * 8;
+    int32_t *add_rows = malloc(np_ * ld_add * sizeof(int32_t));
+    const int32_t **add = malloc(np_ * sizeof(*add));
     const size_t b0 = bf_xnor_panel_words(BF_PANEL_LANES_SCALAR, nc, kw) * 8 + 64;
     const size_t b1 = bf_xnor_panel_words(BF_PANEL_LANES_AVX512, nc, kw) * 8 + 64;
     bf_word *p0 = aligned_alloc(64, (b0 + 63) / 64 * 64);
     bf_word *p1 = aligned_alloc(64, (b1 + 63) / 64 * 64);
-    if (!a || !w || !rows || !c0 || !c1 || !p0 || !p1) return 2;
+    if (!a || !w || !rows || !c0 || !c1 || !p0 || !p1 || !add_rows || !add) return 2;
+    for (size_t p = 0; p < np_; p++) {
+        for (size_t l = 0; l < ld_add; l++)
+            add_rows[p * ld_add + l] = (int32_t)(next_word() % 4001) - 2000;
+        add[p] = p % 3 == 2 ? NULL : add_rows + p * ld_add;
+    }
     for (size_t i = 0; i < np_ * lda; i++) a[i] = saturate ? ~(bf_word)0 : next_word();
     for (size_t i = 0; i < nc * ldw; i++) w[i] = saturate ? 0 : next_word();
     for (size_t p = 0; p < np_; p++)
         for (size_t s = 0; s < n_seg; s++) rows[p * n_seg + s] = a + p * lda + s * seg_stride;
-    for (size_t i = 0; i < np_ * nc; i++) c0[i] = c1[i] = -7;
+    for (size_t i = 0; i < np_ * nc; i++) c0[i] = c1[i] = INT32_MIN; /* never a result */
     const size_t c_ch = pixel_major ? 1 : np_, c_pix = pixel_major ? nc : 1;
     bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, nc, kw, w, ldw, p0);
-    bf_xnor_panel__scalar(np_, nc, rows, n_seg, seg_len, p0, kw, c0, c_ch, c_pix);
+    bf_xnor_panel__scalar(np_, nc, rows, n_seg, seg_len, p0, kw, with_add ? add : NULL, c0,
+                          c_ch, c_pix);
     bf_xnor_panel_pack(BF_PANEL_LANES_AVX512, nc, kw, w, ldw, p1);
-    KERNEL(np_, nc, rows, n_seg, seg_len, p1, kw, c1, c_ch, c_pix);
+    KERNEL(np_, nc, rows, n_seg, seg_len, p1, kw, with_add ? add : NULL, c1, c_ch, c_pix);
     int bad = 0;
     for (size_t i = 0; i < np_ * nc && !bad; i++)
-        if (c0[i] != c1[i] || c0[i] < 0) {
-            printf("mismatch pixels=%zu channels=%zu kw=%zu n_seg=%zu pixel_major=%d at %zu: "
-                   "%d vs %d\n",
-                   np_, nc, kw, n_seg, pixel_major, i, c0[i], c1[i]);
+        if (c0[i] != c1[i] || c0[i] == INT32_MIN || (!with_add && c0[i] < 0)) {
+            printf("mismatch pixels=%zu channels=%zu kw=%zu n_seg=%zu pixel_major=%d add=%d "
+                   "at %zu: %d vs %d\n",
+                   np_, nc, kw, n_seg, pixel_major, with_add, i, c0[i], c1[i]);
             bad = 1;
         }
     free(a);
@@ -264,6 +284,8 @@ static int compare(size_t np_, size_t nc, size_t kw, size_t n_seg, int pixel_maj
     free(rows);
     free(c0);
     free(c1);
+    free(add_rows);
+    free(add);
     free(p0);
     free(p1);
     return bad;
@@ -282,8 +304,9 @@ int main(void) {
                 for (int pixel_major = 0; pixel_major < 2; pixel_major++) {
                     const size_t kw = kws[ki], n_seg = kw % 3 == 0 ? 3 : 1;
                     const int saturate = (pi + ci + ki) % 5 == 0; /* every bit differs */
+                    const int with_add = (pi + ci + ki + (size_t)pixel_major) % 2 == 0;
                     const int r = compare(pixels[pi], channels[ci], kw, n_seg, pixel_major,
-                                          saturate);
+                                          saturate, with_add);
                     if (r) return r;
                     cases++;
                 }

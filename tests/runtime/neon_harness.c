@@ -53,7 +53,7 @@ int main(void) {
                 if (!panel || !rows) return 2;
                 for (size_t p = 0; p < n; p++) rows[p] = b + p * ldb;
                 bf_xnor_panel_pack(BF_PANEL_LANES_SCALAR, m, kw, a, lda, panel);
-                bf_xnor_panel__scalar(n, m, rows, 1, kw, panel, kw, c1, n, 1);
+                bf_xnor_panel__scalar(n, m, rows, 1, kw, panel, kw, NULL, c1, n, 1);
                 free(rows);
                 free(panel);
                 for (size_t i = 0; i < m * n; i++) {

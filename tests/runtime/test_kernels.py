@@ -131,6 +131,33 @@ def test_xnor_panel_reads_segments_and_writes_either_layout(
         np.testing.assert_array_equal(c.T if pixel_major else c, expect, err_msg=isa)
 
 
+@FAST
+@given(
+    n_pix=st.integers(1, 23),
+    n_ch=st.integers(1, 75),
+    kw=st.integers(1, 40),
+    pixel_major=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_xnor_panel_adds_each_pixels_add_row_to_its_counts(
+    n_pix: int, n_ch: int, kw: int, pixel_major: bool, seed: int
+) -> None:
+    # the convolution's padding corrections: a border pixel's row of `add` (negative
+    # values, rows of n_ch rounded up to 8) joins its counts in the kernel; the binding
+    # gives an all-zero row no pointer (the kernel's NULL), so pixels with and without
+    # rows share tiles
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2**64, (n_pix, kw), dtype=np.uint64, endpoint=False)
+    w = rng.integers(0, 2**64, (n_ch, kw), dtype=np.uint64, endpoint=False)
+    add = rng.integers(-3000, 3000, (n_pix, -(-n_ch // 8) * 8), dtype=np.int32)
+    add[rng.random(n_pix) < 0.4] = 0
+    expect = _popcount_reference(w, a, kw) + add[:, :n_ch].T  # (n_ch, n_pix)
+    for isa in ISAS:
+        c = np.full((n_pix, n_ch) if pixel_major else (n_ch, n_pix), -7, dtype=np.int32)
+        _native.xnor_panel(a, w, c, n_pix, n_ch, kw, kw, kw, isa, pixel_major=pixel_major, add=add)
+        np.testing.assert_array_equal(c.T if pixel_major else c, expect, err_msg=isa)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_xnor_panel_long_rows_do_not_overflow_counters(isa: str) -> None:
     n_pix, n_ch, kw = 7, 13, 1000
@@ -324,6 +351,35 @@ def test_bconv_kernels_of_more_than_64_taps_pad_exactly(dilation: tuple[int, int
         out = np.full(op.output_shape(n, h, w), np.nan, dtype=np.float32)
         op(xb, out, np.empty(op.scratch_bytes(1), np.uint8), isa=isa)
         np.testing.assert_array_equal(out, expected, err_msg=isa)
+
+
+@pytest.mark.parametrize("out_bits", [False, True])
+def test_bconv_tiles_with_more_tap_masks_than_kept_corrections_pad_exactly(
+    out_bits: bool,
+) -> None:
+    # 7 x 7 taps, padding 3, a 9 x 9 image: 48 distinct out-of-bounds tap masks in one
+    # pixel tile, more than a thread keeps (16); 70 output channels, two channel chunks
+    rng = np.random.default_rng(11)
+    n, cin, cout, h, w, k = 2, 70, 70, 9, 9, 7
+    x = _pm1(rng, (n, cin, h, w))
+    wt = _pm1(rng, (cout, cin, k, k))
+    threshold = rng.normal(0, 8, cout).astype(np.float32)
+    op = BinaryConv.create(
+        pack_signs(wt.transpose(0, 2, 3, 1)),
+        in_channels=cin,
+        scale=np.ones(cout, dtype=np.float32),
+        padding=(3, 3),
+        out_threshold=threshold if out_bits else None,
+        output="bits" if out_bits else "float",
+    )
+    acc = reference_acc(x, wt, (1, 1), (3, 3), (1, 1), "zero").astype(np.float32)
+    expected = pack_signs(acc.transpose(0, 2, 3, 1), threshold=threshold) if out_bits else acc
+    xb = pack_signs(x.transpose(0, 2, 3, 1))
+    for isa in ISAS:
+        for threads in (1, 2):
+            out = np.zeros(op.output_shape(n, h, w), np.uint64 if out_bits else np.float32)
+            op(xb, out, np.empty(op.scratch_bytes(threads), np.uint8), threads=threads, isa=isa)
+            np.testing.assert_array_equal(out, expected, err_msg=f"{isa}, {threads} threads")
 
 
 transform_cases = st.fixed_dictionaries(
@@ -610,7 +666,7 @@ def test_bench_blocks_time_every_function_alike_in_alternating_warm_blocks() -> 
     a = fn("a", [0.001, 0.003, 0.002])
     b = fn("b", [0.010])
     (med_a, min_a), (med_b, min_b) = bench.blocks_ms(
-        [a, b], repeat=3, block=4, clock=lambda: now[0]
+        [a, b], repeat=3, block=4, settle_s=0.0, clock=lambda: now[0]
     )
     # one untimed call, then `block` timed ones, blocks taking turns
     assert calls == (["a"] * 5 + ["b"] * 5) * 3
@@ -618,6 +674,27 @@ def test_bench_blocks_time_every_function_alike_in_alternating_warm_blocks() -> 
     assert med_b == pytest.approx(10.0)
     assert min_a == pytest.approx(1.0)
     assert med_a == pytest.approx(2.0)
+
+
+def test_bench_blocks_settle_each_function_before_timing_it() -> None:
+    # untimed calls until settle_s has passed on the clock: 3 of a (1 ms each) for 2.5 ms,
+    # one of b (10 ms), then the timed calls
+    bench = _bench_module()
+    now = [0.0]
+    calls: list[str] = []
+
+    def fn(name: str, seconds: float) -> Any:
+        def run() -> None:
+            calls.append(name)
+            now[0] += seconds
+
+        return run
+
+    bench.blocks_ms(
+        [fn("a", 0.001), fn("b", 0.010)], repeat=2, block=4, settle_s=0.0025,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    assert calls == (["a"] * 7 + ["b"] * 5) * 2
 
 
 @pytest.mark.slow

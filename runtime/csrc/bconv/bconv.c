@@ -13,13 +13,15 @@
 
 static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
-#define BF_BCONV_MASKS 16 /* padding corrections kept per thread (tap mask, channel chunk) */
+#define BF_BCONV_MASKS 16 /* padding corrections kept per thread (tap masks, every channel) */
 #define BF_BCONV_AHEAD 8 /* channels between an output row's prefetch and its writing */
 
 /* Per-thread scratch, in this order: segments built for pixels whose kernel row is cut by
  * the border, the item's segment pointers, a zero segment, the item's border pixels and
- * their tap counts, the popcounts, three pixel rows, channel rows (floats, padding
- * corrections), the repacked weight panel. */
+ * their tap counts, the popcounts, five pixel rows (floats, position scales, tap masks,
+ * slots, add pointers), a channel row of floats, the padding corrections of pixels whose
+ * mask is not kept (a tile of int32), the kept ones (BF_BCONV_MASKS rows of every output
+ * channel), the repacked weight panel. */
 static size_t seg_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t ptr_bytes(size_t kpad) { return round_up(MT * kpad * sizeof(void *), BF_ALIGN); }
 static size_t zero_bytes(size_t kpad) {
@@ -28,16 +30,19 @@ static size_t zero_bytes(size_t kpad) {
 static size_t tile_c_bytes(void) { return round_up(MT * NT * sizeof(int32_t), BF_ALIGN); }
 static size_t row_bytes(void) { return round_up(MT * sizeof(uint64_t), BF_ALIGN); }
 static size_t chan_bytes(void) { return round_up(NT * sizeof(float), BF_ALIGN); }
+/* one kept padding correction: an int32 per output channel */
+static size_t half_words(size_t cout) { return round_up(cout, BF_ALIGN / sizeof(int32_t)); }
 static size_t panel_bytes(size_t kpad) { return round_up(NT * kpad * sizeof(bf_word), BF_ALIGN); }
-static size_t per_thread_bytes(size_t kpad) {
-    return seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) + 5 * row_bytes() +
-           tile_c_bytes() + (1 + BF_BCONV_MASKS) * chan_bytes() + panel_bytes(kpad) +
+static size_t per_thread_bytes(size_t kpad, size_t cout) {
+    return seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) + 7 * row_bytes() +
+           2 * tile_c_bytes() + chan_bytes() +
+           BF_BCONV_MASKS * half_words(cout) * sizeof(int32_t) + panel_bytes(kpad) +
            BF_OVERREAD_BYTES;
 }
 
-size_t bf_bconv_scratch_bytes(size_t kpad, int threads) {
+size_t bf_bconv_scratch_bytes(size_t kpad, size_t cout, int threads) {
     if (threads < 1) threads = 1;
-    return (size_t)threads * per_thread_bytes(kpad) + BF_ALIGN;
+    return (size_t)threads * per_thread_bytes(kpad, cout) + BF_ALIGN;
 }
 
 int bf_bconv_threads(const bf_bconv_args *g, int threads) {
@@ -220,12 +225,23 @@ BF_NO_LIBCALLS static size_t build_rows(const bf_bconv_args *g, size_t p0, size_
     return n_border;
 }
 
+/* The transform's and the padding corrections' loops are plain C; on x86 an AVX-512 clone (16 floats a step) or an AVX2
+ * one (8) is chosen at load time by the CPU (GCC function multi-versioning; libgcc checks
+ * the OS-saved state). Exact either way: -std=c11 keeps GCC from contracting a * b + c
+ * into an FMA, so every clone rounds like the scalar code. */
+#if BF_ARCH_X86 && defined(__GNUC__) && !defined(__clang__)
+#define BF_TRANSFORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define BF_TRANSFORM_CLONES
+#endif
+
 /* What the out-of-bounds taps in `mask` of pixel p, read as +1 inputs, added to channels
  * co0...: corr[j] = sum over those n_out taps of wsum[tap][co0 + j]. With acc = kvec - 2 P'
  * (kvec = K - n_out * cin), the popcount to use is P' = P + half[j], half[j] =
  * (corr[j] - n_out * cin) / 2 (exact: every wsum has the parity of cin). */
-static void padding_correction(const bf_bconv_args *g, size_t co0, size_t nt, uint64_t mask,
-                               size_t p, int32_t *BF_RESTRICT half) {
+BF_TRANSFORM_CLONES static void padding_correction(const bf_bconv_args *g, size_t co0,
+                                                   size_t nt, uint64_t mask, size_t p,
+                                                   int32_t *BF_RESTRICT half) {
     const size_t taps = g->kh * g->kw;
     size_t n_out = 0;
     for (size_t j = 0; j < nt; j++) half[j] = 0;
@@ -254,28 +270,70 @@ static void padding_correction(const bf_bconv_args *g, size_t co0, size_t nt, ui
 
 static inline float relu(float v) { return v > 0.0f ? v : 0.0f; }
 
-/* The padding corrections a thread has computed: slot s holds `half` of tap mask mask[s] for
- * the chunk at channel co0[s] (kept over the thread's work items: the same few masks recur in
- * every pixel tile). */
+/*
+ * Zero padding: P' = P + half, so that acc = kvec - 2 P' leaves out exactly what a border
+ * pixel's out-of-bounds taps (read as +1) added. The panel kernel adds `half` to the
+ * pixel's counts in registers (its `add` rows). A thread keeps the half rows of the last
+ * BF_BCONV_MASKS distinct tap masks, for every output channel (the same few masks recur in
+ * every pixel tile and channel chunk: a 3x3 kernel's border has 8): slot s holds mask[s]'s
+ * at half + s * half_words(cout). A tile's border pixel e uses slot[e]; one whose mask the
+ * slots cannot hold (past 64 taps a mask does not name the taps; or more distinct masks in
+ * one tile than slots) has its row computed per chunk at once + e * NT (slot[e] = NONE).
+ */
+#define BF_SLOT_NONE 0xff
 typedef struct {
     uint64_t mask[BF_BCONV_MASKS];
-    size_t co0[BF_BCONV_MASKS];
     size_t n, next;
+    int32_t *half;  /* BF_BCONV_MASKS rows of half_words(cout) */
+    int32_t *once;  /* MT rows of NT */
+    uint8_t *slot;  /* MT: each border pixel's slot, or BF_SLOT_NONE */
 } bf_half_cache;
 
-/* The transform's loops are plain C; on x86 an AVX-512 clone (16 floats a step) or an AVX2
- * one (8) is chosen at load time by the CPU (GCC function multi-versioning; libgcc checks
- * the OS-saved state). Exact either way: -std=c11 keeps GCC from contracting a * b + c
- * into an FMA, so every clone rounds like the scalar code. */
-#if BF_ARCH_X86 && defined(__GNUC__) && !defined(__clang__)
-#define BF_TRANSFORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define BF_TRANSFORM_CLONES
-#endif
+/* Slots for the n_border border pixels of a new tile (their tap masks in `masks`), computing
+ * the half rows of masks not kept yet; a slot one of this tile's pixels uses is not reused
+ * for another of its masks. */
+static void tile_slots(const bf_bconv_args *g, bf_half_cache *hc, const uint64_t *masks,
+                       size_t n_border) {
+    const size_t hwords = half_words(g->cout);
+    uint32_t used = 0;
+    for (size_t e = 0; e < n_border; e++) {
+        uint8_t slot = BF_SLOT_NONE;
+        if (g->kh * g->kw <= 64) {
+            size_t s = e > 0 && hc->slot[e - 1] != BF_SLOT_NONE ? hc->slot[e - 1] : 0;
+            if (s >= hc->n || hc->mask[s] != masks[e]) /* not the previous pixel's: search */
+                for (s = 0; s < hc->n && hc->mask[s] != masks[e]; s++) continue;
+            if (s == hc->n) { /* not kept: a free slot, or the next one this tile leaves */
+                if (hc->n < BF_BCONV_MASKS) {
+                    s = hc->n++;
+                } else {
+                    s = BF_BCONV_MASKS;
+                    for (size_t tries = 0; tries < BF_BCONV_MASKS; tries++) {
+                        const size_t t = hc->next++ % BF_BCONV_MASKS;
+                        if (!(used >> t & 1)) {
+                            s = t;
+                            break;
+                        }
+                    }
+                }
+                if (s < BF_BCONV_MASKS) {
+                    int32_t *row = hc->half + s * hwords;
+                    padding_correction(g, 0, g->cout, masks[e], 0, row);
+                    for (size_t j = g->cout; j < hwords; j++) row[j] = 0; /* read, not used */
+                    hc->mask[s] = masks[e];
+                }
+            }
+            if (s < BF_BCONV_MASKS) {
+                slot = (uint8_t)s;
+                used |= (uint32_t)1 << s;
+            }
+        }
+        hc->slot[e] = slot;
+    }
+}
 
 /*
- * Output transform of a tile of popcounts `c` (mt pixels p0... x nt channels co0...):
- * acc = kvec - 2 * popcount (after the border pixels' padding corrections), then
+ * Output transform of a tile of popcounts `c` (mt pixels p0... x nt channels co0...,
+ * the border pixels' padding corrections included): acc = kvec - 2 * popcount, then
  * y = ((acc * scale) * pos) + bias, activation, + residual, post-activation, then float
  * NCHW or bits packed against the thresholds, 64 channels per word.
  *
@@ -288,55 +346,9 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
                                           size_t co0, size_t nt, int32_t *BF_RESTRICT c,
                                           size_t ldc, float *BF_RESTRICT y,
                                           float *BF_RESTRICT pos, float *BF_RESTRICT ych,
-                                          const int32_t *BF_RESTRICT kvec,
-                                          int32_t *BF_RESTRICT half, bf_half_cache *hc,
-                                          const uint64_t *BF_RESTRICT border,
-                                          const uint64_t *BF_RESTRICT masks, size_t n_border) {
+                                          const int32_t *BF_RESTRICT kvec) {
     const size_t hw = g->ho * g->wo, wo = g->wo, cout = g->cout;
     const int out_bits = g->out_bits;
-    /* zero padding: P' = P + half, so that acc = kvec - 2 P' leaves out exactly what the
-     * out-of-bounds taps (read as +1) added; the half vectors of the last BF_BCONV_MASKS
-     * distinct (tap mask, chunk) pairs are kept (a 3x3 kernel's border has 8 masks). Past 64
-     * taps a mask does not name the taps: computed per pixel, never kept. */
-    const int cache = g->kh * g->kw <= 64;
-    size_t n_cached = hc->n, next = hc->next;
-    for (size_t e = 0; e < n_border;) {
-        const size_t i = (size_t)border[e];
-        size_t slot = 0;
-        while (slot < n_cached && (hc->mask[slot] != masks[e] || hc->co0[slot] != co0)) slot++;
-        if (!cache || slot == n_cached) {
-            slot = n_cached < BF_BCONV_MASKS ? n_cached++ : next++ % BF_BCONV_MASKS;
-            padding_correction(g, co0, nt, masks[e], p0 + i, half + slot * NT);
-            hc->mask[slot] = cache ? masks[e] : 0; /* 0: no border pixel has it */
-            hc->co0[slot] = co0;
-        }
-        const int32_t *BF_RESTRICT hs = half + slot * NT;
-        if (out_bits) {
-            int32_t *BF_RESTRICT ci = c + i * ldc;
-            for (size_t j = 0; j < nt; j++) ci[j] += hs[j];
-            e++;
-            continue;
-        }
-        /* a run of consecutive pixels with the same taps out (along a row above or below the
-         * image): each channel's part of the run at once, not pixel by pixel */
-        size_t run = 1;
-        while (cache && e + run < n_border && masks[e + run] == masks[e] &&
-               (size_t)border[e + run] == i + run)
-            run++;
-        int32_t *BF_RESTRICT ci = c + i;
-        if (run == 1) {
-            for (size_t j = 0; j < nt; j++) ci[j * ldc] += hs[j];
-        } else {
-            for (size_t j = 0; j < nt; j++) {
-                const int32_t h = hs[j];
-                int32_t *BF_RESTRICT cj = ci + j * ldc;
-                for (size_t k = 0; k < run; k++) cj[k] += h;
-            }
-        }
-        e += run;
-    }
-    hc->n = n_cached;
-    hc->next = next;
     if (g->pos_h)
         for (size_t i = 0; i < mt; i++) {
             const size_t r = (p0 + i) % hw;
@@ -392,13 +404,16 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
         return;
     }
     /* float output of a tile inside one image: compute in place in the output row */
-    const int in_place = (p0 % hw) + mt <= hw;
+    const size_t b0 = p0 / hw, r00 = p0 % hw; /* the tile's first image and pixel in it */
+    const int in_place = r00 + mt <= hw;
+    /* a second pass per image run: residual, post-activation, copy out of y_tile */
+    const int per_run = g->residual || post_relu || !in_place;
     float *const y_tile = y;
     for (size_t j = 0; j < nt; j++) {
         const size_t co = co0 + j;
         const int32_t *BF_RESTRICT cj = c + j * ldc;
         const float sc = g->scale[co], bi = g->bias ? g->bias[co] : 0.0f;
-        y = in_place ? (float *)g->out + ((p0 / hw) * cout + co) * hw + p0 % hw : y_tile;
+        y = in_place ? (float *)g->out + (b0 * cout + co) * hw + r00 : y_tile;
         /* the output row of the channel BF_BCONV_AHEAD later, for writing: after other
          * work (another layer, another library) output rows are rarely in cache, and 64
          * rows are more streams than the hardware prefetchers follow (measured +10-20% on
@@ -421,9 +436,9 @@ BF_TRANSFORM_CLONES static void transform(const bf_bconv_args *g, size_t p0, siz
         } else if (activation == BF_ACT_HARDTANH) {
             for (size_t i = 0; i < mt; i++) y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
         }
-        /* pixels [p0, p0 + mt) may span images: write per run of one image */
-        for (size_t i0 = 0; i0 < mt;) {
-            const size_t p = p0 + i0, b = p / hw, r0 = p % hw;
+        /* pixels [p0, p0 + mt) may span images: per run of one image */
+        if (!per_run) continue;
+        for (size_t i0 = 0, b = b0, r0 = r00; i0 < mt; b++, r0 = 0) {
             size_t len = hw - r0;
             if (len > mt - i0) len = mt - i0;
             const size_t at = (b * cout + co) * hw + r0;
@@ -453,7 +468,7 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     const bf_bconv_args *g = job->g;
     const size_t kpad = g->kpad;
     char *at = (char *)round_up((size_t)g->scratch, BF_ALIGN) +
-               (size_t)thread_index * per_thread_bytes(kpad);
+               (size_t)thread_index * per_thread_bytes(kpad, g->cout);
     bf_word *built = (bf_word *)at;
     at += seg_bytes(kpad);
     const bf_word **rows = (const bf_word **)(void *)at;
@@ -470,15 +485,22 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
     float *pos_row = (float *)(at + row_bytes());
     uint64_t *masks = (uint64_t *)(at + 2 * row_bytes());
     at += 3 * row_bytes();
+    bf_half_cache hc;
+    hc.n = hc.next = 0;
+    hc.slot = (uint8_t *)at;
+    at += row_bytes();
+    const int32_t **add = (const int32_t **)(void *)at;
+    at += row_bytes();
     float *y_chan = (float *)at;
-    int32_t *half = (int32_t *)(at + chan_bytes());
-    at += (1 + BF_BCONV_MASKS) * chan_bytes();
+    at += chan_bytes();
+    hc.once = (int32_t *)at;
+    at += tile_c_bytes();
+    hc.half = (int32_t *)at;
+    at += BF_BCONV_MASKS * half_words(g->cout) * sizeof(int32_t);
     bf_word *panel = (bf_word *)at;
     const size_t n_seg = n_segments(g), seg_len = segment_words(g);
     for (size_t k = 0; k < seg_len; k++) zero[k] = 0;
     size_t packed = (size_t)-1, built_for = (size_t)-1, n_border = 0;
-    bf_half_cache hc;
-    hc.n = hc.next = 0;
     for (size_t item = begin; item < end; item++) {
         const size_t mi = item / job->n_chunks, ni = item % job->n_chunks;
         const size_t p0 = mi * MT, co0 = ni * NT;
@@ -486,6 +508,8 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
         const size_t nt = g->cout - co0 < NT ? g->cout - co0 : NT;
         if (built_for != mi) {
             n_border = build_rows(g, p0, mt, rows, built, zero, kvec, border, masks);
+            tile_slots(g, &hc, masks, n_border);
+            for (size_t i = 0; i < mt; i++) add[i] = NULL;
             built_for = mi;
         }
         const bf_word *w_panel = panel;
@@ -503,11 +527,21 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
             packed = ni;
         }
         /* float output: channel-major counts (rows of mt pixels); bits: pixel-major */
+        for (size_t e = 0; e < n_border; e++) { /* the border pixels' corrections */
+            const size_t i = (size_t)border[e];
+            if (hc.slot[e] != BF_SLOT_NONE) {
+                add[i] = hc.half + hc.slot[e] * half_words(g->cout) + co0;
+            } else {
+                int32_t *row = hc.once + e * NT;
+                padding_correction(g, co0, nt, masks[e], p0 + i, row);
+                for (size_t j = nt; j < NT; j++) row[j] = 0; /* read, not used */
+                add[i] = row;
+            }
+        }
         const size_t ldc = g->out_bits ? NT : mt;
-        g->panel(mt, nt, rows, n_seg, seg_len, w_panel, kpad, c_tile, g->out_bits ? 1 : ldc,
-                 g->out_bits ? ldc : 1);
-        transform(g, p0, mt, co0, nt, c_tile, ldc, y_row, pos_row, y_chan, kvec, half, &hc,
-                  border, masks, n_border);
+        g->panel(mt, nt, rows, n_seg, seg_len, w_panel, kpad, n_border ? add : NULL, c_tile,
+                 g->out_bits ? 1 : ldc, g->out_bits ? ldc : 1);
+        transform(g, p0, mt, co0, nt, c_tile, ldc, y_row, pos_row, y_chan, kvec);
     }
 }
 

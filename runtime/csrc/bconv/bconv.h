@@ -56,7 +56,7 @@ struct bf_bconv_args {
     const float *residual;      /* float (n, cout, ho, wo) or NULL */
     const float *out_threshold; /* (cout,) or NULL */
     void *out;                  /* float (n, cout, ho, wo) or words (n, ho, wo, cout_w) */
-    void *scratch;              /* bf_bconv_scratch_bytes(kpad, threads) bytes */
+    void *scratch;              /* bf_bconv_scratch_bytes(kpad, cout, threads) bytes */
     bf_xnor_panel_fn panel;
     size_t panel_lanes;
     const bf_word *panels;      /* all weights as panel_lanes-lane panels of kpad words, or
@@ -70,7 +70,7 @@ void bf_bconv_bits__avx512(const bf_bconv_args *g, size_t p0, size_t mt, size_t 
 #endif
 
 /* Scratch bytes a call with `threads` threads needs. */
-size_t bf_bconv_scratch_bytes(size_t kpad, int threads);
+size_t bf_bconv_scratch_bytes(size_t kpad, size_t cout, int threads);
 /* Threads worth using for this call (1 for small layers), at most `threads`. */
 int bf_bconv_threads(const bf_bconv_args *args, int threads);
 /* Run the convolution on `threads` threads (use bf_bconv_threads first). */

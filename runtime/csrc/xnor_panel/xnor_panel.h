@@ -15,8 +15,11 @@
  *   c[ch * c_ch + p * c_pix] = sum_{s, k < seg_len} popcount(rows[p*n_seg+s][k] ^ W_ch[s*seg_len+k])
  *
  * for p < n_pix, ch < n_ch: channel-major (c_pix = 1) or pixel-major (c_ch = 1) int32
- * counts, or any other strides. Padded lanes are computed and discarded. The scalar kernel
- * is the specification; every ISA's kernel equals it exactly.
+ * counts, or any other strides, plus add[p][ch] where add and add[p] are not NULL (a
+ * convolution's padding corrections of its border pixels, added to the counts in
+ * registers; add[p] may be read up to a multiple of 8 channels). Padded lanes are computed
+ * and discarded. The scalar kernel is the specification; every ISA's kernel equals it
+ * exactly.
  */
 #ifndef BF_XNOR_PANEL_H
 #define BF_XNOR_PANEL_H
@@ -25,10 +28,12 @@
 
 typedef void (*bf_xnor_panel_fn)(size_t n_pix, size_t n_ch, const bf_word *const *rows,
                                  size_t n_seg, size_t seg_len, const bf_word *panel, size_t kw,
-                                 int32_t *c, size_t c_ch, size_t c_pix);
+                                 const int32_t *const *add, int32_t *c, size_t c_ch,
+                                 size_t c_pix);
 #define BF_XNOR_PANEL_ARGS                                                                    \
     size_t n_pix, size_t n_ch, const bf_word *const *rows, size_t n_seg, size_t seg_len,      \
-        const bf_word *panel, size_t kw, int32_t *c, size_t c_ch, size_t c_pix
+        const bf_word *panel, size_t kw, const int32_t *const *add, int32_t *c, size_t c_ch,  \
+        size_t c_pix
 
 /* Words a panel of n_ch channels x kw words with `lanes` lanes takes. */
 size_t bf_xnor_panel_words(size_t lanes, size_t n_ch, size_t kw);

@@ -4,10 +4,11 @@
  * channel groups whose accumulators hold 64-bit counts, and (xnor_panel__avx512_driver.h)
  * the loops over channel groups and pixel tiles. A kernel file includes it, defines its
  *
- *   BF_PANEL_INLINE void tile(P, G, rows, n_seg, seg_len, w, kw, c, c_ch, c_pix, lanes)
+ *   BF_PANEL_INLINE void tile(P, G, rows, n_seg, seg_len, w, kw, add, ch0, c, c_ch, c_pix,
+ *                             lanes)
  *
  * (P and G compile-time constants once inlined, its accumulators 64-bit counts it hands to
- * store_tile), then includes xnor_panel__avx512_driver.h for the loops and the entry point.
+ * store_tile with the tile's rows of `add` and its first channel ch0), then includes xnor_panel__avx512_driver.h for the loops and the entry point.
  */
 #ifndef BF_XNOR_PANEL_AVX512_H
 #define BF_XNOR_PANEL_AVX512_H
@@ -42,9 +43,18 @@ BF_AVX512_INLINE void store_rows4(int32_t *r, size_t ld, __m512i v) {
     _mm_mask_storeu_epi32(r + 3 * ld, 0xf, _mm512_extracti32x4_epi32(v, 3));
 }
 
-/* The 4 x G tile's counts acc[p][g] (64-bit lanes, < 2^32) to c; `lanes` valid channels. */
-BF_AVX512_INLINE void store_tile(const int P, const int G, __m512i acc[4][4], int32_t *c,
+/* The 4 x G tile's counts acc[p][g] (64-bit lanes, < 2^32), plus the pixels' rows of `add`
+ * from channel ch0 where add and add[p] are not NULL, to c; `lanes` valid channels. */
+BF_AVX512_INLINE void store_tile(const int P, const int G, __m512i acc[4][4],
+                                 const int32_t *const *add, size_t ch0, int32_t *c,
                                  size_t c_ch, size_t c_pix, size_t lanes) {
+    if (add)
+        for (int p = 0; p < P; p++)
+            if (add[p])
+                for (int g = 0; g < G; g++)
+                    acc[p][g] = _mm512_add_epi64(
+                        acc[p][g], _mm512_cvtepi32_epi64(_mm256_loadu_si256(
+                                       (const __m256i *)(add[p] + ch0 + (size_t)g * L))));
     /* the low dwords of two accumulators' 64-bit lanes (counts < 2^32): a | b as 16 int32
      * in one vpermt2d (vpmovqd is much slower on Zen 4) */
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,

@@ -20,8 +20,9 @@
 #define NIBBLE_XOR 0x28 /* vpternlogq: (a ^ b) & c */
 
 BF_PANEL_INLINE void tile(const int P, const int G, const bf_word *const *rows, size_t n_seg,
-                          size_t seg_len, const bf_word *w, size_t kw, int32_t *c,
-                          size_t c_ch, size_t c_pix, size_t lanes) {
+                          size_t seg_len, const bf_word *w, size_t kw,
+                          const int32_t *const *add, size_t ch0, int32_t *c, size_t c_ch,
+                          size_t c_pix, size_t lanes) {
     const __m512i table = _mm512_broadcast_i32x4(
         _mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
     const __m512i low = _mm512_set1_epi8(0x0f), zero = _mm512_setzero_si512();
@@ -63,7 +64,7 @@ BF_PANEL_INLINE void tile(const int P, const int G, const bf_word *const *rows, 
     for (int p = 0; p < P; p++)
         for (int g = 0; g < G; g++)
             acc[p][g] = _mm512_add_epi64(acc[p][g], _mm512_sad_epu8(cnt[p][g], zero));
-    store_tile(P, G, acc, c, c_ch, c_pix, lanes);
+    store_tile(P, G, acc, add, ch0, c, c_ch, c_pix, lanes);
 }
 
 #include "xnor_panel__avx512_driver.h"

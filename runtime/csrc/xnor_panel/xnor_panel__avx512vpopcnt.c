@@ -16,8 +16,9 @@
 #define BF_PANEL_ENTRY bf_xnor_panel__avx512vpopcnt
 
 BF_PANEL_INLINE void tile(const int P, const int G, const bf_word *const *rows, size_t n_seg,
-                          size_t seg_len, const bf_word *w, size_t kw, int32_t *c,
-                          size_t c_ch, size_t c_pix, size_t lanes) {
+                          size_t seg_len, const bf_word *w, size_t kw,
+                          const int32_t *const *add, size_t ch0, int32_t *c, size_t c_ch,
+                          size_t c_pix, size_t lanes) {
     __m512i acc[4][4];
     for (int p = 0; p < P; p++)
         for (int g = 0; g < G; g++) acc[p][g] = _mm512_setzero_si512();
@@ -36,7 +37,7 @@ BF_PANEL_INLINE void tile(const int P, const int G, const bf_word *const *rows, 
             }
         }
     }
-    store_tile(P, G, acc, c, c_ch, c_pix, lanes);
+    store_tile(P, G, acc, add, ch0, c, c_ch, c_pix, lanes);
 }
 
 #include "xnor_panel__avx512_driver.h"
