@@ -30,7 +30,10 @@ Model mode builds a binary ResNet-18 ``.bfm`` directly (random weights; real 7x7
 and final Linear, binary 3x3 convs handing off bits inside each block, real 1x1
 downsample shortcuts; real weights stored as F16 like the engine's export, F32 with
 ``--f32-real``), and times it at batch 1, 224x224, against torch float32 ResNet-18
-and onnxruntime float32 with the same thread count. Timings are medians; report ratios.
+and onnxruntime float32 with the same thread count: single-threaded in warm blocks of 5
+runs (``--repeat`` runs in all, each block after 2 ms of untimed runs), like layer mode,
+or alternating single runs with ``--cold``; several threads: each in a block of its own
+after a pause. Timings are medians; report ratios.
 """
 
 from __future__ import annotations
@@ -520,7 +523,9 @@ def profile_model(threads: int, repeat: int, *, half_real: bool = True) -> list[
     ]
 
 
-def bench_model(threads: int, repeat: int, *, half_real: bool = True) -> dict[str, Any]:
+def bench_model(
+    threads: int, repeat: int, *, half_real: bool = True, cold: bool = False
+) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
@@ -549,11 +554,13 @@ def bench_model(threads: int, repeat: int, *, half_real: bool = True) -> dict[st
         with torch.inference_mode():
             tmodel(xt)
 
-    ms_binary, ms_torch, ms_ort = interleaved_ms(
-        [lambda: model.run(x), run_torch, lambda: session.run(None, {"input": x})],
-        repeat=repeat,
-        threads=threads,
-    )
+    fns = [lambda: model.run(x), run_torch, lambda: session.run(None, {"input": x})]
+    if cold or threads > 1:
+        ms_binary, ms_torch, ms_ort = interleaved_ms(fns, repeat=repeat, threads=threads)
+    else:  # warm blocks of 5 runs, as in layer mode
+        (ms_binary, _), (ms_torch, _), (ms_ort, _) = blocks_ms(
+            fns, repeat=max(1, repeat // 5), block=5
+        )
     return {
         "model": "resnet18",
         "threads": threads,
@@ -591,8 +598,8 @@ def main() -> None:
     parser.add_argument(
         "--cold",
         action="store_true",
-        help="layer mode: alternate single calls (torch, binary, torch, ...) instead of "
-        "warm blocks of calls",
+        help="alternate single calls (torch, binary, torch, ...; model mode: binary, torch, "
+        "onnxruntime) instead of warm blocks of calls",
     )
     parser.add_argument(
         "--cpu-time",
@@ -618,7 +625,9 @@ def main() -> None:
         return
     if args.model:
         counts = [args.threads] if args.threads else ([1] if args.json else sorted({1, cores}))
-        results = [bench_model(t, args.repeat, half_real=not args.f32_real) for t in counts]
+        results = [
+            bench_model(t, args.repeat, half_real=not args.f32_real, cold=args.cold) for t in counts
+        ]
         if args.json:
             print(json.dumps(results[0] if len(results) == 1 else results))
             return

@@ -588,6 +588,42 @@ def _run_large_layer(op: BinaryConv, xb: np.ndarray, expected: np.ndarray, queue
     queue.put((used, bool(np.array_equal(out, expected))))
 
 
+def _run_large_layer_often(
+    op: BinaryConv, xb: np.ndarray, expected: np.ndarray, spin_us: str, queue: Any
+) -> None:
+    import os
+    import time
+
+    os.environ["BITFACTOR_SPIN_US"] = spin_us  # read when this process's pool starts
+    out = np.empty(op.output_shape(1, 28, 28), np.float32)
+    scratch = np.empty(op.scratch_bytes(2), np.uint8)
+    results = []
+    for i in range(40):
+        out.fill(np.nan)
+        used = op(xb, out, scratch, threads=2)
+        results.append(used == 2 and bool(np.array_equal(out, expected)))
+        if i % 8 == 7:
+            time.sleep(0.002)  # past the spin: the workers sleep, the next call wakes them
+    queue.put(all(results))
+
+
+@pytest.mark.parametrize("spin_us", ["0", "50", "not a number"])
+def test_thread_pool_hands_out_every_range_whatever_the_spin(spin_us: str) -> None:
+    """BITFACTOR_SPIN_US=0 sleeps at once, 50 spins less than the pauses, a bad value is the
+    default (200): back-to-back calls and calls after the workers slept all compute
+    every range once."""
+    import multiprocessing
+
+    op, xb, expected = _large_layer()
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=_run_large_layer_often, args=(op, xb, expected, spin_us, results))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert results.get(timeout=5) is True
+
+
 def test_thread_pool_works_in_a_forked_child() -> None:
     """The pool's workers do not survive fork(); the child must start its own."""
     import multiprocessing

@@ -268,11 +268,13 @@ void bf_fconv(const bf_fconv_args *g, int threads) {
             j.pooled = g->pool->out + b * g->cout * pooled_pix;
             j.bits = g->pool->bits ? g->pool->bits + b * pooled_pix * BF_WORDS_FOR(g->cout)
                                    : NULL;
-            bf_parallel_for(threads, g->pool->ho, pool_bands, &j);
+            /* one band range a thread (each range recomputes the rows its predecessor's
+             * band ends with), taken dynamically all the same */
+            bf_parallel_for(threads, g->pool->ho, (size_t)threads, pool_bands, &j);
             continue;
         }
         j.out = g->out + b * g->cout * g->ho * g->wo;
         j.ldo = g->ho * g->wo;
-        bf_parallel_for(threads, n_qb * j.n_cb, run_range, &j);
+        bf_parallel_for(threads, n_qb * j.n_cb, (size_t)threads * 4, run_range, &j);
     }
 }
