@@ -50,7 +50,7 @@ static void *job_ctx;
 static size_t job_items, job_parts;
 static int job_threads;
 static int atfork_registered;
-static long spin_ns = -1;              /* from BITFACTOR_SPIN_US, read once */
+static int64_t spin_ns = -1;           /* from BITFACTOR_SPIN_US, read once */
 static unsigned long first_generation[BF_MAX_THREADS]; /* a worker's generation at start */
 
 static void reset_after_fork(void) {
@@ -67,7 +67,7 @@ static void reset_after_fork(void) {
     spin_ns = -1; /* read BITFACTOR_SPIN_US again: the child may have set it */
 }
 
-static long read_spin_ns(void) {
+static int64_t read_spin_ns(void) {
     const char *text = getenv("BITFACTOR_SPIN_US");
     long us = BF_SPIN_US_DEFAULT;
     if (text && *text) {
@@ -75,13 +75,13 @@ static long read_spin_ns(void) {
         const long v = strtol(text, &end, 10);
         if (*end == '\0' && v >= 0) us = v > BF_SPIN_US_MAX ? BF_SPIN_US_MAX : v;
     }
-    return us * 1000;
+    return (int64_t)us * 1000;
 }
 
-static long now_ns(void) {
+static int64_t now_ns(void) { /* 64-bit on every target (a 32-bit long overflows) */
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long)t.tv_sec * 1000000000L + t.tv_nsec;
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
 /* Spin until done(arg) or spin_ns has passed; returns done(arg). Past the first
@@ -89,17 +89,17 @@ static long now_ns(void) {
  * this core (the scheduler put both there, the other core being busy), pausing alone would
  * hold the core until the spin ends, twice a call (seen here: 0.44 ms calls of a 0.03 ms
  * layer). */
-#define BF_SPIN_YIELD_NS 20000L
+#define BF_SPIN_YIELD_NS 20000
 static int spin_until(int (*done)(const void *), const void *arg) {
     if (done(arg)) return 1;
     if (spin_ns <= 0) return 0;
-    const long start = now_ns();
+    const int64_t start = now_ns();
     for (;;) {
         for (int i = 0; i < 64; i++) {
             if (done(arg)) return 1;
             BF_CPU_RELAX();
         }
-        const long waited = now_ns() - start;
+        const int64_t waited = now_ns() - start;
         if (waited >= spin_ns) return done(arg);
         if (waited >= BF_SPIN_YIELD_NS) sched_yield();
     }
