@@ -17,8 +17,8 @@ static size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 #define BF_BCONV_AHEAD 8 /* channels between an output row's prefetch and its writing */
 
 /* Per-thread scratch, in this order: the kept padding corrections' header (kept over the
- * ranges of items the thread takes in a call), segments built for pixels whose kernel row is cut by
- * the border, the item's segment pointers, a zero segment, the item's border pixels and
+ * ranges of items the thread takes in a call), segments built for pixels whose kernel row
+ * is cut by the border, the item's segment pointers, a zero segment, the item's border pixels and
  * their tap counts, the popcounts, five pixel rows (floats, position scales, tap masks,
  * slots, add pointers), a channel row of floats, the padding corrections of pixels whose
  * mask is not kept (a tile of int32), the kept ones (BF_BCONV_MASKS rows of every output
@@ -36,8 +36,8 @@ static size_t half_words(size_t cout) { return round_up(cout, BF_ALIGN / sizeof(
 static size_t panel_bytes(size_t kpad) { return round_up(NT * kpad * sizeof(bf_word), BF_ALIGN); }
 static size_t cache_bytes(void);
 static size_t per_thread_bytes(size_t kpad, size_t cout) {
-    return cache_bytes() + seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) + 7 * row_bytes() +
-           2 * tile_c_bytes() + chan_bytes() +
+    return cache_bytes() + seg_bytes(kpad) + ptr_bytes(kpad) + zero_bytes(kpad) +
+           7 * row_bytes() + 2 * tile_c_bytes() + chan_bytes() +
            BF_BCONV_MASKS * half_words(cout) * sizeof(int32_t) + panel_bytes(kpad) +
            BF_OVERREAD_BYTES;
 }
@@ -227,10 +227,10 @@ BF_NO_LIBCALLS static size_t build_rows(const bf_bconv_args *g, size_t p0, size_
     return n_border;
 }
 
-/* The transform's and the padding corrections' loops are plain C; on x86 an AVX-512 clone (16 floats a step) or an AVX2
- * one (8) is chosen at load time by the CPU (GCC function multi-versioning; libgcc checks
- * the OS-saved state). Exact either way: -std=c11 keeps GCC from contracting a * b + c
- * into an FMA, so every clone rounds like the scalar code. */
+/* The transform's and the padding corrections' loops are plain C; on x86 an AVX-512 clone
+ * (16 floats a step) or an AVX2 one (8) is chosen at load time by the CPU (GCC function
+ * multi-versioning; libgcc checks the OS-saved state). Exact either way: -std=c11 keeps GCC
+ * from contracting a * b + c into an FMA, so every clone rounds like the scalar code. */
 #if BF_ARCH_X86 && defined(__GNUC__) && !defined(__clang__)
 #define BF_TRANSFORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -556,22 +556,23 @@ void bf_bconv(const bf_bconv_args *g, int threads) {
     job.n_chunks = (g->cout + NT - 1) / NT;
     /* several threads: as many pixel tiles as MT needs, of equal size (a multiple of the
      * kernels' 4-pixel tiles), so threads given whole tiles get equal work (196 pixels:
-     * 100 + 96, not 128 + 68); one thread: MT (the float loops' tails cost ~1%) */
+     * 100 + 96, not 128 + 68); one thread: MT, as before */
     const size_t tiles = (job.pixels + MT - 1) / MT;
     job.tile = threads > 1 ? round_up((job.pixels + tiles - 1) / tiles, 4) : MT;
     if (job.tile > MT) job.tile = MT;
     const size_t items = ((job.pixels + job.tile - 1) / job.tile) * job.n_chunks;
     char *base = (char *)round_up((size_t)g->scratch, BF_ALIGN);
+    const size_t per_thread = per_thread_bytes(g->kpad, g->cout);
     for (int t = 0; t < (threads < 1 ? 1 : threads); t++) { /* no padding corrections kept */
-        bf_half_cache *hc = (bf_half_cache *)(void *)(base + (size_t)t * per_thread_bytes(g->kpad, g->cout));
+        bf_half_cache *hc = (bf_half_cache *)(void *)(base + (size_t)t * per_thread);
         hc->n = hc->next = 0;
     }
     /* Ranges: one a thread where there are at least two pixel tiles a thread (each thread
-     * then writes long runs of every output row; 4 a thread was 20-35% slower on 64ch@56x56
-     * and 128ch@28x28, 2 threads); else 4 a thread, so a thread that starts late or runs
-     * slower takes fewer (15-30% faster than one a thread on 256ch@14x14 and 128ch@28x28
-     * stride 2, whose items are few and large). Either way the ranges are taken, not
-     * assigned: a worker that is not running leaves its share to the others. */
+     * then writes long runs of every output row; 4 a thread was 23% slower on 64ch@56x56
+     * and 37% on 128ch@28x28, 2 threads); else 4 a thread, so a thread that starts late or
+     * runs slower takes fewer (16% faster than one a thread on 256ch@14x14, 23% on
+     * 128ch@28x28 stride 2, whose items are few and large). Either way the ranges are
+     * taken, not assigned: a worker that is not running leaves its share to the others. */
     const size_t nthreads = (size_t)(threads < 1 ? 1 : threads);
     const size_t n_tiles = items / job.n_chunks;
     bf_parallel_for(threads, items, n_tiles >= 2 * nthreads ? nthreads : 4 * nthreads, run_range,

@@ -8,7 +8,8 @@
  *                             lanes)
  *
  * (P and G compile-time constants once inlined, its accumulators 64-bit counts it hands to
- * store_tile with the tile's rows of `add` and its first channel ch0), then includes xnor_panel__avx512_driver.h for the loops and the entry point.
+ * store_tile with the tile's rows of `add` and its first channel ch0), then includes
+ * xnor_panel__avx512_driver.h for the loops and the entry point.
  */
 #ifndef BF_XNOR_PANEL_AVX512_H
 #define BF_XNOR_PANEL_AVX512_H
