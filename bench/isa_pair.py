@@ -61,8 +61,11 @@ def load_other_build(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location("_native", path, loader=loader)
     if spec is None:
         raise SystemExit(f"{path} is not an extension module")
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+    try:
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except ImportError as exc:  # another Python's build, or not a _native at all
+        raise SystemExit(f"cannot load {path}: {exc}") from None
     return module
 
 
