@@ -66,6 +66,7 @@ from runtime.packing import pack_signs, words_for
 CLOCK: list[Callable[[], float]] = [time.perf_counter]
 
 LAYERS = [(64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1), (128, 28, 2)]
+SETTLE_THREADS_S = 0.02  # several threads: untimed calls after the pause, before timing
 
 
 def interleaved_ms(
@@ -81,15 +82,22 @@ def interleaved_ms(
     Single-threaded, the functions are timed in turns so they share the machine's load
     (other processes) alike. Multi-threaded, each is timed in a block of its own after a
     pause: thread pools that spin after a call (OpenMP, OpenBLAS, onnxruntime) would
-    otherwise steal the cores from the next function.
+    otherwise steal the cores from the next function. The block then runs its function
+    untimed for ``SETTLE_THREADS_S`` (at least ``warmup`` calls): after the pause the other cores
+    were idle, and a 30 us layer's 20 timed calls would otherwise fall in the time their
+    threads take to come back (measured: a 2-thread binary conv of 0.02 ms took 0.031-0.045
+    ms a call right after the pause).
     """
     if threads > 1:
         result = []
         for fn in fns:
             time.sleep(0.5)
-            result.extend(
-                interleaved_ms([fn], repeat=repeat, warmup=warmup, clock=time.perf_counter)
-            )
+            start = time.perf_counter()
+            for _ in range(warmup):
+                fn()
+            while time.perf_counter() - start < SETTLE_THREADS_S:
+                fn()
+            result.extend(interleaved_ms([fn], repeat=repeat, warmup=0, clock=time.perf_counter))
         return result
     clock = clock or CLOCK[0]
     for _ in range(warmup):

@@ -733,6 +733,23 @@ def test_bench_blocks_settle_each_function_before_timing_it() -> None:
     assert calls == (["a"] * 7 + ["b"] * 5) * 2
 
 
+def test_bench_several_threads_settle_after_the_pause() -> None:
+    # each function's block: a pause, untimed calls for SETTLE_THREADS_S (here 20 ms of
+    # 5 ms calls: at least 4, more than the 3 warmup calls alone), then `repeat` timed ones
+    import time
+
+    bench = _bench_module()
+    calls: list[str] = []
+
+    def run() -> None:
+        calls.append("a")
+        time.sleep(0.005)
+
+    (median,) = bench.interleaved_ms([run], repeat=3, threads=2)
+    assert len(calls) >= 4 + 3
+    assert median >= 5.0
+
+
 @pytest.mark.slow
 def test_bench_layers_warm_and_cold_schemes_time_the_same_work() -> None:
     bench = _bench_module()
