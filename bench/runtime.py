@@ -19,7 +19,8 @@ Caches then hold each function's own data, as for a layer inside a network, whos
 previous layer just wrote, and the core has left the power state the other function's code
 put it in (see ``blocks_ms``). ``--cold`` instead alternates single calls (torch, binary,
 torch, ...), so each starts after the other's cache pollution (medians only). Several
-threads: each function in a block of its own after a pause. It also times a chain of
+threads: each function in a block of its own after a pause and 20 ms of untimed calls.
+It also times a chain of
 8 binary 3x3 layers (256ch@14x14) handing off bits, against the XOR/popcount kernel alone
 on the same data, and prints the packed/float32 weight size ratio. JSON rows carry
 ``shape``, ``isa``, ``threads``, ``ms_binary``, ``ms_torch``, ``speedup`` and
@@ -33,7 +34,7 @@ downsample shortcuts; real weights stored as F16 like the engine's export, F32 w
 and onnxruntime float32 with the same thread count: single-threaded in warm blocks of 5
 runs (``--repeat`` runs in all, each block after 2 ms of untimed runs), like layer mode,
 or alternating single runs with ``--cold``; several threads: each in a block of its own
-after a pause. Timings are medians; report ratios.
+after a pause and 20 ms of untimed runs. Timings are medians; report ratios.
 """
 
 from __future__ import annotations
