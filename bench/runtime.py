@@ -20,12 +20,11 @@ previous layer just wrote, and the core has left the power state the other funct
 put it in (see ``blocks_ms``). ``--cold`` instead alternates single calls (torch, binary,
 torch, ...), so each starts after the other's cache pollution (medians only). Several
 threads: each function in a block of its own after a pause and 20 ms of untimed calls.
-It also times a chain of
-8 binary 3x3 layers (256ch@14x14) handing off bits, against the XOR/popcount kernel alone
-on the same data, and prints the packed/float32 weight size ratio. JSON rows carry
-``shape``, ``isa``, ``threads``, ``ms_binary``, ``ms_torch``, ``speedup`` and
-``bmacs_per_s`` (binary MACs per second), from medians. The chain is timed by the same
-scheme.
+It also times a chain of 8 binary 3x3 layers (256ch@14x14) handing off bits, against the
+XOR/popcount kernel alone on the same data, and prints the packed/float32 weight size
+ratio. JSON rows carry ``shape``, ``isa``, ``threads``, ``ms_binary``, ``ms_torch``,
+``speedup`` and ``bmacs_per_s`` (binary MACs per second), from medians. The chain is
+timed by the same scheme.
 
 Model mode builds a binary ResNet-18 ``.bfm`` directly (random weights; real 7x7 stem
 and final Linear, binary 3x3 convs handing off bits inside each block, real 1x1
