@@ -69,6 +69,15 @@ LAYERS = [(64, 56, 1), (128, 28, 1), (256, 14, 1), (512, 7, 1), (128, 28, 2)]
 SETTLE_THREADS_S = 0.02  # several threads: untimed calls after the pause, before timing
 
 
+def _settle(fn: Callable[[], Any], seconds: float, clock: Callable[[], float], calls: int) -> None:
+    """Run fn untimed for ``seconds`` on ``clock``, at least ``calls`` times."""
+    start = clock()
+    for _ in range(calls):
+        fn()
+    while clock() - start < seconds:
+        fn()
+
+
 def interleaved_ms(
     fns: list[Callable[[], Any]],
     *,
@@ -92,11 +101,7 @@ def interleaved_ms(
         result = []
         for fn in fns:
             time.sleep(0.5)
-            start = time.perf_counter()
-            for _ in range(warmup):
-                fn()
-            while time.perf_counter() - start < SETTLE_THREADS_S:
-                fn()
+            _settle(fn, SETTLE_THREADS_S, time.perf_counter, warmup)
             result.extend(interleaved_ms([fn], repeat=repeat, warmup=0, clock=time.perf_counter))
         return result
     clock = clock or CLOCK[0]
@@ -137,10 +142,7 @@ def blocks_ms(
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
         for fn, bucket in zip(fns, times, strict=True):
-            start = clock()
-            fn()
-            while clock() - start < settle_s:
-                fn()
+            _settle(fn, settle_s, clock, 1)
             for _ in range(block):
                 start = clock()
                 fn()

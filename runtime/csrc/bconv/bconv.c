@@ -530,7 +530,6 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
             bf_xnor_panel_pack(g->panel_lanes, nt, kpad, g->weight + co0 * kpad, kpad, panel);
             packed = ni;
         }
-        /* float output: channel-major counts (rows of mt pixels); bits: pixel-major */
         for (size_t e = 0; e < n_border; e++) { /* the border pixels' corrections */
             const size_t i = (size_t)border[e];
             if (hc->slot[e] != BF_SLOT_NONE) {
@@ -542,6 +541,7 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
                 add[i] = row;
             }
         }
+        /* float output: channel-major counts (rows of mt pixels); bits: pixel-major */
         const size_t ldc = g->out_bits ? NT : mt;
         g->panel(mt, nt, rows, n_seg, seg_len, w_panel, kpad, n_border ? add : NULL, c_tile,
                  g->out_bits ? 1 : ldc, g->out_bits ? ldc : 1);

@@ -120,11 +120,7 @@ BF_TARGET_AVX2 void bf_xnor_panel__avx2(BF_XNOR_PANEL_ARGS) {
     if (g < groups)
         groups_of(1, n_pix, rows, n_seg, seg_len, panel + g * kw * L, kw, c + g * L * c_ch, c_ch,
                   c_pix, n_ch - g * L);
-    /* the add rows after the counts, in a loop of their own: added in the tile (its 16 ymm
-     * registers all taken) they made GCC spill more, 3% slower on 64 channels against the
-     * build without them (paired, bench/isa_pair.py --against); this way 1-2% */
-    for (size_t p = 0; add && p < n_pix; p++)
-        if (add[p])
-            for (size_t ch = 0; ch < n_ch; ch++) c[ch * c_ch + p * c_pix] += add[p][ch];
+    /* not in the tile: its 16 ymm registers are all taken (xnor_panel.h) */
+    bf_xnor_panel_add_rows(n_pix, n_ch, add, c, c_ch, c_pix);
 }
 #endif

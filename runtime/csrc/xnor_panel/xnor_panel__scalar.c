@@ -65,8 +65,11 @@ BF_ALWAYS_INLINE void panel_body(size_t n_pix, size_t n_ch, const bf_word *const
             for (size_t l = 0; l < lanes; l++) cg[l * c_ch + p * c_pix] = (int32_t)s0[l];
         }
     }
-    /* the add rows after the counts, in a loop of their own: in the loops above they cost
-     * the counting registers (20% slower on 64 channels) */
+    bf_xnor_panel_add_rows(n_pix, n_ch, add, c, c_ch, c_pix);
+}
+
+void bf_xnor_panel_add_rows(size_t n_pix, size_t n_ch, const int32_t *const *add, int32_t *c,
+                            size_t c_ch, size_t c_pix) {
     for (size_t p = 0; add && p < n_pix; p++)
         if (add[p])
             for (size_t ch = 0; ch < n_ch; ch++) c[ch * c_ch + p * c_pix] += add[p][ch];
