@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import runtime
@@ -110,6 +110,11 @@ def test_xnor_panel_every_isa_equals_scalar_equals_xnor_gemm(
     pixel_major=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
+# the byte counters' chunks of words (31 on AVX2) ending inside a segment, at its end, and
+# a segment longer than a chunk
+@example(n_pix=9, n_ch=13, n_seg=4, seg_len=27, gap=3, pixel_major=False, seed=1)
+@example(n_pix=5, n_ch=8, n_seg=3, seg_len=31, gap=0, pixel_major=True, seed=2)
+@example(n_pix=4, n_ch=9, n_seg=2, seg_len=70, gap=1, pixel_major=False, seed=3)
 def test_xnor_panel_reads_segments_and_writes_either_layout(
     n_pix: int, n_ch: int, n_seg: int, seg_len: int, gap: int, pixel_major: bool, seed: int
 ) -> None:
@@ -159,13 +164,16 @@ def test_xnor_panel_adds_each_pixels_add_row_to_its_counts(
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_xnor_panel_long_rows_do_not_overflow_counters(isa: str) -> None:
-    n_pix, n_ch, kw = 7, 13, 1000
+@pytest.mark.parametrize("n_seg", [1, 37])
+def test_xnor_panel_long_rows_do_not_overflow_counters(isa: str, n_seg: int) -> None:
+    # every word counts 64: the most a byte counter can take, in one segment or in
+    # segments of 27 words, whose ends fall anywhere in a chunk
+    n_pix, n_ch, kw = 7, 13, 999
     a = np.full((n_pix, kw), np.uint64(2**64 - 1), dtype=np.uint64)
     w = np.zeros((n_ch, kw), dtype=np.uint64)
-    np.testing.assert_array_equal(
-        _panel(a, w, n_pix, n_ch, kw, isa), np.full((n_ch, n_pix), 64 * kw)
-    )
+    c = np.full((n_ch, n_pix), -7, dtype=np.int32)
+    _native.xnor_panel(a, w, c, n_pix, n_ch, kw, kw, kw, isa, n_seg=n_seg, seg_stride=kw // n_seg)
+    np.testing.assert_array_equal(c, np.full((n_ch, n_pix), 64 * kw))
 
 
 @pytest.mark.parametrize("lanes", [1, 2, 4, 8])

@@ -39,46 +39,63 @@ BF_AVX2_INLINE void tile(const int P, const int G, const bf_word *const *rows, s
                                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
     const __m256i zero = _mm256_setzero_si256();
-    __m256i tot[PT][2], acc[PT][2];
-    for (int p = 0; p < P; p++)
-        for (int g = 0; g < G; g++) tot[p][g] = acc[p][g] = zero;
-    int counted = 0; /* words in the byte accumulators (each byte <= 8 per word) */
-    for (size_t s = 0; s < n_seg; s++) {
-        const bf_word *ap[PT];
-        for (int p = 0; p < P; p++) ap[p] = rows[(size_t)p * n_seg + s];
-        const bf_word *ws = w + s * seg_len * L;
-        for (size_t k = 0; k < seg_len; k++) {
-            __m256i wv[2];
-            for (int g = 0; g < G; g++)
-                wv[g] = _mm256_loadu_si256((const __m256i *)(ws + (g * kw + k) * L));
-            for (int p = 0; p < P; p++) {
-                const __m256i av = _mm256_set1_epi64x((long long)ap[p][k]);
+    /* Counts so far, in memory behind a pointer the compiler cannot see through: folded
+     * into once per chunk, they would otherwise take 8 registers and push accumulators
+     * onto the stack (16 ymm: 8 accumulators, 2 weight vectors, a broadcast, the table,
+     * the mask and temporaries: 3-8% slower on Zen 3, paired, bench/isa_pair.py). */
+    int64_t tot_at[PT * 2 * 4] __attribute__((aligned(32)));
+    int64_t *tot = tot_at;
+    __asm__("" : "+r"(tot));
+    for (int i = 0; i < P * G; i++) _mm256_store_si256((__m256i *)(tot + 4 * i), zero);
+    size_t s = 0, k0 = 0, left = n_seg * seg_len;
+    while (left) { /* a chunk of at most CHUNK words, so no byte overflows (<= 8 a word) */
+        size_t n = left < CHUNK ? left : CHUNK;
+        left -= n;
+        __m256i acc[PT][2];
+        for (int p = 0; p < P; p++)
+            for (int g = 0; g < G; g++) acc[p][g] = zero;
+        while (n) { /* the chunk's words in segment s, from word k0 */
+            const size_t k1 = seg_len - k0 < n ? seg_len : k0 + n;
+            const bf_word *ap[PT];
+            for (int p = 0; p < P; p++) ap[p] = rows[(size_t)p * n_seg + s];
+            const bf_word *ws = w + s * seg_len * L;
+            for (size_t k = k0; k < k1; k++) {
+                __m256i wv[2];
                 for (int g = 0; g < G; g++)
-                    acc[p][g] = _mm256_add_epi8(
-                        acc[p][g], popcount_bytes(_mm256_xor_si256(av, wv[g]), table, low));
+                    wv[g] = _mm256_loadu_si256((const __m256i *)(ws + (g * kw + k) * L));
+                for (int p = 0; p < P; p++) {
+                    const __m256i av = _mm256_set1_epi64x((long long)ap[p][k]);
+                    for (int g = 0; g < G; g++)
+                        acc[p][g] = _mm256_add_epi8(
+                            acc[p][g], popcount_bytes(_mm256_xor_si256(av, wv[g]), table, low));
+                }
             }
-            if (++counted == CHUNK) { /* fold before a byte can overflow */
-                for (int p = 0; p < P; p++)
-                    for (int g = 0; g < G; g++) {
-                        tot[p][g] = _mm256_add_epi64(tot[p][g], _mm256_sad_epu8(acc[p][g], zero));
-                        acc[p][g] = zero;
-                    }
-                counted = 0;
-            }
+            n -= k1 - k0;
+            if (k1 == seg_len) s++, k0 = 0;
+            else k0 = k1;
         }
+        for (int p = 0; p < P; p++)
+            for (int g = 0; g < G; g++) {
+                __m256i *t = (__m256i *)(tot + 4 * (p * G + g));
+                _mm256_store_si256(t, _mm256_add_epi64(_mm256_load_si256(t),
+                                                       _mm256_sad_epu8(acc[p][g], zero)));
+            }
     }
+    __m256i sum[PT][2];
     for (int p = 0; p < P; p++)
         for (int g = 0; g < G; g++)
-            tot[p][g] = _mm256_add_epi64(tot[p][g], _mm256_sad_epu8(acc[p][g], zero));
+            sum[p][g] = _mm256_load_si256((const __m256i *)(tot + 4 * (p * G + g)));
     for (int g = 0; g < G; g++) {
         const size_t valid = lanes > (size_t)g * L ? lanes - (size_t)g * L : 0;
         int32_t *cg = c + (size_t)g * L * c_ch;
         if (c_ch == 1 && valid >= L) { /* pixel-major: 4 channels of a pixel are contiguous */
             for (int p = 0; p < P; p++)
-                _mm_storeu_si128((__m128i *)(cg + (size_t)p * c_pix), narrow(tot[p][g]));
+                _mm_storeu_si128((__m128i *)(cg + (size_t)p * c_pix), narrow(sum[p][g]));
         } else if (c_pix == 1 && P == 4 && PT == 4 && valid >= L) {
-            __m128 r0 = _mm_castsi128_ps(narrow(tot[0][g])), r1 = _mm_castsi128_ps(narrow(tot[1][g]));
-            __m128 r2 = _mm_castsi128_ps(narrow(tot[2][g])), r3 = _mm_castsi128_ps(narrow(tot[3][g]));
+            __m128 r0 = _mm_castsi128_ps(narrow(sum[0][g]));
+            __m128 r1 = _mm_castsi128_ps(narrow(sum[1][g]));
+            __m128 r2 = _mm_castsi128_ps(narrow(sum[2][g]));
+            __m128 r3 = _mm_castsi128_ps(narrow(sum[3][g]));
             _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
             _mm_storeu_si128((__m128i *)(cg + 0 * c_ch), _mm_castps_si128(r0));
             _mm_storeu_si128((__m128i *)(cg + 1 * c_ch), _mm_castps_si128(r1));
@@ -87,7 +104,7 @@ BF_AVX2_INLINE void tile(const int P, const int G, const bf_word *const *rows, s
         } else {
             for (int p = 0; p < P; p++) {
                 int32_t t[4];
-                _mm_storeu_si128((__m128i *)t, narrow(tot[p][g]));
+                _mm_storeu_si128((__m128i *)t, narrow(sum[p][g]));
                 for (size_t l = 0; l < valid && l < L; l++) cg[l * c_ch + (size_t)p * c_pix] = t[l];
             }
         }
