@@ -394,6 +394,15 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
         out = ex.emit("hardsigmoid", name, [x], attrs={"alpha": float(alpha), "beta": float(beta)})
     elif isinstance(mod, nn.GELU):
         out = ex.emit("gelu", name, [x], attrs={"approximate": str(mod.approximate)})
+    elif isinstance(mod, nn.ConstantPad1d | nn.ConstantPad2d):  # includes ZeroPad2d
+        # torch: (begin, end) of the last axis first; the format: begins, then ends
+        widths = [int(v) for v in mod.padding]
+        nsp = len(widths) // 2
+        if min(widths) < 0:
+            raise UserInputError(f"export: pad {name} crops ({widths}); only padding exports")
+        begins = [widths[2 * (nsp - 1 - i)] for i in range(nsp)]
+        ends = [widths[2 * (nsp - 1 - i) + 1] for i in range(nsp)]
+        out = ex.emit("pad", name, [x], attrs={"pads": begins + ends, "value": float(mod.value)})
     elif isinstance(mod, nn.Dropout | nn.Identity):
         out = x
     else:

@@ -74,7 +74,24 @@ ELEMENTWISE: dict[str, type[nn.Module]] = {
 
 # Ops computed at import on constants and on shapes (``x.view(x.size(0), -1)`` exports as
 # Shape -> Gather -> Unsqueeze -> Concat -> Reshape); a shape's batch entry is None.
-FOLDABLE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Add", "Sub", "Mul", "Div"}
+# torch writes the pads of F.pad / nn.ZeroPad2d as ConstantOfShape, Concat, Reshape, Slice
+# (reversed), Transpose, Reshape and Cast on constants.
+FOLDABLE = {
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Cast",
+    "Slice",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "ConstantOfShape",
+    "Reshape",
+    "Transpose",
+}
+FOLD_MAX_ELEMENTS = 1 << 16  # a ConstantOfShape folded at import (shapes, pads) is small
 
 
 def _attrs(node: Any) -> dict[str, Any]:
@@ -87,41 +104,64 @@ def _fail(node: Any, why: str) -> UserInputError:
     return UserInputError(f"ONNX node {node.name or node.op_type} ({node.op_type}): {why}")
 
 
-def _sym_pads(node: Any, pads: list[int], nd: int) -> list[int]:
-    if not pads:
-        return [0] * nd
-    begin, end = pads[:nd], pads[nd:]
-    if begin != end:
-        raise _fail(node, f"asymmetric padding {pads} is not supported")
-    return list(begin)
-
-
-def _pads(b: _Builder, node: Any, a: dict[str, Any], kernel: list[int]) -> list[int]:
-    """Symmetric padding per spatial axis, from ``pads`` or from ``auto_pad``."""
+def _pads(
+    b: _Builder, node: Any, a: dict[str, Any], kernel: list[int]
+) -> tuple[list[int], list[int]]:
+    """Padding before and after each spatial axis, from ``pads`` or from ``auto_pad``."""
     nd = len(kernel)
     mode = a.get("auto_pad", b"NOTSET")
     mode = mode.decode() if isinstance(mode, bytes) else str(mode)
     if mode == "NOTSET":
-        return _sym_pads(node, list(a.get("pads", [])), nd)
+        pads = [int(v) for v in a.get("pads", [0] * (2 * nd))]
+        if len(pads) != 2 * nd or min(pads) < 0:
+            raise _fail(node, f"pads {pads}: expected {2 * nd} counts >= 0")
+        return pads[:nd], pads[nd:]
     if mode == "VALID":
-        return [0] * nd
-    shape = b.shapes.get(node.input[0])
-    if mode not in ("SAME_UPPER", "SAME_LOWER") or shape is None or None in shape[2:]:
-        raise _fail(node, f"auto_pad {mode} needs a known input shape and SAME_* or VALID")
+        return [0] * nd, [0] * nd
+    if mode not in ("SAME_UPPER", "SAME_LOWER"):
+        raise _fail(node, f"auto_pad {mode} is not one of NOTSET, VALID, SAME_UPPER, SAME_LOWER")
     strides = list(a.get("strides", [1] * nd))
     dilations = list(a.get("dilations", [1] * nd))
-    pads = []
+    shape = b.shapes.get(node.input[0])
+    if any(st != 1 for st in strides) and (shape is None or None in shape[2:]):
+        raise _fail(node, f"auto_pad {mode} with strides {strides} needs a known input shape")
+    begin, end = [], []
     for i in range(nd):
-        n, st = int(shape[2 + i]), strides[i]  # type: ignore[arg-type]
-        total = max((-(-n // st) - 1) * st + (kernel[i] - 1) * dilations[i] + 1 - n, 0)
-        if total % 2:
-            raise _fail(
-                node,
-                f"auto_pad {mode} pads axis {2 + i} by {total} (asymmetric); only symmetric "
-                "padding is supported",
-            )
-        pads.append(total // 2)
-    return pads
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        if strides[i] == 1:  # (k - 1) d whatever the input's size
+            total = extent - 1
+        else:
+            n, st = int(shape[2 + i]), strides[i]  # type: ignore[index, arg-type]
+            total = max((-(-n // st) - 1) * st + extent - n, 0)
+        small = total // 2  # SAME_UPPER puts an odd total's extra one at the end
+        begin.append(small if mode == "SAME_UPPER" else total - small)
+        end.append(total - begin[-1])
+    return begin, end
+
+
+def _pad_module(nd: int, begin: list[int], end: list[int], value: float) -> nn.Module:
+    """torch's constant padding of the last nd axes: (begin, end) of the last axis first."""
+    widths = tuple(v for i in reversed(range(nd)) for v in (begin[i], end[i]))
+    cls: Any = nn.ConstantPad1d if nd == 1 else nn.ConstantPad2d
+    return cls(widths, value)
+
+
+def _split_pads(
+    b: _Builder, x: Any, begin: list[int], end: list[int], value: float
+) -> tuple[Any, list[int]]:
+    """The layer keeps the symmetric part of its padding; what one side has more becomes a
+    padding module before it (border ``value``). Returns the layer's input and padding."""
+    sym = [min(p, q) for p, q in zip(begin, end, strict=True)]
+    extra_begin = [p - s for p, s in zip(begin, sym, strict=True)]
+    extra_end = [q - s for q, s in zip(end, sym, strict=True)]
+    if any(extra_begin) or any(extra_end):
+        x = b.module("pad", _pad_module(len(sym), extra_begin, extra_end, value), x)
+    return x, sym
+
+
+# A max pooling's border: the lowest float32, which no window that holds an input value
+# returns (ONNX and torch pad max pooling with -inf; the format's `pad` takes finite values).
+MAX_POOL_BORDER = float(np.finfo(np.float32).min)
 
 
 def _int_list(b: _Builder, node: Any, a: dict[str, Any], i: int, key: str) -> list[int] | None:
@@ -175,7 +215,25 @@ def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) ->
         return b.syms[ins[i]] if ins[i] in b.syms else np.asarray(b.consts[ins[i]])
 
     x = get(0)
-    if op == "Gather":
+    if op == "ConstantOfShape":
+        if x.dtype == object and None in x.flat:
+            raise _fail(node, "ConstantOfShape of the batch size is not supported")
+        from onnx import numpy_helper
+
+        dims = [int(v) for v in x.reshape(-1)]
+        if min(dims, default=0) < 0 or math.prod(dims) > FOLD_MAX_ELEMENTS:
+            raise _fail(node, f"shape {dims}: only small constants are folded")
+        fill = numpy_helper.to_array(a["value"]) if "value" in a else np.zeros(1, np.float32)
+        result = np.full(dims, fill.reshape(-1)[0], dtype=fill.dtype)
+    elif op == "Reshape":
+        target = [int(v) for v in b.const(ins[1], node).reshape(-1)]
+        if not a.get("allowzero", 0):  # 0 copies the input's dimension
+            target = [x.shape[i] if v == 0 and i < x.ndim else v for i, v in enumerate(target)]
+        result = x.reshape(target)
+    elif op == "Transpose":
+        perm = a.get("perm")
+        result = np.transpose(x, None if perm is None else [int(v) for v in perm])
+    elif op == "Gather":
         result = np.take(x, b.const(ins[1], node).astype(np.int64), axis=int(a.get("axis", 0)))
     elif op == "Unsqueeze":
         axes = _int_list(b, node, a, 1, "axes") or []
@@ -279,6 +337,43 @@ def _param(array: np.ndarray) -> nn.Parameter:
     return nn.Parameter(torch.from_numpy(np.array(array, dtype=np.float32)))
 
 
+def _convert_pad(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
+    """Pad in constant mode, of the spatial axes of an (N, C, L) or (N, C, H, W) value: its
+    pads from the attribute (opset < 11) or a constant input, over every axis or over the
+    constant ``axes`` input (opset 18)."""
+    mode = a.get("mode", b"constant")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "constant":
+        raise _fail(node, f"mode {mode!r} is not supported (only 'constant')")
+    ins = list(node.input)
+    rank = b.rank(ins[0])
+    if rank not in (3, 4):
+        raise _fail(node, f"padding a rank-{rank} value; only (N, C, L) and (N, C, H, W)")
+    pads = _int_list(b, node, a, 1, "pads")
+    axes = list(range(rank))
+    if len(ins) > 3 and ins[3]:
+        axes = [int(v) % rank for v in b.const(ins[3], node).reshape(-1)]
+    if pads is None or len(pads) != 2 * len(axes):
+        raise _fail(node, f"pads {pads}: expected 2 x {len(axes)} counts")
+    begin, end = [0] * rank, [0] * rank
+    for j, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[j], pads[len(axes) + j]
+    if any(begin[:2]) or any(end[:2]):
+        raise _fail(node, f"pads {pads} pad the batch or channel axis; only spatial axes")
+    if min(begin + end) < 0:
+        raise _fail(node, f"pads {pads}: negative pads (cropping) are not supported")
+    if "value" in a:
+        value = float(a["value"])
+    elif len(ins) > 2 and ins[2]:
+        value = float(np.asarray(b.const(ins[2], node)).reshape(-1)[0])
+    else:
+        value = 0.0
+    if not np.isfinite(value):
+        raise _fail(node, f"constant_value {value} is not finite")
+    pad = _pad_module(rank - 2, begin[2:], end[2:], value)
+    b.values[node.output[0]] = b.module("pad", pad, x)
+
+
 def _convert_node(b: _Builder, node: Any) -> None:
     op = node.op_type
     a = _attrs(node)
@@ -307,12 +402,13 @@ def _convert_node(b: _Builder, node: Any) -> None:
             raise _fail(node, f"{nd}-D convolution is not supported")
         cls: Any = nn.Conv1d if nd == 1 else nn.Conv2d
         groups = int(a.get("group", 1))
+        x, padding = _split_pads(b, x, *_pads(b, node, a, list(w.shape[2:])), 0.0)
         conv = cls(
             w.shape[1] * groups,
             w.shape[0],
             tuple(w.shape[2:]),
             stride=tuple(a.get("strides", [1] * nd)),
-            padding=tuple(_pads(b, node, a, list(w.shape[2:]))),
+            padding=tuple(padding),
             dilation=tuple(a.get("dilations", [1] * nd)),
             groups=groups,
             bias=len(ins) > 2 and bool(ins[2]),
@@ -377,11 +473,23 @@ def _convert_node(b: _Builder, node: Any) -> None:
             raise _fail(node, "only 1-D/2-D pooling is supported")
         if any(d != 1 for d in a.get("dilations", [1] * nd)):
             raise _fail(node, "dilated pooling is not supported")
+        begin, end = _pads(b, node, a, k)
+        ceil_mode = bool(a.get("ceil_mode", 0))
+        include_pad = op == "MaxPool" or bool(a.get("count_include_pad", 0))
+        if begin != end and (ceil_mode or not include_pad):
+            raise _fail(
+                node,
+                f"asymmetric padding (before {begin}, after {end}) is supported without "
+                "ceil_mode, and for average pooling only with count_include_pad",
+            )
+        if any(p >= kk or q >= kk for p, q, kk in zip(begin, end, k, strict=True)):
+            raise _fail(node, f"padding (before {begin}, after {end}) reaches a kernel {k}")
+        x, padding = _split_pads(b, x, begin, end, MAX_POOL_BORDER if op == "MaxPool" else 0.0)
         kw: dict[str, Any] = {
             "kernel_size": tuple(k),
             "stride": tuple(a.get("strides", [1] * nd)),
-            "padding": tuple(_pads(b, node, a, k)),
-            "ceil_mode": bool(a.get("ceil_mode", 0)),
+            "padding": tuple(padding),
+            "ceil_mode": ceil_mode,
         }
         if op == "MaxPool":
             if len(node.output) > 1 and node.output[1]:
@@ -391,6 +499,8 @@ def _convert_node(b: _Builder, node: Any) -> None:
             kw["count_include_pad"] = bool(a.get("count_include_pad", 0))
             pool = (nn.AvgPool1d if nd == 1 else nn.AvgPool2d)(**kw)
         b.values[out] = b.module("pool", pool, x)
+    elif op == "Pad":
+        _convert_pad(b, node, a, x)
     elif op == "GlobalAveragePool":
         b.values[out] = b.module("gap", GlobalAvgPool(), x)
     elif op in {"Add", "Mul"}:

@@ -147,6 +147,7 @@ REAL_OPS = {
     "flatten",
     "reshape",
     "concat",
+    "pad",
     *ELEMENTWISE_OPS,
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
@@ -543,6 +544,17 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
                 raise _fail(w, f"input {node.inputs[i]!r} {sh} does not match {first}")
             total += int(sh[axis] or 0)
         return ValueInfo("float", (*first[:axis], total, *first[axis + 1 :]))
+    if op == "pad":  # a constant border on the spatial axes: ONNX's Pad, torch's ConstantPadNd
+        node.n_inputs(1)
+        shape = need(0, "float", (3, 4))
+        nsp = len(shape) - 2
+        pads = _ints(f"{w}: attr 'pads'", node.attr("pads", required=True), 2 * nsp, minimum=0)
+        _number(f"{w}: attr 'value'", node.attr("value", 0.0))
+        spatial = tuple(
+            _int(f"{w}: padded axis {2 + i}", int(shape[2 + i] or 0) + pads[i] + pads[nsp + i])
+            for i in range(nsp)
+        )
+        return ValueInfo("float", (None, shape[1], *spatial))
     raise _fail(w, f"op {op!r} has no checker")  # pragma: no cover - KNOWN_OPS is closed
 
 

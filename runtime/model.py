@@ -680,6 +680,19 @@ class _Step:
                 np.concatenate(ins, axis=axis, out=out)
 
             return run_concat
+        if op == "pad":
+            pads = [int(v) for v in a["pads"]]
+            value = np.float32(a.get("value", 0.0))
+            nsp = len(pads) // 2
+            inner = tuple(
+                slice(pads[i], pads[i] + int(self.in_info[0].shape[2 + i] or 0)) for i in range(nsp)
+            )
+
+            def run_pad(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                out.fill(value)
+                out[(slice(None), slice(None), *inner)] = ins[0]
+
+            return run_pad
         if op in ("flatten", "reshape"):
 
             def run_view(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:

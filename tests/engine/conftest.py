@@ -113,6 +113,26 @@ class ErfGeluMaxPool(nn.Module):
         return self.fc(torch.cat([pooled, y.amax((2, 3))], dim=1))
 
 
+class SamePad(nn.Module):
+    """Asymmetric padding as torch exports it: an even kernel with padding="same" and an
+    explicit ZeroPad2d / F.pad (pads computed by a ConstantOfShape ... Transpose subgraph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 4, padding="same")
+        self.pad = nn.ZeroPad2d((0, 1, 1, 0))
+        self.b = nn.Conv2d(8, 16, 3, stride=2)
+        self.pool = nn.MaxPool2d(2, stride=1)
+        self.c = nn.Conv2d(16, 16, 2, padding="same")
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b(self.pad(torch.relu(self.a(x)))))
+        y = self.pool(nn.functional.pad(y, (1, 0, 0, 1), value=-0.5))
+        y = self.c(y).mean((2, 3))
+        return self.fc(y)
+
+
 class SmoothActivations(nn.Sequential):
     """An MLP through ELU (alpha 0.5), SELU, Softplus and Mish to LogSoftmax."""
 
@@ -141,6 +161,12 @@ def make_smooth_activations() -> type[nn.Module]:
 def make_erf_gelu() -> type[nn.Module]:
     """The :class:`ErfGeluMaxPool` class (export it with opset 17 for the Erf form)."""
     return ErfGeluMaxPool
+
+
+@pytest.fixture
+def make_same_pad() -> type[nn.Module]:
+    """The :class:`SamePad` class."""
+    return SamePad
 
 
 @pytest.fixture

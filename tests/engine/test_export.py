@@ -96,6 +96,7 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
         ("idioms", (3, 6, 6), {"factorization": "matrix", "scales": "channel"}),
         ("erf_gelu", (3, 7, 5), {"scales": "channel", "binarize_first_last": True}),
         ("smooth", (24,), {"factorization": "none", "scales": "channel"}),
+        ("same_pad", (3, 11, 10), {"factorization": "matrix", "scales": "channel"}),
     ],
 )
 def test_runtime_matches_binary_torch_model(
@@ -107,15 +108,18 @@ def test_runtime_matches_binary_torch_model(
     make_idioms,
     make_erf_gelu,
     make_smooth_activations,
+    make_same_pad,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
-    if factory in ("idioms", "erf_gelu"):  # through ONNX: Sub/Div, hardswish, an SE gate,
-        import warnings  # view; GELU as Div, Erf, Add, Mul (opset 17) and max pools
+    if factory in ("idioms", "erf_gelu", "same_pad"):  # through ONNX: Sub/Div, hardswish,
+        import warnings  # an SE gate, view; GELU as Div, Erf, Add, Mul (opset 17), max
 
+        # pools; asymmetric padding (pads before binary convolutions and a max pool)
         from engine.importers import load_model
 
         torch.manual_seed(0)
-        source = make_idioms() if factory == "idioms" else make_erf_gelu()
+        sources = {"idioms": make_idioms, "erf_gelu": make_erf_gelu, "same_pad": make_same_pad}
+        source = sources[factory]()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(

@@ -154,7 +154,6 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("forward", "match"),
     [
-        (lambda x: nn.functional.conv2d(x, torch.ones(2, 3, 4, 4), padding="same"), "asymmetric"),
         (lambda x: x.mean(1), r"ReduceMean over axes \[1\]"),
         (lambda x: x.view(x.size(0) * 3, -1), "on the batch size"),
         (lambda x: x / (x + 1), "constant divisor"),
@@ -220,6 +219,11 @@ def test_global_max_pool_matches_onnxruntime(tmp_path: Path) -> None:
         ),
         ([("Div", ["x", "z"], ["y"], {})], {"z": np.array(0, np.float32)}, "Div by zero"),
         (
+            [("ConstantOfShape", ["s"], ["c"], {}), ("Add", ["x", "c"], ["y"], {})],
+            {"s": np.array([1 << 12, 1 << 12], np.int64)},
+            r"shape \[4096, 4096\]: only small constants are folded",
+        ),
+        (
             [("LayerNormalization", ["x", "s"], ["y"], {"axis": 1})],
             {"s": np.ones(4, np.float32)},
             "must start the 1 trailing axes",
@@ -247,7 +251,12 @@ def test_malformed_nodes_are_named_not_crashes(
 
 
 def _helper_model(
-    tmp_path: Path, nodes: list[Any], in_shape: list[Any], inits: dict[str, np.ndarray], opset: int
+    tmp_path: Path,
+    nodes: list[Any],
+    in_shape: list[Any],
+    inits: dict[str, np.ndarray],
+    opset: int,
+    output: str = "y",
 ) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
@@ -255,7 +264,7 @@ def _helper_model(
         [helper.make_node(op, i, o, name=op, **attrs) for op, i, o, attrs in nodes],
         "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
     path = tmp_path / "m.onnx"
@@ -292,3 +301,124 @@ def test_reshape_must_keep_the_batch_first(tmp_path: Path) -> None:
         got = load_model(path).module(torch.from_numpy(np.repeat(x, 3, axis=0))).numpy()
     assert got.shape == (3, 36)
     np.testing.assert_array_equal(got[2], x.reshape(-1))
+
+
+def test_torch_same_padding_and_pads_match_onnxruntime(tmp_path: Path, make_same_pad) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    path = _export(make_same_pad(), (3, 11, 10), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((3, 3, 11, 10)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+W_CONV = np.random.default_rng(5).standard_normal((4, 3, 3, 2)).astype(np.float32)
+W_CONV1D = np.random.default_rng(6).standard_normal((4, 3, 4)).astype(np.float32)
+PADS = {"p": np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64), "v": np.array(0.25, np.float32)}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "inits", "in_shape", "opset"),
+    [
+        ([("Conv", ["x", "w"], ["y"], {"pads": [0, 1, 2, 0]})], {"w": W_CONV}, [3, 7, 6], 17),
+        (  # auto_pad SAME_* with an odd total: the extra one after (UPPER) or before (LOWER)
+            [("Conv", ["x", "w"], ["y"], {"auto_pad": "SAME_UPPER", "strides": [2, 2]})],
+            {"w": W_CONV},
+            [3, 8, 6],
+            17,
+        ),
+        (
+            [("Conv", ["x", "w"], ["y"], {"auto_pad": "SAME_LOWER"})],
+            {"w": W_CONV},
+            [3, 7, 6],
+            17,
+        ),
+        ([("Conv", ["x", "w"], ["y"], {"pads": [1, 2]})], {"w": W_CONV1D}, [3, 9], 17),
+        (
+            [("MaxPool", ["x"], ["y"], {"kernel_shape": [3, 2], "pads": [1, 0, 2, 1]})],
+            {},
+            [3, 7, 6],
+            17,
+        ),
+        (
+            [
+                (
+                    "AveragePool",
+                    ["x"],
+                    ["y"],
+                    {"kernel_shape": [2, 2], "pads": [0, 1, 1, 0], "count_include_pad": 1},
+                )
+            ],
+            {},
+            [3, 7, 6],
+            17,
+        ),
+        (
+            [("Pad", ["x"], ["y"], {"pads": [0, 0, 2, 1, 0, 0, 0, 3], "value": -1.5})],
+            {},
+            [3, 4, 5],
+            10,
+        ),
+        ([("Pad", ["x", "p", "v"], ["y"], {})], PADS, [3, 4, 5], 13),
+        (  # opset 18: pads of the listed axes only
+            [("Pad", ["x", "q", "", "a"], ["y"], {})],
+            {"q": np.array([1, 2, 0, 1], np.int64), "a": np.array([-1, 2], np.int64)},
+            [3, 4, 5],
+            18,
+        ),
+    ],
+)
+def test_asymmetric_padding_and_pad_match_onnxruntime(
+    tmp_path: Path, nodes: list[Any], inits: dict[str, np.ndarray], in_shape: list[int], opset: int
+) -> None:
+    nodes = [*nodes, ("Flatten", ["y"], ["f"], {"axis": 1})]
+    path = _helper_model(tmp_path, nodes, ["n", *in_shape], inits, opset, output="f")
+    x = np.random.default_rng(0).standard_normal((2, *in_shape)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    loaded = load_model(path)
+    if any(op != "Pad" for op, *_ in nodes[:-1]):  # the layer keeps only symmetric padding
+        assert any(
+            isinstance(m, nn.ConstantPad1d | nn.ConstantPad2d) for m in loaded.module.modules()
+        )
+    with torch.no_grad():
+        got = loaded.module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("node", "inits", "match"),
+    [
+        (
+            ("Pad", ["x"], ["y"], {"pads": [0, 0, 1, 1, 0, 0, 1, 1], "mode": "reflect"}),
+            {},
+            "mode 'reflect'",
+        ),
+        (("Pad", ["x"], ["y"], {"pads": [0, 1, 0, 0, 0, 0, 0, 0]}), {}, "batch or channel"),
+        (("Pad", ["x"], ["y"], {"pads": [0, 0, -1, 0, 0, 0, 0, 0]}), {}, "cropping"),
+        (
+            ("AveragePool", ["x"], ["y"], {"kernel_shape": [2, 2], "pads": [0, 0, 1, 1]}),
+            {},
+            "count_include_pad",
+        ),
+        (
+            (
+                "MaxPool",
+                ["x"],
+                ["y"],
+                {"kernel_shape": [2, 2], "pads": [0, 0, 1, 1], "ceil_mode": 1},
+            ),
+            {},
+            "without ceil_mode",
+        ),
+        (("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2], "pads": [0, 0, 2, 0]}), {}, "reaches"),
+        (("Conv", ["x", "w"], ["y"], {"pads": [0, 1, 2]}), {"w": W_CONV}, "expected 4 counts"),
+    ],
+)
+def test_padding_it_cannot_take_is_named(
+    tmp_path: Path, node: Any, inits: dict[str, np.ndarray], match: str
+) -> None:
+    nodes = [node, ("Flatten", ["y"], ["f"], {"axis": 1})]
+    path = _helper_model(tmp_path, nodes, ["n", 3, 4, 4], inits, 10, output="f")
+    with pytest.raises(UserInputError, match=match):
+        load_model(path)

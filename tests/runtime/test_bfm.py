@@ -317,3 +317,39 @@ def test_layernorm_and_activations_are_validated(
         return
     with pytest.raises(FormatError, match=match):
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+
+
+def _pad_graph(attrs: dict[str, Any], shape: list[int | None]) -> dict[str, Any]:
+    return {
+        "inputs": [{"name": "x", "shape": [None, 2, 5, 7], "dtype": "float32"}],
+        "outputs": [{"name": "y", "shape": shape, "dtype": "float32"}],
+        "nodes": [{"op": "pad", "name": "p", "inputs": ["x"], "outputs": ["y"], "attrs": attrs}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("attrs", "shape", "match"),
+    [
+        ({"pads": [0, 1, 2, 3]}, [None, 2, 7, 11], None),
+        ({"pads": [1, 0, 0, 0], "value": -2.5}, [None, 2, 6, 7], None),
+        ({"pads": [0, 1, 2, 3]}, [None, 2, 7, 10], "declared float"),
+        ({}, [None, 2, 5, 7], "missing attr 'pads'"),
+        ({"pads": [1, 1]}, [None, 2, 5, 7], r"pads.*4"),
+        ({"pads": [0, -1, 0, 0]}, [None, 2, 5, 7], "pads"),
+        ({"pads": [0, 1.5, 0, 0]}, [None, 2, 5, 7], "pads"),
+        ({"pads": [0, 0, 0, 0], "value": "zero"}, [None, 2, 5, 7], "expected a number"),
+        ({"pads": [0, 0, 0, 0], "value": float("nan")}, [None, 2, 5, 7], "finite"),
+        ({"pads": [0, 0, 2**40, 0]}, [None, 2, 5, 7], "out of range"),
+        ({"pads": [2**22, 2**22, 2**22, 2**22]}, [None, 2, 5, 7], "above the limit"),
+        ({"pads": [0, 0, 0, 0], "mode": "reflect"}, [None, 2, 5, 7], "unknown attrs.*mode"),
+    ],
+)
+def test_pad_is_validated(
+    tmp_path: Path, attrs: dict[str, Any], shape: list[int | None], match: str | None
+) -> None:
+    graph = _pad_graph(attrs, shape)
+    if match is None:
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+        return
+    with pytest.raises(FormatError, match=match):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})

@@ -174,6 +174,10 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = F.mish(x0)
         elif op == "log_softmax":
             y = torch.log_softmax(x0, dim=a.get("axis", 1))
+        elif op == "pad":  # pads: begins, then ends; F.pad wants (begin, end) from the last
+            pads, nsp = a["pads"], len(a["pads"]) // 2
+            widths = [v for i in reversed(range(nsp)) for v in (pads[i], pads[nsp + i])]
+            y = F.pad(x0, widths, value=a.get("value", 0.0))
         else:  # pragma: no cover
             raise AssertionError(op)
         env[node["outputs"][0]] = y
@@ -572,7 +576,38 @@ def pure_binary_chain() -> Builder:
     return b
 
 
+def padded_model() -> Builder:
+    """Asymmetric padding as importers write it: a pad (border 0, and -0.5) before a real
+    convolution, a max pooling and a binary convolution whose sign-packed input holds the
+    border; a 1-d pad with the default value."""
+    b = Builder(6, "x", [None, 3, 9, 11])
+    r = b.rng
+    p0 = b.node("pad", "p0", ["x"], {"pads": [0, 1, 2, 0]})  # bottom 2, left 1
+    c0 = b.node(
+        "conv2d",
+        "c0",
+        [p0],
+        {"stride": [2, 2], "padding": [0, 0]},
+        {"weight": b.tensor("c0.w", r.standard_normal((8, 3, 3, 3)).astype(np.float32))},
+    )  # (8, 5, 5)
+    p1 = b.node("pad", "p1", [c0], {"pads": [1, 0, 0, 1], "value": -0.5})
+    mp = b.node("maxpool2d", "mp", [p1], {"kernel_size": [2, 2], "stride": [1, 1]})  # (8, 5, 5)
+    bits = b.node("sign_pack", "s", [b.node("pad", "p2", [mp], {"pads": [2, 2, 1, 0]})])
+    bc = b.node(
+        "bconv2d",
+        "bc",
+        [bits],
+        {"in_channels": 8, "out_channels": 6, "kernel_size": [3, 3], "padding": [1, 1]},
+        {"weight": b.binary_weight("bc.w", 6, (3, 3), 8), "scale": b.vec("bc.s", 6)},
+    )  # (6, 8, 7)
+    flat = b.node("reshape", "rs", [bc], {"shape": [6, 56]})
+    b.node("pad", "p3", [flat], {"pads": [3, 1]})
+    b.output("p3", [None, 6, 60])
+    return b
+
+
 MODELS = {
+    "padded": padded_model,
     "resnet_like": resnet_like,
     "sequence": sequence_model,
     "real_ops": real_ops_model,
