@@ -475,20 +475,60 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
             rhs = ex.emit("flatten", f"{node.name}.per_channel", [rhs])
         ex.names[node] = ex.emit("add" if is_add else "mul", node.name, [ex.value(a, node), rhs])
     elif target in (torch.flatten, "flatten"):
-        start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
-        if start != 1 or node.kwargs.get("end_dim", -1) != -1 or (len(args) > 2 and args[2] != -1):
-            raise UserInputError(f"export: {node.name} must flatten dims 1..-1")
-        ex.names[node] = ex.emit("flatten", node.name, [ex.value(args[0], node)])
+        start: Any = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+        end: Any = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+        rank = len(ex.shape(args[0]))  # type: ignore[arg-type]
+        if int(start) % rank == 0:
+            raise UserInputError(f"export: {node.name} flattens the batch axis into others")
+        x = ex.value(args[0], node)
+        if int(start) % rank == 1 and int(end) % rank == rank - 1:
+            ex.names[node] = ex.emit("flatten", node.name, [x])
+        else:  # some axes only: a reshape to the traced shape
+            dims_out = list(ex.shape(node)[1:])
+            ex.names[node] = ex.emit("reshape", node.name, [x], attrs={"shape": dims_out})
+    elif target in (torch.mean, "mean"):  # over every spatial axis: global average pooling
+        dim: Any = args[1] if len(args) > 1 else node.kwargs.get("dim")
+        keep = bool(args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
+        rank = len(ex.shape(args[0]))  # type: ignore[arg-type]
+        axes = sorted({int(d) % rank for d in (dim if isinstance(dim, tuple | list) else [dim])})
+        if dim is None or rank < 3 or axes != list(range(2, rank)):
+            raise UserInputError(
+                f"export: {node.name} averages over {dim}; only over every spatial axis"
+            )
+        pooled = ex.emit("global_avgpool", node.name, [ex.value(args[0], node)])
+        if keep:
+            pooled = ex.emit(
+                "reshape",
+                f"{node.name}.keepdim",
+                [pooled],
+                attrs={"shape": list(ex.shape(node)[1:])},
+            )
+        ex.names[node] = pooled
     elif target in (torch.reshape, "view", "reshape"):
         shape = ex.shape(node)
         ex.names[node] = ex.emit(
             "reshape", node.name, [ex.value(args[0], node)], attrs={"shape": list(shape[1:])}
         )
+    elif target in (torch.permute, "permute", torch.transpose, "transpose"):
+        rank = len(ex.shape(node))
+        rest: Any = args[1:]
+        if target in (torch.transpose, "transpose"):  # swaps two axes
+            i, j = (int(v) % rank for v in rest)
+            perm = list(range(rank))
+            perm[i], perm[j] = perm[j], perm[i]
+        else:  # permute(x, dims) or x.permute(*dims)
+            dims = rest[0] if len(rest) == 1 and isinstance(rest[0], tuple | list) else rest
+            perm = [int(v) % rank for v in dims]
+        if perm[0] != 0:
+            raise UserInputError(f"export: {node.name} moves the batch axis ({perm})")
+        ex.names[node] = ex.emit(
+            "transpose", node.name, [ex.value(args[0], node)], attrs={"perm": perm}
+        )
     elif target in (torch.cat, torch.concat):
         parts = args[0]
         dim = args[1] if len(args) > 1 else node.kwargs.get("dim", 0)
         rank = len(ex.shape(node))
-        axis = int(dim) % rank  # type: ignore[arg-type]
+        axis = int(dim) % rank
         ex.names[node] = ex.emit(
             "concat",
             node.name,

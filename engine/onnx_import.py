@@ -501,6 +501,14 @@ def _convert_node(b: _Builder, node: Any) -> None:
         b.values[out] = b.module("pool", pool, x)
     elif op == "Pad":
         _convert_pad(b, node, a, x)
+    elif op == "Transpose":  # of a value (on constants it is folded): the batch stays first
+        rank = b.rank(ins[0])
+        if rank is None:
+            raise _fail(node, "Transpose needs an input of known rank")
+        perm = [int(v) % rank for v in a.get("perm", range(rank - 1, -1, -1))]
+        if perm[0] != 0:
+            raise _fail(node, f"perm {perm} moves the batch axis; only the others may move")
+        b.values[out] = b.graph.call_function(torch.permute, (x, tuple(perm)))
     elif op == "GlobalAveragePool":
         b.values[out] = b.module("gap", GlobalAvgPool(), x)
     elif op in {"Add", "Mul"}:

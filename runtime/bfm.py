@@ -148,6 +148,7 @@ REAL_OPS = {
     "reshape",
     "concat",
     "pad",
+    "transpose",
     *ELEMENTWISE_OPS,
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
@@ -555,6 +556,13 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
             for i in range(nsp)
         )
         return ValueInfo("float", (None, shape[1], *spatial))
+    if op == "transpose":  # the batch axis stays first
+        node.n_inputs(1)
+        shape = need(0, "float", (2, 3, 4))
+        perm = _ints(f"{w}: attr 'perm'", node.attr("perm", required=True), len(shape), minimum=0)
+        if sorted(perm) != list(range(len(shape))) or perm[0] != 0:
+            raise _fail(w, f"attr 'perm' {list(perm)} must reorder the axes, the batch axis first")
+        return ValueInfo("float", tuple(shape[i] for i in perm))
     raise _fail(w, f"op {op!r} has no checker")  # pragma: no cover - KNOWN_OPS is closed
 
 

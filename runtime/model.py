@@ -693,6 +693,13 @@ class _Step:
                 out[(slice(None), slice(None), *inner)] = ins[0]
 
             return run_pad
+        if op == "transpose":
+            perm = tuple(int(v) for v in a["perm"])
+
+            def run_transpose(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                np.copyto(out, ins[0].transpose(perm))
+
+            return run_transpose
         if op in ("flatten", "reshape"):
 
             def run_view(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:

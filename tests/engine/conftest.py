@@ -133,6 +133,25 @@ class SamePad(nn.Module):
         return self.fc(y)
 
 
+class ChannelsLast(nn.Module):
+    """An (N, H, W, C) input permuted to NCHW (as TensorFlow exports begin), a convolution
+    pair, then the pixels as a sequence: transposed to (N, HW, C) and back for a 1-d
+    convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.seq = nn.Conv1d(16, 16, 3)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b(torch.relu(self.a(x.permute(0, 3, 1, 2)))))
+        tokens = y.flatten(2).transpose(1, 2)  # (N, HW, C)
+        y = self.seq(torch.relu(tokens).transpose(1, 2))
+        return self.fc(y.mean(2))
+
+
 class SmoothActivations(nn.Sequential):
     """An MLP through ELU (alpha 0.5), SELU, Softplus and Mish to LogSoftmax."""
 
@@ -161,6 +180,12 @@ def make_smooth_activations() -> type[nn.Module]:
 def make_erf_gelu() -> type[nn.Module]:
     """The :class:`ErfGeluMaxPool` class (export it with opset 17 for the Erf form)."""
     return ErfGeluMaxPool
+
+
+@pytest.fixture
+def make_channels_last() -> type[nn.Module]:
+    """The :class:`ChannelsLast` class."""
+    return ChannelsLast
 
 
 @pytest.fixture

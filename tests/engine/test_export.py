@@ -97,6 +97,7 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
         ("erf_gelu", (3, 7, 5), {"scales": "channel", "binarize_first_last": True}),
         ("smooth", (24,), {"factorization": "none", "scales": "channel"}),
         ("same_pad", (3, 11, 10), {"factorization": "matrix", "scales": "channel"}),
+        ("channels_last", (6, 5, 3), {"factorization": "none", "scales": "channel"}),
     ],
 )
 def test_runtime_matches_binary_torch_model(
@@ -109,6 +110,7 @@ def test_runtime_matches_binary_torch_model(
     make_erf_gelu,
     make_smooth_activations,
     make_same_pad,
+    make_channels_last,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
     if factory in ("idioms", "erf_gelu", "same_pad"):  # through ONNX: Sub/Div, hardswish,
@@ -136,6 +138,7 @@ def test_runtime_matches_binary_torch_model(
         named = {
             "tiny_conv1d": make_tiny_conv1d,
             "smooth": lambda: make_smooth_activations(24, 64, 5),
+            "channels_last": make_channels_last,  # traced by torch.fx: permute, transpose
         }
         model = named[factory]() if isinstance(factory, str) else factory()
     bn_randomizer(model)
@@ -186,6 +189,25 @@ def test_unsupported_module_is_reported(tmp_path: Path) -> None:
 
     with pytest.raises(UserInputError, match=r"act \(SiLU\) is not supported"):
         build_graph(torch.fx.symbolic_trace(WithSilu()), (8,))
+
+
+@pytest.mark.parametrize(
+    ("forward", "match"),
+    [
+        (lambda x: x.mean(1), r"averages over 1; only over every spatial axis"),
+        (lambda x: x.flatten(0), "flattens the batch axis"),
+        (lambda x: x.permute(1, 0, 2, 3).flatten(1), r"moves the batch axis \(\[1, 0, 2, 3\]\)"),
+    ],
+)
+def test_axis_operations_it_cannot_export_are_named(forward: object, match: str) -> None:
+    from engine.errors import UserInputError
+
+    class Model(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forward(x)  # type: ignore[operator, no-any-return]
+
+    with pytest.raises(UserInputError, match=match):
+        build_graph(torch.fx.symbolic_trace(Model()), (3, 4, 5))
 
 
 def test_module_called_twice_exports_uniquely_named_nodes(tmp_path: Path) -> None:

@@ -422,3 +422,25 @@ def test_padding_it_cannot_take_is_named(
     path = _helper_model(tmp_path, nodes, ["n", 3, 4, 4], inits, 10, output="f")
     with pytest.raises(UserInputError, match=match):
         load_model(path)
+
+
+def test_transposes_that_keep_the_batch_first_match_onnxruntime(
+    tmp_path: Path, make_channels_last
+) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    path = _export(make_channels_last(), (6, 5, 3), tmp_path / "m.onnx")
+    assert "Transpose" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    x = np.random.default_rng(0).standard_normal((3, 6, 5, 3)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_transpose_of_the_batch_axis_is_named(tmp_path: Path) -> None:
+    nodes = [
+        ("Transpose", ["x"], ["t"], {"perm": [1, 0, 2]}),
+        ("Flatten", ["t"], ["y"], {"axis": 1}),
+    ]
+    with pytest.raises(UserInputError, match=r"perm \[1, 0, 2\] moves the batch axis"):
+        load_model(_helper_model(tmp_path, nodes, ["n", 3, 4], {}, 13))

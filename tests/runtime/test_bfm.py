@@ -353,3 +353,27 @@ def test_pad_is_validated(
         return
     with pytest.raises(FormatError, match=match):
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+
+
+@pytest.mark.parametrize(
+    ("perm", "shape", "match"),
+    [
+        ([0, 2, 3, 1], [None, 5, 7, 2], None),
+        ([0, 1, 2, 3], [None, 2, 5, 7], None),
+        ([0, 2, 3, 1], [None, 2, 5, 7], "declared float"),
+        ([1, 0, 2, 3], [None, 2, 5, 7], "batch axis first"),
+        ([0, 2, 2, 1], [None, 5, 5, 2], "reorder the axes"),
+        ([0, 2, 1], [None, 5, 2], r"perm.*4 integers"),
+        ([0, 4, 1, 2], [None, 5, 2, 7], "reorder the axes"),
+    ],
+)
+def test_transpose_is_validated(
+    tmp_path: Path, perm: list[int], shape: list[int | None], match: str | None
+) -> None:
+    graph = _pad_graph({}, shape)
+    graph["nodes"][0].update(op="transpose", attrs={"perm": perm})
+    if match is None:
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+        return
+    with pytest.raises(FormatError, match=match):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})

@@ -174,6 +174,8 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = F.mish(x0)
         elif op == "log_softmax":
             y = torch.log_softmax(x0, dim=a.get("axis", 1))
+        elif op == "transpose":
+            y = x0.permute(*a["perm"])
         elif op == "pad":  # pads: begins, then ends; F.pad wants (begin, end) from the last
             pads, nsp = a["pads"], len(a["pads"]) // 2
             widths = [v for i in reversed(range(nsp)) for v in (pads[i], pads[nsp + i])]
@@ -606,7 +608,42 @@ def padded_model() -> Builder:
     return b
 
 
+def transposed_model() -> Builder:
+    """An NHWC input transposed to NCHW for a real and a binary convolution, back to
+    channels-last, and a 3-d (N, L, C) transpose before a 1-d convolution."""
+    b = Builder(7, "x", [None, 6, 5, 3])
+    r = b.rng
+    t0 = b.node("transpose", "t0", ["x"], {"perm": [0, 3, 1, 2]})  # (3, 6, 5)
+    c0 = b.node(
+        "conv2d",
+        "c0",
+        [t0],
+        {"padding": [1, 1]},
+        {"weight": b.tensor("c0.w", r.standard_normal((8, 3, 3, 3)).astype(np.float32))},
+    )
+    bc = b.node(
+        "bconv2d",
+        "bc",
+        [b.node("sign_pack", "s", [c0])],
+        {"in_channels": 8, "out_channels": 4, "kernel_size": [2, 2]},
+        {"weight": b.binary_weight("bc.w", 4, (2, 2), 8), "scale": b.vec("bc.s", 4)},
+    )  # (4, 5, 4)
+    t1 = b.node("transpose", "t1", [bc], {"perm": [0, 2, 3, 1]})  # (5, 4, 4)
+    seq = b.node("reshape", "rs", [t1], {"shape": [20, 4]})  # (L, C) = (20, 4)
+    t2 = b.node("transpose", "t2", [seq], {"perm": [0, 2, 1]})  # (4, 20)
+    b.node(
+        "conv1d",
+        "c1",
+        [t2],
+        {"stride": [2]},
+        {"weight": b.tensor("c1.w", r.standard_normal((3, 4, 3)).astype(np.float32))},
+    )
+    b.output("c1", [None, 3, 9])
+    return b
+
+
 MODELS = {
+    "transposed": transposed_model,
     "padded": padded_model,
     "resnet_like": resnet_like,
     "sequence": sequence_model,
