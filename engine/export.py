@@ -397,9 +397,15 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
     elif isinstance(mod, nn.ConstantPad1d | nn.ConstantPad2d):  # includes ZeroPad2d
         # torch: (begin, end) of the last axis first; the format: begins, then ends
         widths = [int(v) for v in mod.padding]
-        nsp = len(widths) // 2
+        nsp, padded = len(ex.shape(node)) - 2, len(widths) // 2  # axes it has, axes padded
         if min(widths) < 0:
             raise UserInputError(f"export: pad {name} crops ({widths}); only padding exports")
+        if not 1 <= nsp <= 2 or padded > nsp:
+            raise UserInputError(
+                f"export: pad {name} pads {padded} trailing axes of a rank-{nsp + 2} value; "
+                "only the spatial axes of (N, C, L) or (N, C, H, W) values"
+            )
+        widths += [0, 0] * (nsp - padded)  # (begin, end) from the last axis
         begins = [widths[2 * (nsp - 1 - i)] for i in range(nsp)]
         ends = [widths[2 * (nsp - 1 - i) + 1] for i in range(nsp)]
         out = ex.emit("pad", name, [x], attrs={"pads": begins + ends, "value": float(mod.value)})

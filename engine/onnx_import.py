@@ -12,12 +12,14 @@ BatchNormalization, Relu, PRelu, LeakyRelu, Clip, Sigmoid, Tanh, MaxPool, Averag
 GlobalAveragePool, Add, Mul, Flatten, Reshape, Concat, Identity, Dropout, Constant,
 Softmax, LayerNormalization (over trailing axes), Gelu, Sub, Div (by a constant),
 Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis), HardSigmoid,
-HardSwish, ``auto_pad`` when it pads symmetrically, and shape arithmetic on constants and
-on the input's shape (Shape, Gather, Unsqueeze, Squeeze, Concat, Cast, Slice, Add, Sub,
-Mul, Div), so ``x.view(x.size(0), -1)`` imports; Erf, Elu, Selu, Softplus, Mish,
-LogSoftmax; GlobalMaxPool and ReduceMax over every spatial axis. Models must have one
-input with a fixed shape except the batch dimension, and be self-contained (external data
-is refused).
+HardSwish, Pad (constant mode, spatial axes), Transpose (keeping the batch first),
+asymmetric ``pads`` and ``auto_pad`` (a pad module before the layer), and shape
+arithmetic on constants and on the input's shape (Shape, Gather, Unsqueeze, Squeeze,
+Concat, Cast, Slice, Add, Sub, Mul, Div; ConstantOfShape, Reshape and Transpose of
+constants), so ``x.view(x.size(0), -1)`` and torch's ``F.pad`` import; Erf, Elu, Selu,
+Softplus, Mish, LogSoftmax; GlobalMaxPool and ReduceMax over every spatial axis. Models
+must have one input with a fixed shape except the batch dimension, and be self-contained
+(external data is refused).
 """
 
 from __future__ import annotations
@@ -146,12 +148,18 @@ def _pad_module(nd: int, begin: list[int], end: list[int], value: float) -> nn.M
     return cls(widths, value)
 
 
-def _split_pads(
-    b: _Builder, x: Any, begin: list[int], end: list[int], value: float
-) -> tuple[Any, list[int]]:
-    """The layer keeps the symmetric part of its padding; what one side has more becomes a
-    padding module before it (border ``value``). Returns the layer's input and padding."""
+def _kept_pads(begin: list[int], end: list[int], cap: list[int] | None = None) -> list[int]:
+    """The padding a layer keeps: the symmetric part, at most ``cap`` (torch's pooling
+    takes at most half its kernel)."""
     sym = [min(p, q) for p, q in zip(begin, end, strict=True)]
+    return sym if cap is None else [min(v, c) for v, c in zip(sym, cap, strict=True)]
+
+
+def _split_pads(
+    b: _Builder, x: Any, begin: list[int], end: list[int], value: float, sym: list[int]
+) -> tuple[Any, list[int]]:
+    """The layer keeps padding ``sym``; the rest becomes a padding module before it (border
+    ``value``). Returns the layer's input and padding."""
     extra_begin = [p - s for p, s in zip(begin, sym, strict=True)]
     extra_end = [q - s for q, s in zip(end, sym, strict=True)]
     if any(extra_begin) or any(extra_end):
@@ -161,7 +169,8 @@ def _split_pads(
 
 # A max pooling's border: the lowest float32, which no window that holds an input value
 # returns (ONNX and torch pad max pooling with -inf; the format's `pad` takes finite values).
-MAX_POOL_BORDER = float(np.finfo(np.float32).min)
+MAX_FLOAT32 = float(np.finfo(np.float32).max)
+MAX_POOL_BORDER = -MAX_FLOAT32
 
 
 def _int_list(b: _Builder, node: Any, a: dict[str, Any], i: int, key: str) -> list[int] | None:
@@ -346,13 +355,20 @@ def _convert_pad(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
     if mode != "constant":
         raise _fail(node, f"mode {mode!r} is not supported (only 'constant')")
     ins = list(node.input)
+    if x is None:
+        raise _fail(node, "Pad of a constant is not supported (only of values)")
     rank = b.rank(ins[0])
+    if rank is None:
+        raise _fail(node, "Pad needs an input of known rank")
     if rank not in (3, 4):
         raise _fail(node, f"padding a rank-{rank} value; only (N, C, L) and (N, C, H, W)")
     pads = _int_list(b, node, a, 1, "pads")
     axes = list(range(rank))
     if len(ins) > 3 and ins[3]:
-        axes = [int(v) % rank for v in b.const(ins[3], node).reshape(-1)]
+        axes = [int(v) for v in b.const(ins[3], node).reshape(-1)]
+        if any(not -rank <= v < rank for v in axes):
+            raise _fail(node, f"axes {axes} out of range for rank {rank}")
+        axes = [v % rank for v in axes]
     if pads is None or len(pads) != 2 * len(axes):
         raise _fail(node, f"pads {pads}: expected 2 x {len(axes)} counts")
     begin, end = [0] * rank, [0] * rank
@@ -368,8 +384,8 @@ def _convert_pad(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         value = float(np.asarray(b.const(ins[2], node)).reshape(-1)[0])
     else:
         value = 0.0
-    if not np.isfinite(value):
-        raise _fail(node, f"constant_value {value} is not finite")
+    if not abs(value) <= MAX_FLOAT32:  # NaN too
+        raise _fail(node, f"constant_value {value} is not a finite float32")
     pad = _pad_module(rank - 2, begin[2:], end[2:], value)
     b.values[node.output[0]] = b.module("pad", pad, x)
 
@@ -402,7 +418,8 @@ def _convert_node(b: _Builder, node: Any) -> None:
             raise _fail(node, f"{nd}-D convolution is not supported")
         cls: Any = nn.Conv1d if nd == 1 else nn.Conv2d
         groups = int(a.get("group", 1))
-        x, padding = _split_pads(b, x, *_pads(b, node, a, list(w.shape[2:])), 0.0)
+        begin, end = _pads(b, node, a, list(w.shape[2:]))
+        x, padding = _split_pads(b, x, begin, end, 0.0, _kept_pads(begin, end))
         conv = cls(
             w.shape[1] * groups,
             w.shape[0],
@@ -476,15 +493,18 @@ def _convert_node(b: _Builder, node: Any) -> None:
         begin, end = _pads(b, node, a, k)
         ceil_mode = bool(a.get("ceil_mode", 0))
         include_pad = op == "MaxPool" or bool(a.get("count_include_pad", 0))
-        if begin != end and (ceil_mode or not include_pad):
-            raise _fail(
-                node,
-                f"asymmetric padding (before {begin}, after {end}) is supported without "
-                "ceil_mode, and for average pooling only with count_include_pad",
-            )
         if any(p >= kk or q >= kk for p, q, kk in zip(begin, end, k, strict=True)):
             raise _fail(node, f"padding (before {begin}, after {end}) reaches a kernel {k}")
-        x, padding = _split_pads(b, x, begin, end, MAX_POOL_BORDER if op == "MaxPool" else 0.0)
+        kept = _kept_pads(begin, end, [kk // 2 for kk in k])
+        if (begin != kept or end != kept) and (ceil_mode or not include_pad):
+            raise _fail(
+                node,
+                f"padding before {begin} and after {end} (asymmetric, or above half the "
+                f"kernel {k}) is supported without ceil_mode, and for average pooling only "
+                "with count_include_pad",
+            )
+        border = MAX_POOL_BORDER if op == "MaxPool" else 0.0
+        x, padding = _split_pads(b, x, begin, end, border, kept)
         kw: dict[str, Any] = {
             "kernel_size": tuple(k),
             "stride": tuple(a.get("strides", [1] * nd)),

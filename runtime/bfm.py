@@ -33,6 +33,7 @@ MAX_TENSOR_ELEMENTS = 1 << 31
 MAX_TENSOR_DIMS = 8
 MAX_NODES = 100_000
 MAX_DIM = 1 << 24
+MAX_FLOAT32 = float(np.finfo(np.float32).max)
 MAX_VALUE_ELEMENTS = 1 << 30  # per batch item, for every value of the graph
 # a binary layer's dot products (in_channels x kernel taps) stay below 2**30: the C kernels'
 # int32 accumulators hold K - 2 * popcount without overflow
@@ -550,7 +551,9 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         shape = need(0, "float", (3, 4))
         nsp = len(shape) - 2
         pads = _ints(f"{w}: attr 'pads'", node.attr("pads", required=True), 2 * nsp, minimum=0)
-        _number(f"{w}: attr 'value'", node.attr("value", 0.0))
+        value = _number(f"{w}: attr 'value'", node.attr("value", 0.0))
+        if abs(value) > MAX_FLOAT32:
+            raise _fail(w, f"attr 'value' {value} is outside float32's range")
         spatial = tuple(
             _int(f"{w}: padded axis {2 + i}", int(shape[2 + i] or 0) + pads[i] + pads[nsp + i])
             for i in range(nsp)

@@ -210,6 +210,30 @@ def test_axis_operations_it_cannot_export_are_named(forward: object, match: str)
         build_graph(torch.fx.symbolic_trace(Model()), (3, 4, 5))
 
 
+def test_pads_of_the_trailing_axes_export_as_pad(tmp_path: Path) -> None:
+    # ConstantPad1d on an (N, C, H, W) value pads W only; ZeroPad2d both spatial axes
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.ConstantPad1d((2, 1), -0.5), nn.Conv2d(3, 4, 3), nn.ZeroPad2d((0, 1, 2, 0)), nn.Flatten()
+    ).eval()
+    graph, tensors = build_graph(torch.fx.symbolic_trace(model), (3, 5, 6))
+    assert [n["attrs"]["pads"] for n in graph["nodes"] if n["op"] == "pad"] == [
+        [0, 2, 0, 1],
+        [2, 0, 0, 1],
+    ]
+    runtime.write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+    x = torch.randn(2, 3, 5, 6)
+    got = runtime.load(tmp_path / "m.bfm").run(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-2, atol=1e-2)  # F16 weights
+
+    from engine.errors import UserInputError
+
+    wide = nn.Sequential(nn.Conv1d(3, 4, 3), nn.ConstantPad2d((1, 1, 1, 1), 0.0), nn.Flatten())
+    with pytest.raises(UserInputError, match="pads 2 trailing axes of a rank-3 value"):
+        build_graph(torch.fx.symbolic_trace(wide.eval()), (3, 9))
+
+
 def test_module_called_twice_exports_uniquely_named_nodes(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = ResNetCIFAR(depth=8, width=8, num_classes=3).eval()

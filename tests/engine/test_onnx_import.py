@@ -361,6 +361,25 @@ PADS = {"p": np.array([0, 0, 1, 0, 0, 0, 0, 2], np.int64), "v": np.array(0.25, n
             10,
         ),
         ([("Pad", ["x", "p", "v"], ["y"], {})], PADS, [3, 4, 5], 13),
+        (  # pads above half the kernel: torch's pools take at most half, a pad the rest
+            [("MaxPool", ["x"], ["y"], {"kernel_shape": [3, 3], "pads": [2, 1, 2, 2]})],
+            {},
+            [3, 7, 6],
+            17,
+        ),
+        (
+            [
+                (
+                    "AveragePool",
+                    ["x"],
+                    ["y"],
+                    {"kernel_shape": [3, 3], "pads": [2, 2, 2, 2], "count_include_pad": 1},
+                )
+            ],
+            {},
+            [3, 7, 6],
+            17,
+        ),
         (  # opset 18: pads of the listed axes only
             [("Pad", ["x", "q", "", "a"], ["y"], {})],
             {"q": np.array([1, 2, 0, 1], np.int64), "a": np.array([-1, 2], np.int64)},
@@ -412,6 +431,12 @@ def test_asymmetric_padding_and_pad_match_onnxruntime(
             "without ceil_mode",
         ),
         (("MaxPool", ["x"], ["y"], {"kernel_shape": [2, 2], "pads": [0, 0, 2, 0]}), {}, "reaches"),
+        (
+            ("AveragePool", ["x"], ["y"], {"kernel_shape": [3, 3], "pads": [2, 2, 2, 2]}),
+            {},
+            "above half the kernel",
+        ),
+        (("Pad", ["x"], ["y"], {"pads": [0, 0, 1, 1, 0, 0, 1, 1], "value": 1e39}), {}, "float32"),
         (("Conv", ["x", "w"], ["y"], {"pads": [0, 1, 2]}), {"w": W_CONV}, "expected 4 counts"),
     ],
 )
@@ -444,3 +469,10 @@ def test_transpose_of_the_batch_axis_is_named(tmp_path: Path) -> None:
     ]
     with pytest.raises(UserInputError, match=r"perm \[1, 0, 2\] moves the batch axis"):
         load_model(_helper_model(tmp_path, nodes, ["n", 3, 4], {}, 13))
+
+
+def test_pad_axes_out_of_range_are_named(tmp_path: Path) -> None:
+    inits = {"p": np.array([1, 2], np.int64), "a": np.array([7], np.int64)}
+    nodes = [("Pad", ["x", "p", "", "a"], ["t"], {}), ("Flatten", ["t"], ["y"], {"axis": 1})]
+    with pytest.raises(UserInputError, match=r"axes \[7\] out of range for rank 4"):
+        load_model(_helper_model(tmp_path, nodes, ["n", 3, 4, 5], inits, 18))

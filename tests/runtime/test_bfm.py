@@ -339,6 +339,7 @@ def _pad_graph(attrs: dict[str, Any], shape: list[int | None]) -> dict[str, Any]
         ({"pads": [0, 1.5, 0, 0]}, [None, 2, 5, 7], "pads"),
         ({"pads": [0, 0, 0, 0], "value": "zero"}, [None, 2, 5, 7], "expected a number"),
         ({"pads": [0, 0, 0, 0], "value": float("nan")}, [None, 2, 5, 7], "finite"),
+        ({"pads": [0, 0, 0, 0], "value": 1e39}, [None, 2, 5, 7], "outside float32's range"),
         ({"pads": [0, 0, 2**40, 0]}, [None, 2, 5, 7], "out of range"),
         ({"pads": [2**22, 2**22, 2**22, 2**22]}, [None, 2, 5, 7], "above the limit"),
         ({"pads": [0, 0, 0, 0], "mode": "reflect"}, [None, 2, 5, 7], "unknown attrs.*mode"),
