@@ -101,3 +101,15 @@ def fconv(
     bits: _Array | None = None,
     threshold: _Array | None = None,
 ) -> int: ...
+def dwconv_scratch_bytes(geometry: tuple[int, ...], threads: int = 1, /) -> int: ...
+def dwconv(
+    x: _Array,
+    weight: _Array,
+    bias: _Array | None,
+    out: _Array,
+    scratch: _Array,
+    geometry: tuple[int, ...],
+    relu: bool,
+    threads: int,
+    isa: str | None = None,
+) -> int: ...

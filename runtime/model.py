@@ -326,6 +326,9 @@ class _Step:
                 weight, bias, (cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw), fused_relu
             )
         assert FUSED_POOL not in a  # _fuse_pool fuses only what _build_fconv runs
+        if groups == cin and cin_g == 1:  # depthwise (any channel multiplier)
+            geometry = (cin, h, w, cout // cin, kh, kw, sh, sw, ph, pw, dh, dw)
+            return self._build_depthwise(weight, bias, geometry, fused_relu)
         ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         k = cin_g * kh * kw
@@ -388,6 +391,28 @@ class _Step:
                 np.maximum(out3, np.float32(0), out=out3)
 
         return run_conv
+
+    def _build_depthwise(
+        self,
+        weight: np.ndarray,
+        bias: np.ndarray | None,
+        geometry: tuple[int, ...],
+        relu: bool,
+    ) -> Callable[[_Plan, list[np.ndarray], np.ndarray], None]:
+        """A depthwise convolution (groups = input channels, cout = multiplier x cin)
+        through the C kernel (``runtime/csrc/dwconv``): an im2col product per group would
+        be cin products of one row each."""
+        w = _f32(weight.reshape(weight.shape[0], -1))
+        b = None if bias is None else _f32(bias)
+        self.scratch_bytes = lambda n, threads: int(
+            _native.dwconv_scratch_bytes((n, *geometry), threads)
+        )
+
+        def run_depthwise(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+            geo = (plan.n, *geometry)
+            _native.dwconv(ins[0], w, b, out, plan.scratch, geo, relu, plan.threads)
+
+        return run_depthwise
 
     def _build_fconv(
         self,

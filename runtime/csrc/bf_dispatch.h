@@ -7,6 +7,7 @@
 #define BF_DISPATCH_H
 
 #include "bf_cpu.h"
+#include "dwconv/dwconv.h"
 #include "fconv/fconv.h"
 #include "flinear/flinear.h"
 #include "maxpool/maxpool.h"
@@ -26,6 +27,7 @@ typedef struct {
     bf_fconv_fn fconv;           /* the float convolution's block kernel */
     bf_maxpool2d_fn maxpool2d;
     bf_flinear_fn flinear;       /* real linear layer on F16 weights */
+    bf_dwconv_plane_fn dwconv_plane; /* a depthwise convolution's plane */
 } bf_kernels;
 
 /* Table for `isa`, or NULL when this CPU or build lacks it. */

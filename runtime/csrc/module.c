@@ -13,6 +13,7 @@
 #include "bf_dispatch.h"
 #include "bconv/bconv.h"
 #include "fconv/fconv.h"
+#include "dwconv/dwconv.h"
 #include "maxpool/maxpool.h"
 
 /* Resolve an optional ISA name to a kernel table; sets a Python error and returns NULL. */
@@ -439,37 +440,46 @@ static PyObject *py_bconv(PyObject *self, PyObject *args, PyObject *kwargs) {
 
 /* --- fconv ---------------------------------------------------------------------------- */
 
+/* Parse a convolution's (n, cin, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw) into v (c: the
+ * output channels of fconv, the channel multiplier of dwconv), check it and compute the
+ * output extent; returns 0, or -1 with a Python error set naming `op`. */
+static int conv_geometry(PyObject *geometry, const char *op, size_t v[13], size_t *ho,
+                         size_t *wo) {
+    Py_ssize_t a[13];
+    if (!PyArg_ParseTuple(geometry, "nnnnnnnnnnnnn;geometry: 13 integers", &a[0], &a[1], &a[2],
+                          &a[3], &a[4], &a[5], &a[6], &a[7], &a[8], &a[9], &a[10], &a[11], &a[12]))
+        return -1;
+    for (int i = 0; i < 13; i++) {
+        const int may_be_zero = i == 9 || i == 10; /* padding */
+        if (a[i] < (may_be_zero ? 0 : 1) || a[i] > ((Py_ssize_t)1 << 24)) {
+            PyErr_Format(PyExc_ValueError, "%s geometry[%d] = %zd is out of range", op, i, a[i]);
+            return -1;
+        }
+        v[i] = (size_t)a[i];
+    }
+    const size_t eh = v[11] * (v[5] - 1) + 1, ew = v[12] * (v[6] - 1) + 1;
+    if (v[2] + 2 * v[9] < eh || v[3] + 2 * v[10] < ew) {
+        PyErr_Format(PyExc_ValueError, "%s: kernel extent exceeds the padded input", op);
+        return -1;
+    }
+    *ho = (v[2] + 2 * v[9] - eh) / v[7] + 1;
+    *wo = (v[3] + 2 * v[10] - ew) / v[8] + 1;
+    return 0;
+}
+
 /* Parse (n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw) into `g` and check it;
  * returns 0, or -1 with a Python error set. */
 static int fconv_geometry(PyObject *geometry, bf_fconv_args *g) {
-    Py_ssize_t v[13];
-    if (!PyArg_ParseTuple(geometry, "nnnnnnnnnnnnn;fconv geometry: 13 integers", &v[0], &v[1],
-                          &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8], &v[9], &v[10],
-                          &v[11], &v[12]))
-        return -1;
-    for (int i = 0; i < 13; i++) {
-        const int may_be_zero = i == 9 || i == 10;
-        if (v[i] < (may_be_zero ? 0 : 1) || v[i] > ((Py_ssize_t)1 << 24)) {
-            PyErr_Format(PyExc_ValueError, "fconv geometry[%d] = %zd is out of range", i, v[i]);
-            return -1;
-        }
-    }
+    size_t v[13];
     memset(g, 0, sizeof(*g));
-    g->n = (size_t)v[0]; g->cin = (size_t)v[1]; g->h = (size_t)v[2]; g->w = (size_t)v[3];
-    g->cout = (size_t)v[4]; g->kh = (size_t)v[5]; g->kw = (size_t)v[6];
-    g->sh = (size_t)v[7]; g->sw = (size_t)v[8]; g->ph = (size_t)v[9]; g->pw = (size_t)v[10];
-    g->dh = (size_t)v[11]; g->dw = (size_t)v[12];
-    const size_t eh = g->dh * (g->kh - 1) + 1, ew = g->dw * (g->kw - 1) + 1;
-    if (g->h + 2 * g->ph < eh || g->w + 2 * g->pw < ew) {
-        PyErr_SetString(PyExc_ValueError, "fconv: kernel extent exceeds the padded input");
-        return -1;
-    }
+    if (conv_geometry(geometry, "fconv", v, &g->ho, &g->wo) < 0) return -1;
+    g->n = v[0]; g->cin = v[1]; g->h = v[2]; g->w = v[3]; g->cout = v[4]; g->kh = v[5];
+    g->kw = v[6]; g->sh = v[7]; g->sw = v[8]; g->ph = v[9]; g->pw = v[10]; g->dh = v[11];
+    g->dw = v[12];
     if (g->sh * g->sw > 64) {
         PyErr_SetString(PyExc_ValueError, "fconv: stride area above 64");
         return -1;
     }
-    g->ho = (g->h + 2 * g->ph - eh) / g->sh + 1;
-    g->wo = (g->w + 2 * g->pw - ew) / g->sw + 1;
     if (BF_PRODUCT(g->n, g->cin, g->h, g->w) > ((size_t)1 << 31) ||
         BF_PRODUCT(g->n, g->cout, g->ho, g->wo) > ((size_t)1 << 31) ||
         BF_PRODUCT(g->cout, g->cin, g->kh, g->kw) > ((size_t)1 << 31)) {
@@ -641,6 +651,78 @@ static PyObject *py_flinear(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_RETURN_NONE;
 }
 
+/* --- dwconv --------------------------------------------------------------------------- */
+
+/* Parse (n, cin, h, w, mult, kh, kw, sh, sw, ph, pw, dh, dw) into `g` and check it;
+ * returns 0, or -1 with a Python error set. */
+static int dwconv_geometry(PyObject *geometry, bf_dwconv_args *g) {
+    size_t v[13];
+    memset(g, 0, sizeof(*g));
+    if (conv_geometry(geometry, "dwconv", v, &g->ho, &g->wo) < 0) return -1;
+    g->n = v[0]; g->cin = v[1]; g->h = v[2]; g->w = v[3]; g->mult = v[4]; g->kh = v[5];
+    g->kw = v[6]; g->sh = v[7]; g->sw = v[8]; g->ph = v[9]; g->pw = v[10]; g->dh = v[11];
+    g->dw = v[12];
+    if (BF_PRODUCT(g->n, g->cin, g->h + 2 * g->ph, g->w + 2 * g->pw) > ((size_t)1 << 31) ||
+        BF_PRODUCT(g->n, g->cin * g->mult, g->ho, g->wo) > ((size_t)1 << 31) ||
+        BF_PRODUCT(g->cin, g->mult, g->kh, g->kw) > ((size_t)1 << 31)) {
+        PyErr_SetString(PyExc_ValueError, "dwconv: tensors above 2**31 elements");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_dwconv_scratch_bytes(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *geometry;
+    int threads = 1;
+    if (!PyArg_ParseTuple(args, "O!|i", &PyTuple_Type, &geometry, &threads)) return NULL;
+    bf_dwconv_args g;
+    if (dwconv_geometry(geometry, &g) < 0) return NULL;
+    return PyLong_FromSize_t(bf_dwconv_scratch_bytes(&g, threads < 1 ? 1 : threads));
+}
+
+static PyObject *py_dwconv(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *kwlist[] = {"x",    "weight",  "bias", "out", "scratch", "geometry",
+                             "relu", "threads", "isa",  NULL};
+    PyObject *obj[5], *geometry, *isa_name = NULL;
+    int relu, threads;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOO!pi|O", kwlist, &obj[0], &obj[1],
+                                     &obj[2], &obj[3], &obj[4], &PyTuple_Type, &geometry, &relu,
+                                     &threads, &isa_name))
+        return NULL;
+    bf_dwconv_args g;
+    if (dwconv_geometry(geometry, &g) < 0) return NULL;
+    const bf_kernels *table = resolve_isa(isa_name);
+    if (!table) return NULL;
+    if (threads < 1) threads = 1;
+    const size_t cout = g.cin * g.mult;
+    bf_buffers bufs = {.count = 0};
+    void *p[5];
+    if (get_buffer(&bufs, obj[0], "x", BF_PRODUCT(g.n, g.cin, g.h, g.w, 4), 0, 0, &p[0]) < 0 ||
+        get_buffer(&bufs, obj[1], "weight", BF_PRODUCT(cout, g.kh, g.kw, 4), 0, 0, &p[1]) < 0 ||
+        get_buffer(&bufs, obj[2], "bias", cout * 4, 0, 1, &p[2]) < 0 ||
+        get_buffer(&bufs, obj[3], "out", BF_PRODUCT(g.n, cout, g.ho, g.wo, 4), 1, 0, &p[3]) < 0 ||
+        get_buffer(&bufs, obj[4], "scratch", bf_dwconv_scratch_bytes(&g, threads), 1, 0, &p[4]) <
+            0) {
+        release_all(&bufs);
+        return NULL;
+    }
+    g.x = (const float *)p[0];
+    g.weight = (const float *)p[1];
+    g.bias = (const float *)p[2];
+    g.out = (float *)p[3];
+    g.scratch = p[4];
+    g.relu = relu;
+    g.plane = table->dwconv_plane;
+    const int used = bf_dwconv_threads(&g, threads);
+    Py_BEGIN_ALLOW_THREADS
+    bf_dwconv(&g, used);
+    Py_END_ALLOW_THREADS
+    release_all(&bufs);
+    return PyLong_FromLong(used);
+}
+
 /* --- maxpool2d ------------------------------------------------------------------------ */
 
 static PyObject *py_maxpool2d(PyObject *self, PyObject *args) {
@@ -770,6 +852,14 @@ static PyMethodDef methods[] = {
      "flinear(x, weight, bias, out, n, in_features, out_features, isa=None) -> None\n\n"
      "out = x @ w.T + bias in float32 on float16 weights packed in blocks of 64 outputs "
      "(flinear.h)."},
+    {"dwconv_scratch_bytes", py_dwconv_scratch_bytes, METH_VARARGS,
+     "dwconv_scratch_bytes((n, cin, h, w, mult, kh, kw, sh, sw, ph, pw, dh, dw), threads=1)"
+     " -> int\n\nScratch bytes dwconv needs."},
+    {"dwconv", (PyCFunction)(void (*)(void))py_dwconv, METH_VARARGS | METH_KEYWORDS,
+     "dwconv(x, weight, bias, out, scratch, geometry, relu, threads, isa=None) -> threads used"
+     "\n\nDepthwise convolution, NCHW float32 (runtime/csrc/dwconv/dwconv.h): geometry\n"
+     "(n, cin, h, w, mult, kh, kw, sh, sw, ph, pw, dh, dw), weight (cin * mult, kh, kw),\n"
+     "bias (cin * mult,) or None, out (n, cin * mult, ho, wo). Releases the GIL."},
     {"maxpool2d", py_maxpool2d, METH_VARARGS,
      "maxpool2d(x, out, row, (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw), isa=None) -> None\n\n"
      "Max pooling of float32 planes; windows clipped to the input."},

@@ -152,6 +152,29 @@ class ChannelsLast(nn.Module):
         return self.fc(y.mean(2))
 
 
+class MobileBlock(nn.Module):
+    """MobileNet V2's inverted residual: a 1x1 expansion, a 3x3 depthwise convolution
+    (stride 2, then 1 with a channel multiplier of 2), ReLU6, a 1x1 projection, a residual
+    add, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.expand = nn.Conv2d(16, 48, 1)
+        self.dw = nn.Conv2d(48, 48, 3, stride=2, padding=1, groups=48)
+        self.dw2 = nn.Conv2d(48, 96, 3, padding=1, groups=48)
+        self.bn = nn.BatchNorm2d(96)
+        self.project = nn.Conv2d(96, 16, 1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.relu6(self.stem(x))
+        z = nn.functional.relu6(self.dw(nn.functional.relu6(self.expand(y))))
+        z = self.project(nn.functional.relu6(self.bn(self.dw2(z))))
+        z = z + nn.functional.avg_pool2d(y, 2)
+        return self.fc(z.mean((2, 3)))
+
+
 class SmoothActivations(nn.Sequential):
     """An MLP through ELU (alpha 0.5), SELU, Softplus and Mish to LogSoftmax."""
 
@@ -186,6 +209,12 @@ def make_erf_gelu() -> type[nn.Module]:
 def make_channels_last() -> type[nn.Module]:
     """The :class:`ChannelsLast` class."""
     return ChannelsLast
+
+
+@pytest.fixture
+def make_mobile_block() -> type[nn.Module]:
+    """The :class:`MobileBlock` class."""
+    return MobileBlock
 
 
 @pytest.fixture

@@ -98,6 +98,7 @@ def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, 
         ("smooth", (24,), {"factorization": "none", "scales": "channel"}),
         ("same_pad", (3, 11, 10), {"factorization": "matrix", "scales": "channel"}),
         ("channels_last", (6, 5, 3), {"factorization": "none", "scales": "channel"}),
+        ("mobile_block", (3, 16, 16), {"factorization": "matrix", "scales": "channel"}),
     ],
 )
 def test_runtime_matches_binary_torch_model(
@@ -111,16 +112,24 @@ def test_runtime_matches_binary_torch_model(
     make_smooth_activations,
     make_same_pad,
     make_channels_last,
+    make_mobile_block,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
-    if factory in ("idioms", "erf_gelu", "same_pad"):  # through ONNX: Sub/Div, hardswish,
-        import warnings  # an SE gate, view; GELU as Div, Erf, Add, Mul (opset 17), max
+    # through ONNX: Sub/Div, hardswish, an SE gate, view; GELU as Div, Erf, Add, Mul (opset
+    # 17), max pools; asymmetric padding (pads before binary convolutions and a max pool);
+    # depthwise convolutions (kept real: the runtime's C kernel)
+    if factory in ("idioms", "erf_gelu", "same_pad", "mobile_block"):
+        import warnings
 
-        # pools; asymmetric padding (pads before binary convolutions and a max pool)
         from engine.importers import load_model
 
         torch.manual_seed(0)
-        sources = {"idioms": make_idioms, "erf_gelu": make_erf_gelu, "same_pad": make_same_pad}
+        sources = {
+            "idioms": make_idioms,
+            "erf_gelu": make_erf_gelu,
+            "same_pad": make_same_pad,
+            "mobile_block": make_mobile_block,
+        }
         source = sources[factory]()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

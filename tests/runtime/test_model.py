@@ -642,7 +642,48 @@ def transposed_model() -> Builder:
     return b
 
 
+def depthwise_model() -> Builder:
+    """MobileNet's depthwise convolutions (C kernel): 3x3 stride 2 with a channel multiplier
+    of 2 and a fused ReLU, 5x5 dilated, and 1-d with a bias."""
+    b = Builder(8, "x", [None, 6, 11, 9])
+    r = b.rng
+
+    def conv(name: str, src: str, w: np.ndarray, attrs: dict[str, Any], bias: bool) -> str:
+        params = {"weight": b.tensor(f"{name}.w", w.astype(np.float32))}
+        if bias:
+            params["bias"] = b.vec(f"{name}.b", w.shape[0])
+        op = "conv2d" if w.ndim == 4 else "conv1d"
+        return b.node(op, name, [src], attrs, params)
+
+    d0 = conv(
+        "d0",
+        "x",
+        r.standard_normal((12, 1, 3, 3)),
+        {"stride": [2, 2], "padding": [1, 1], "groups": 6},
+        True,
+    )
+    a0 = b.node("relu", "a0", [d0])  # (12, 6, 5)
+    d1 = conv(
+        "d1",
+        a0,
+        r.standard_normal((12, 1, 5, 5)),
+        {"padding": [4, 2], "dilation": [2, 1], "groups": 12},
+        False,
+    )
+    seq = b.node("reshape", "rs", [d1], {"shape": [12, 30]})
+    d2 = conv(
+        "d2",
+        seq,
+        r.standard_normal((12, 1, 4)),
+        {"stride": [3], "padding": [1], "groups": 12},
+        True,
+    )
+    b.output(d2, [None, 12, 10])
+    return b
+
+
 MODELS = {
+    "depthwise": depthwise_model,
     "transposed": transposed_model,
     "padded": padded_model,
     "resnet_like": resnet_like,

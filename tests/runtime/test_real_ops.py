@@ -1,4 +1,5 @@
-"""The real-valued (float32) kernels: convolution (``fconv``) and max pooling.
+"""The real-valued (float32) kernels: convolution (``fconv``), depthwise convolution
+(``dwconv``) and max pooling.
 
 Every ISA is checked against a float64 torch reference within a proven rounding bound and
 against the scalar kernel (the specification), on awkward sizes: primes, 1x1, strides,
@@ -8,6 +9,7 @@ padding, dilation, batches, channel counts that do not fill a kernel block.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 EPS32 = float(np.finfo(np.float32).eps)
 
 
-def _fconv(
+def _conv(
     x: np.ndarray,
     weight: np.ndarray,
     bias: np.ndarray | None,
@@ -36,17 +38,32 @@ def _fconv(
     relu: bool,
     threads: int,
     isa: str,
+    depthwise: bool = False,
 ) -> np.ndarray:
+    """``_native.fconv``, or ``_native.dwconv`` (groups = input channels)."""
     n, cin, h, w = x.shape
     cout, _, kh, kw = weight.shape
-    geometry = (n, cin, h, w, cout, kh, kw, *stride, *padding, *dilation)
+    c = cout // cin if depthwise else cout  # the multiplier, or the output channels
+    geometry = (n, cin, h, w, c, kh, kw, *stride, *padding, *dilation)
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     out = np.full((n, cout, ho, wo), np.nan, np.float32)
-    scratch = np.empty(_native.fconv_scratch_bytes(geometry), np.uint8)
-    packed = FloatConv(weight, bias).packed(isa)
-    _native.fconv(x, packed, bias, out, scratch, geometry, relu, threads, isa)
+    if depthwise:
+        scratch = np.empty(_native.dwconv_scratch_bytes(geometry, threads), np.uint8)
+        _native.dwconv(x, weight, bias, out, scratch, geometry, relu, threads, isa)
+    else:
+        scratch = np.empty(_native.fconv_scratch_bytes(geometry), np.uint8)
+        packed = FloatConv(weight, bias).packed(isa)
+        _native.fconv(x, packed, bias, out, scratch, geometry, relu, threads, isa)
     return out
+
+
+def _fconv(*args: Any, **kwargs: Any) -> np.ndarray:
+    return _conv(*args, **kwargs)
+
+
+def _dwconv(*args: Any, **kwargs: Any) -> np.ndarray:
+    return _conv(*args, depthwise=True, **kwargs)
 
 
 def _reference(
@@ -56,13 +73,15 @@ def _reference(
     stride: tuple[int, int],
     padding: tuple[int, int],
     dilation: tuple[int, int],
+    groups: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """float64 result and the rounding bound of a float32 sum of k products:
     k * eps * sum |w x| (+ |bias|)."""
     xt, wt = torch.from_numpy(x).double(), torch.from_numpy(weight).double()
     bt = None if bias is None else torch.from_numpy(bias).double()
-    ref = F.conv2d(xt, wt, bt, stride, padding, dilation).numpy()
-    mag = F.conv2d(xt.abs(), wt.abs(), None if bt is None else bt.abs(), stride, padding, dilation)
+    geo = (stride, padding, dilation, groups)
+    ref = F.conv2d(xt, wt, bt, *geo).numpy()
+    mag = F.conv2d(xt.abs(), wt.abs(), None if bt is None else bt.abs(), *geo)
     k = weight[0].size + 1
     return ref, mag.numpy() * k * EPS32 + 1e-30
 
@@ -162,6 +181,88 @@ def test_fconv_rejects_bad_geometry_and_short_buffers() -> None:
         _native.fconv(x, packed, None, out, scratch[:8], geometry, False, 1)
     with pytest.raises(ValueError, match="bias has"):
         _native.fconv(x, packed, np.zeros(2, np.float32), out, scratch, geometry, False, 1)
+
+
+@FAST
+@given(
+    case=conv_cases,
+    mult=st.sampled_from([1, 1, 2, 3]),
+    w=st.sampled_from([1, 7, 15, 16, 17, 31, 32, 33, 64, 65, 70]),
+)
+def test_dwconv_every_isa_matches_float64(case: dict, mult: int, w: int) -> None:
+    # row widths around the vectors (8 and 16 floats) and strips of 4 of them
+    (kh, kw), (ph, pw), (dh, dw) = case["k"], case["padding"], case["dilation"]
+    assume(case["h"] + 2 * ph >= dh * (kh - 1) + 1 and w + 2 * pw >= dw * (kw - 1) + 1)
+    rng = np.random.default_rng(case["seed"])
+    cin = case["cin"]
+    x = rng.standard_normal((case["n"], cin, case["h"], w)).astype(np.float32)
+    weight = rng.standard_normal((cin * mult, 1, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(cin * mult).astype(np.float32) if case["bias"] else None
+    geo = (case["stride"], case["padding"], case["dilation"])
+    ref, bound = _reference(x, weight, bias, *geo, groups=x.shape[1])
+    if case["relu"]:
+        ref = np.maximum(ref, 0)
+    for isa in ISAS:
+        out = _dwconv(x, weight, bias, *geo, relu=case["relu"], threads=case["threads"], isa=isa)
+        assert out.shape == ref.shape
+        assert np.all(np.abs(out - ref) <= bound), isa
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    ("shape", "k", "stride"),
+    [((1, 32, 112, 112), 3, 2), ((2, 144, 28, 28), 3, 1), ((1, 96, 14, 14), 5, 1)],
+)
+def test_dwconv_network_shapes(
+    isa: str, shape: tuple[int, ...], k: int, stride: int
+) -> None:  # MobileNet's and EfficientNet's depthwise layers
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.standard_normal((shape[1], 1, k, k)).astype(np.float32)
+    bias = rng.standard_normal(shape[1]).astype(np.float32)
+    geo = ((stride, stride), (k // 2, k // 2), (1, 1))
+    ref, bound = _reference(x, weight, bias, *geo, groups=x.shape[1])
+    out = _dwconv(x, weight, bias, *geo, relu=True, threads=2, isa=isa)
+    assert np.all(np.abs(out - np.maximum(ref, 0)) <= bound)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_dwconv_relu_keeps_nan(isa: str) -> None:
+    x = np.zeros((1, 2, 5, 21), np.float32)
+    x[0, 1, 2, 20] = np.nan  # in a vector's masked tail
+    x[0, 0, 1, 3] = np.nan  # in a full vector
+    out = _dwconv(
+        x, np.ones((2, 1, 1, 1), np.float32), None, (1, 1), (0, 0), (1, 1),
+        relu=True, threads=1, isa=isa,
+    )  # fmt: skip
+    expected = np.zeros_like(x)
+    expected[np.isnan(x)] = np.nan
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_dwconv_rejects_bad_geometry_and_short_buffers() -> None:
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    weight = np.zeros((4, 3, 3), np.float32)  # multiplier 2
+    out = np.zeros((1, 4, 2, 2), np.float32)
+    geometry = (1, 2, 4, 4, 2, 3, 3, 1, 1, 0, 0, 1, 1)
+    scratch = np.zeros(_native.dwconv_scratch_bytes(geometry), np.uint8)
+    _native.dwconv(x, weight, None, out, scratch, geometry, False, 1)
+    with pytest.raises(ValueError, match="extent"):
+        _native.dwconv(x, weight, None, out, scratch, (1, 2, 4, 4, 2, 5, 5, 1, 1, 0, 0, 1, 1), 0, 1)
+    with pytest.raises(ValueError, match="out of range"):
+        _native.dwconv(x, weight, None, out, scratch, (1, 2, 4, 4, 2, 3, 3, 0, 1, 0, 0, 1, 1), 0, 1)
+    with pytest.raises(TypeError, match="13 integers"):
+        _native.dwconv(x, weight, None, out, scratch, (1, 2, 4, 4), False, 1)
+    with pytest.raises(ValueError, match="out has"):
+        _native.dwconv(x, weight, None, out[:, :3], scratch, geometry, False, 1)
+    with pytest.raises(ValueError, match="weight has"):
+        _native.dwconv(x, weight[:3], None, out, scratch, geometry, False, 1)
+    with pytest.raises(ValueError, match="scratch has"):
+        _native.dwconv(x, weight, None, out, scratch[:8], geometry, False, 1)
+    with pytest.raises(ValueError, match="bias has"):
+        _native.dwconv(x, weight, np.zeros(3, np.float32), out, scratch, geometry, False, 1)
+    with pytest.raises(ValueError, match="x has"):
+        _native.dwconv(x[:, :1], weight, None, out, scratch, geometry, False, 1)
 
 
 @FAST
