@@ -496,7 +496,8 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         dim: Any = args[1] if len(args) > 1 else node.kwargs.get("dim")
         keep = bool(args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
         rank = len(ex.shape(args[0]))  # type: ignore[arg-type]
-        axes = sorted({int(d) % rank for d in (dim if isinstance(dim, tuple | list) else [dim])})
+        dims = [] if dim is None else dim if isinstance(dim, tuple | list) else [dim]
+        axes = sorted({int(d) % rank for d in dims})
         if dim is None or rank < 3 or axes != list(range(2, rank)):
             raise UserInputError(
                 f"export: {node.name} averages over {dim}; only over every spatial axis"
@@ -519,12 +520,16 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         rank = len(ex.shape(node))
         rest: Any = args[1:]
         if target in (torch.transpose, "transpose"):  # swaps two axes
+            if len(rest) < 2:  # dim0=, dim1= as keywords
+                rest = [*rest, *(node.kwargs[k] for k in ("dim0", "dim1")[len(rest) :])]
             i, j = (int(v) % rank for v in rest)
             perm = list(range(rank))
             perm[i], perm[j] = perm[j], perm[i]
-        else:  # permute(x, dims) or x.permute(*dims)
-            dims = rest[0] if len(rest) == 1 and isinstance(rest[0], tuple | list) else rest
-            perm = [int(v) % rank for v in dims]
+        else:  # permute(x, dims), x.permute(*dims) or permute(x, dims=...)
+            if not rest:
+                rest = [node.kwargs["dims"]]
+            order = rest[0] if len(rest) == 1 and isinstance(rest[0], tuple | list) else rest
+            perm = [int(v) % rank for v in order]
         if perm[0] != 0:
             raise UserInputError(f"export: {node.name} moves the batch axis ({perm})")
         ex.names[node] = ex.emit(

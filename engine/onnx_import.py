@@ -525,7 +525,9 @@ def _convert_node(b: _Builder, node: Any) -> None:
         rank = b.rank(ins[0])
         if rank is None:
             raise _fail(node, "Transpose needs an input of known rank")
-        perm = [int(v) % rank for v in a.get("perm", range(rank - 1, -1, -1))]
+        perm = [int(v) for v in a.get("perm", range(rank - 1, -1, -1))]
+        if sorted(perm) != list(range(rank)):
+            raise _fail(node, f"perm {perm} is not a permutation of {rank} axes")
         if perm[0] != 0:
             raise _fail(node, f"perm {perm} moves the batch axis; only the others may move")
         b.values[out] = b.graph.call_function(torch.permute, (x, tuple(perm)))

@@ -664,7 +664,9 @@ static int dwconv_geometry(PyObject *geometry, bf_dwconv_args *g) {
     g->dw = v[12];
     if (BF_PRODUCT(g->n, g->cin, g->h + 2 * g->ph, g->w + 2 * g->pw) > ((size_t)1 << 31) ||
         BF_PRODUCT(g->n, g->cin * g->mult, g->ho, g->wo) > ((size_t)1 << 31) ||
-        BF_PRODUCT(g->cin, g->mult, g->kh, g->kw) > ((size_t)1 << 31)) {
+        BF_PRODUCT(g->cin, g->mult, g->kh, g->kw) > ((size_t)1 << 31) ||
+        BF_PRODUCT(g->sw, g->h + 2 * g->ph, (g->w + 2 * g->pw + g->sw - 1) / g->sw) >
+            ((size_t)1 << 31)) { /* the phase planes (bf_dwconv_phase_floats) */
         PyErr_SetString(PyExc_ValueError, "dwconv: tensors above 2**31 elements");
         return -1;
     }

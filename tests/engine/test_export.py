@@ -205,6 +205,7 @@ def test_unsupported_module_is_reported(tmp_path: Path) -> None:
     [
         (lambda x: x.mean(1), r"averages over 1; only over every spatial axis"),
         (lambda x: x.flatten(0), "flattens the batch axis"),
+        (lambda x: x.mean(), "averages over None"),
         (lambda x: x.permute(1, 0, 2, 3).flatten(1), r"moves the batch axis \(\[1, 0, 2, 3\]\)"),
     ],
 )
@@ -217,6 +218,19 @@ def test_axis_operations_it_cannot_export_are_named(forward: object, match: str)
 
     with pytest.raises(UserInputError, match=match):
         build_graph(torch.fx.symbolic_trace(Model()), (3, 4, 5))
+
+
+def test_permute_and_transpose_keywords_export(tmp_path: Path) -> None:
+    class Model(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.transpose(x.permute(dims=(0, 2, 3, 1)), dim0=1, dim1=-1)
+            return torch.permute(y, (0, 1, 3, 2)).flatten(1)
+
+    model = Model().eval()
+    graph, tensors = build_graph(torch.fx.symbolic_trace(model), (3, 4, 5))
+    runtime.write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+    x = torch.randn(2, 3, 4, 5)
+    np.testing.assert_array_equal(runtime.load(tmp_path / "m.bfm").run(x.numpy()), model(x))
 
 
 def test_pads_of_the_trailing_axes_export_as_pad(tmp_path: Path) -> None:

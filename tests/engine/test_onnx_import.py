@@ -462,6 +462,15 @@ def test_transposes_that_keep_the_batch_first_match_onnxruntime(
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_transpose_perm_that_is_no_permutation_is_named(tmp_path: Path) -> None:
+    nodes = [
+        ("Transpose", ["x"], ["t"], {"perm": [0, 5, 1]}),
+        ("Flatten", ["t"], ["y"], {"axis": 1}),
+    ]
+    with pytest.raises(UserInputError, match=r"perm \[0, 5, 1\] is not a permutation of 3"):
+        load_model(_helper_model(tmp_path, nodes, ["n", 3, 4], {}, 13))
+
+
 def test_transpose_of_the_batch_axis_is_named(tmp_path: Path) -> None:
     nodes = [
         ("Transpose", ["x"], ["t"], {"perm": [1, 0, 2]}),

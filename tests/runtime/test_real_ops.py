@@ -263,6 +263,14 @@ def test_dwconv_rejects_bad_geometry_and_short_buffers() -> None:
         _native.dwconv(x, weight, np.zeros(3, np.float32), out, scratch, geometry, False, 1)
     with pytest.raises(ValueError, match="x has"):
         _native.dwconv(x[:, :1], weight, None, out, scratch, geometry, False, 1)
+    # a stride far above the width: 2^24 column phases of a 2^24-row padded plane would
+    # need 2^49 floats a thread (and wrapped the scratch size at 8192 threads)
+    huge = (1, 1, 1, 1, 1, 1, 1, 1, 1 << 24, 1 << 23, 0, 1, 1)
+    with pytest.raises(ValueError, match="above 2\\*\\*31"):
+        _native.dwconv_scratch_bytes(huge, 8192)
+    assert _native.dwconv_scratch_bytes(geometry, 1 << 20) == _native.dwconv_scratch_bytes(
+        geometry, 256
+    )  # threads beyond the pool's 256 get no scratch
 
 
 @FAST

@@ -22,8 +22,14 @@ static size_t thread_bytes(const bf_dwconv_args *g) {
     return phase_bytes(g) + round_up(g->kh * g->kw * sizeof(size_t) + line * sizeof(float), BF_ALIGN);
 }
 
+/* The pool never runs more than BF_MAX_THREADS (bf_parallel.h); the geometry's check keeps
+ * a thread's bytes below 2^34, so this product cannot wrap. */
+static size_t clamp_threads(int threads) {
+    return threads < 1 ? 1 : threads > BF_MAX_THREADS ? BF_MAX_THREADS : (size_t)threads;
+}
+
 size_t bf_dwconv_scratch_bytes(const bf_dwconv_args *g, int threads) {
-    return (size_t)(threads < 1 ? 1 : threads) * thread_bytes(g) + BF_ALIGN;
+    return clamp_threads(threads) * thread_bytes(g) + BF_ALIGN;
 }
 
 int bf_dwconv_threads(const bf_dwconv_args *g, int threads) {
@@ -46,7 +52,7 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
 }
 
 void bf_dwconv(const bf_dwconv_args *g, int threads) {
-    const size_t planes = g->n * g->cin, t = (size_t)(threads < 1 ? 1 : threads);
+    const size_t planes = g->n * g->cin, t = clamp_threads(threads);
     /* ranges taken, not assigned: 4 a thread, so a late or slower thread takes fewer */
-    bf_parallel_for(threads, planes, t > 1 ? 4 * t : 1, run_range, (void *)g);
+    bf_parallel_for((int)t, planes, t > 1 ? 4 * t : 1, run_range, (void *)g);
 }

@@ -37,7 +37,8 @@ typedef struct bf_dwconv_args {
     bf_dwconv_plane_fn plane;
 } bf_dwconv_args;
 
-/* Floats of one thread's phase planes: sw x (h + 2 ph) x ceil((w + 2 pw) / sw). */
+/* Floats of one thread's phase planes: sw x (h + 2 ph) x ceil((w + 2 pw) / sw) (callers
+ * keep it below 2^31: module.c's geometry check). */
 size_t bf_dwconv_phase_floats(const bf_dwconv_args *g);
 size_t bf_dwconv_scratch_bytes(const bf_dwconv_args *g, int threads);
 /* Threads worth using (small layers don't pay for them). */
