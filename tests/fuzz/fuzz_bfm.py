@@ -217,7 +217,7 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
     choices = ["act", "act", "batchnorm", "addmul", "concat", "softmax", "reshape", "flatten"]
     choices += ["layernorm", "gelu"]
     if nsp >= 1:
-        choices += ["conv", "conv", "pool", "pool", "gap"]
+        choices += ["conv", "conv", "pool", "pool", "gap", "pad", "transpose"]
     else:
         choices += ["linear", "linear"]
     what = rng.choice(choices)
@@ -227,7 +227,7 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         if any(g is None for g in geo):
             return name
         ks, ss, ps, ds = (list(v) for v in zip(*geo, strict=True))  # type: ignore[arg-type]
-        groups = rng.choice([g for g in (1, 1, 1, 2, 3) if c % g == 0])
+        groups = rng.choice([g for g in (1, 1, 1, 2, 3, c, c) if c % g == 0])  # c: depthwise
         cout = groups * rng.choice([1, 2, 4, 8])
         half = rng.random() < 0.2
         params = {"weight": b.floats(cout, c // groups, *ks, half=half)}
@@ -315,6 +315,20 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         return b.node("reshape", [name], "float", tuple(dims), {"shape": target})
     if what == "gap":
         return b.node("global_avgpool", [name], "float", (c,))
+    if what == "pad":
+        pads = [rng.choice([0, 0, 1, 2, 5]) for _ in range(2 * nsp)]
+        spatial = tuple(v + pads[i] + pads[nsp + i] for i, v in enumerate(shape[1:]))
+        attrs_pad: dict[str, Any] = {"pads": pads}
+        if rng.random() < 0.5:
+            attrs_pad["value"] = rng.choice([0.0, -1.5, 3.0])
+        return b.node("pad", [name], "float", (c, *spatial), attrs_pad)
+    if what == "transpose":
+        order = list(range(1, len(shape) + 1))
+        rng.shuffle(order)
+        perm = [0, *order]
+        return b.node(
+            "transpose", [name], "float", tuple(shape[i - 1] for i in order), {"perm": perm}
+        )
     # pool
     op = rng.choice(["maxpool", "avgpool"]) + ("2d" if nsp == 2 else "1d")
     geo = [_geometry(rng, size, pool=True) for size in shape[1:]]
@@ -482,13 +496,13 @@ OPS = [
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
     "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish", "erf", "elu", "selu",
-    "softplus", "mish", "log_softmax",
+    "softplus", "mish", "log_softmax", "pad", "transpose",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",
     "padding", "dilation", "groups", "pad_mode", "activation", "post_activation", "output",
     "min_val", "max_val", "axis", "shape", "ceil_mode", "count_include_pad", "negative_slope",
-    "eps", "approximate", "alpha", "beta",
+    "eps", "approximate", "alpha", "beta", "pads", "value", "perm",
 ]  # fmt: skip
 
 
