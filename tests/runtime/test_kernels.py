@@ -682,12 +682,14 @@ def test_maxpool2d_matches_torch(
     np.testing.assert_array_equal(out, expected)
 
 
-def _bench_module() -> Any:
+def _bench_module(script: str = "runtime") -> Any:
+    """bench/<script>.py, loaded by path (on sys.path bench/runtime.py would shadow the
+    runtime package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "runtime.py"
-    spec = importlib.util.spec_from_file_location("bench_runtime", path)
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{script}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -802,3 +804,13 @@ def test_binary_conv_default_isa_follows_select_isa_between_calls() -> None:
             np.testing.assert_array_equal(out, expected, err_msg=isa)
     finally:
         _native.select_isa(original)
+
+
+def test_depthwise_bench_checks_outputs_and_reports_ratios(monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _bench_module("depthwise")
+    monkeypatch.setattr(module, "SHAPES", [(5, 9, 3, 2), (3, 7, 5, 1)])
+    rows = module.bench_depthwise(threads=1, repeat=1)
+    assert [r["shape"] for r in rows] == ["5x9x9-k3-s2", "3x7x7-k5-s1"]
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["ms_runtime"] / r["ms_torch"], rel=0.02, abs=0.01)
+        assert r["isa"] == runtime.isa()
