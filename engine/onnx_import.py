@@ -34,6 +34,7 @@ import torch
 from torch import fx, nn
 
 from engine.errors import UserInputError
+from runtime.bfm import MAX_FLOAT32  # the format's bound on a pad value
 
 MAX_ONNX_BYTES = 2 * 1024**3
 
@@ -169,7 +170,6 @@ def _split_pads(
 
 # A max pooling's border: the lowest float32, which no window that holds an input value
 # returns (ONNX and torch pad max pooling with -inf; the format's `pad` takes finite values).
-MAX_FLOAT32 = float(np.finfo(np.float32).max)
 MAX_POOL_BORDER = -MAX_FLOAT32
 
 

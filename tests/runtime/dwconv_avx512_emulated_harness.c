@@ -97,14 +97,16 @@ static int compare(size_t cin, size_t mult, size_t h, size_t w, size_t k, size_t
     float *bias = malloc(cout * sizeof(float)), *out = malloc(no * sizeof(float));
     const size_t lane = (w + 2 * pad + s - 1) / s * s;
     float *phases = malloc(s * (h + 2 * pad) * (lane / s) * sizeof(float) + 64); /* phases */
-    size_t *off = malloc(k * k * sizeof(size_t) + lane * sizeof(float) + 64);
-    if (!x || !wt || !bias || !out || !phases || !off) return 2;
+    size_t *off = malloc(k * k * sizeof(size_t));
+    float *line = malloc(lane * sizeof(float) + 64);
+    if (!x || !wt || !bias || !out || !phases || !off || !line) return 2;
     for (size_t i = 0; i < nx; i++) x[i] = next_float();
     for (size_t i = 0; i < cout * k * k; i++) wt[i] = next_float();
     for (size_t i = 0; i < cout; i++) bias[i] = next_float();
     for (size_t i = 0; i < no; i++) out[i] = NAN; /* every element must be written */
     g.x = x; g.weight = wt; g.bias = with_bias ? bias : NULL; g.relu = relu; g.out = out;
-    for (size_t p = 0; p < g.n * cin; p++) bf_dwconv_plane__avx512(&g, p, phases, off);
+    tap_offsets(&g, off);
+    for (size_t p = 0; p < g.n * cin; p++) bf_dwconv_plane__avx512(&g, p, phases, line, off);
     int bad = 0;
     for (size_t b = 0; b < g.n && !bad; b++)
         for (size_t oc = 0; oc < cout && !bad; oc++)
@@ -137,6 +139,7 @@ static int compare(size_t cin, size_t mult, size_t h, size_t w, size_t k, size_t
     free(out);
     free(phases);
     free(off);
+    free(line);
     return bad;
 }
 

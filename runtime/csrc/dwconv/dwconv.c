@@ -2,6 +2,7 @@
 #include "dwconv.h"
 
 #include "../bf_parallel.h"
+#include "dwconv_plane.h"
 
 /* Multiply-adds that justify one more pool thread (~40 us of one core). */
 #define BF_DWCONV_WORK_PER_THREAD ((size_t)1 << 19)
@@ -48,7 +49,9 @@ static void run_range(void *ctx, size_t begin, size_t end, int thread_index) {
                  (size_t)thread_index * thread_bytes(g);
     float *phases = (float *)(void *)mine;
     size_t *off = (size_t *)(void *)(mine + phase_bytes(g));
-    for (size_t p = begin; p < end; p++) g->plane(g, p, phases, off);
+    float *line = (float *)(void *)(off + g->kh * g->kw);
+    tap_offsets(g, off);
+    for (size_t p = begin; p < end; p++) g->plane(g, p, phases, line, off);
 }
 
 void bf_dwconv(const bf_dwconv_args *g, int threads) {

@@ -19,11 +19,12 @@
 #include "../bf_common.h"
 
 struct bf_dwconv_args;
-/* One input plane (index p < n * cin) into its mult output planes; `phases` (of
- * bf_dwconv_phase_floats floats) and `off` (kh * kw offsets, then a row of
- * ceil((w + 2 pw) / sw) * sw floats) are the calling thread's scratch. */
+/* One input plane (index p < n * cin) into its mult output planes. `phases` (of
+ * bf_dwconv_phase_floats floats) and `line` (ceil((w + 2 pw) / sw) * sw floats) are the
+ * calling thread's scratch; `off` holds the taps' offsets (tap_offsets in dwconv_plane.h,
+ * the same for every plane, so the driver computes them once per range of planes). */
 typedef void (*bf_dwconv_plane_fn)(const struct bf_dwconv_args *g, size_t p, float *phases,
-                                   size_t *off);
+                                   float *line, const size_t *off);
 
 typedef struct bf_dwconv_args {
     size_t n, cin, h, w, mult, kh, kw, sh, sw, ph, pw, dh, dw;
@@ -45,10 +46,13 @@ size_t bf_dwconv_scratch_bytes(const bf_dwconv_args *g, int threads);
 int bf_dwconv_threads(const bf_dwconv_args *g, int threads);
 void bf_dwconv(const bf_dwconv_args *g, int threads);
 
-void bf_dwconv_plane__scalar(const bf_dwconv_args *g, size_t p, float *phases, size_t *off);
+void bf_dwconv_plane__scalar(const bf_dwconv_args *g, size_t p, float *phases, float *line,
+                             const size_t *off);
 #if BF_ARCH_X86
-void bf_dwconv_plane__avx2(const bf_dwconv_args *g, size_t p, float *phases, size_t *off);
-void bf_dwconv_plane__avx512(const bf_dwconv_args *g, size_t p, float *phases, size_t *off);
+void bf_dwconv_plane__avx2(const bf_dwconv_args *g, size_t p, float *phases, float *line,
+                           const size_t *off);
+void bf_dwconv_plane__avx512(const bf_dwconv_args *g, size_t p, float *phases, float *line,
+                             const size_t *off);
 #endif
 
 #endif

@@ -4,9 +4,9 @@
 
 #include "dwconv_plane.h"
 
-void bf_dwconv_plane__scalar(const bf_dwconv_args *g, size_t p, float *phases, size_t *off) {
-    build_phases(g, p, phases, (float *)(void *)(off + g->kh * g->kw));
-    tap_offsets(g, off);
+void bf_dwconv_plane__scalar(const bf_dwconv_args *g, size_t p, float *phases, float *line,
+                             const size_t *off) {
+    build_phases(g, p, phases, line);
     const size_t taps = g->kh * g->kw, ci = p % g->cin, wo = g->wo, step = row_step(g);
     for (size_t j = 0; j < g->mult; j++) {
         const size_t oc = ci * g->mult + j;

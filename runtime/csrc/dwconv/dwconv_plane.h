@@ -1,7 +1,8 @@
 /*
  * What every ISA's plane kernel shares (dwconv.h): the input plane copied, zero-padded,
  * into its sw column phases, and where a tap's input row starts. Included by each ISA's
- * file, which computes the output rows with its own vectors.
+ * file, which computes the output rows with its own vectors, and by dwconv.c, which
+ * computes the tap offsets once for a thread's range of planes.
  */
 #include <string.h>
 

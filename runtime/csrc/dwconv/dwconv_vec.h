@@ -14,9 +14,8 @@
 #define ROWS 4
 
 BF_DWCONV_TARGET void BF_DWCONV_NAME(const bf_dwconv_args *g, size_t p, float *phases,
-                                     size_t *off) {
-    build_phases(g, p, phases, (float *)(void *)(off + g->kh * g->kw));
-    tap_offsets(g, off);
+                                     float *line, const size_t *off) {
+    build_phases(g, p, phases, line);
     const size_t taps = g->kh * g->kw, ci = p % g->cin, wo = g->wo, step = row_step(g);
     const size_t full = wo / (STRIP * VLEN) * (STRIP * VLEN); /* columns in whole strips */
     for (size_t j = 0; j < g->mult; j++) {
