@@ -8,6 +8,8 @@ arithmetic in the documented order.
 
 from __future__ import annotations
 
+import platform
+import shutil
 from typing import Any
 
 import numpy as np
@@ -814,3 +816,20 @@ def test_depthwise_bench_checks_outputs_and_reports_ratios(monkeypatch: pytest.M
     for r in rows:
         assert r["ratio"] == pytest.approx(r["ms_runtime"] / r["ms_torch"], rel=0.02, abs=0.01)
         assert r["isa"] == runtime.isa()
+
+
+def test_inner_loops_bench_builds_and_every_form_matches_plain_c() -> None:
+    """bench/inner_loops.c checks each form's counts before timing it (exit 1 if any
+    differ), so a run that returns rates has checked them all."""
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the loops are x86-64 code")
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler")
+    rates = _bench_module("inner_loops").measure(seconds=0.05)
+    expected = {"popcnt"}
+    if "avx2" in runtime.supported_isas():
+        expected |= {"lookup", "split", "lookup+popcnt", "split+popcnt"}
+    if "avx512" in runtime.supported_isas():
+        expected.add("vpopcntq")
+    assert expected <= set(rates)
+    assert all(rate > 0 for rate in rates.values())
