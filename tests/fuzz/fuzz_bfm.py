@@ -25,7 +25,9 @@ Models whose declared activations are too big to run quickly are loaded but not 
 
 4. One input in ten also calls the C binding (``runtime._native``) directly with random
    geometry (huge and negative sizes included) and buffers that fit or not: it must run
-   or raise ``ValueError``/``OverflowError``/``TypeError``/``MemoryError``.
+   or raise ``ValueError``/``OverflowError``/``TypeError``/``MemoryError``. The kernels
+   called: binary conv, sign_pack, xnor_gemm, max pooling, panel packing, popcount,
+   depthwise conv and real conv (with a fused max pool and packed bits, or not).
 
 Run ``python tests/fuzz/fuzz_bfm.py --help``; ``docs/development.md`` has the recipe.
 """
@@ -33,6 +35,7 @@ Run ``python tests/fuzz/fuzz_bfm.py --help``; ``docs/development.md`` has the re
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import mmap
@@ -937,11 +940,30 @@ def _words(c: int) -> int:
     return (c + 63) // 64 if c > 0 else 0
 
 
+def _conv_geometry(rng: random.Random, size: Any, exact: bool) -> tuple[tuple[int, ...], int, int]:
+    """(n, cin, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw) of fconv/dwconv (c: output
+    channels or channel multiplier), with the output extent it implies; ``exact``: a
+    kernel that fits the padded input."""
+    n, cin, h, w, c, kh, kw = (size(rng) for _ in range(7))
+    sh, sw, dh, dw = (rng.choice([1, 1, 2, size(rng)]) for _ in range(4))
+    ph, pw = rng.choice([0, 1, size(rng)]), rng.choice([0, 1, size(rng)])
+    if exact:
+        kh, kw = min(kh, h + 2 * ph), min(kw, w + 2 * pw)
+        dh = min(dh, max(1, (h + 2 * ph - 1) // max(kh - 1, 1)))
+        dw = min(dw, max(1, (w + 2 * pw - 1) // max(kw - 1, 1)))
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // max(sh, 1) + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // max(sw, 1) + 1
+    return (n, cin, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw), ho, wo
+
+
 def call_binding(rng: random.Random, isas: list[str]) -> str:
     """One call of a ``runtime._native`` kernel; returns its outcome or raises Failure."""
     from runtime import _native
 
-    what = rng.choice(["bconv", "sign_pack", "xnor_gemm", "maxpool2d", "panel_pack", "popcount"])
+    what = rng.choice(
+        ["bconv", "sign_pack", "xnor_gemm", "maxpool2d", "panel_pack", "popcount", "dwconv",
+         "fconv"]
+    )  # fmt: skip
     isa = rng.choice(isas)
     exact = rng.random() < 0.5  # small sizes and buffers that fit: the kernels run
 
@@ -983,6 +1005,57 @@ def call_binding(rng: random.Random, isas: list[str]) -> str:
         row = _buffer(rng, np.float32, w)
         geo = (planes, h, w, ho, wo, kh, kw, sh, sw, ph, pw)
         args, call = (x, out, row, geo, isa), _native.maxpool2d
+    elif what == "fconv":
+        geo, ho, wo = _conv_geometry(rng, _size, exact)
+        n, cin, h, w, cout, kh, kw = geo[:7]
+        pool = None
+        if rng.random() < 0.4:  # a fused max pool: one that fits, or any
+            pk, ps = rng.choice([(2, 2), (3, 2), (3, 1), (_size(rng), _size(rng))])
+            pp = rng.choice([0, 1]) if pk > 1 else 0
+            pho = (max(ho, 1) + 2 * pp - pk) // max(ps, 1) + 1
+            pwo = (max(wo, 1) + 2 * pp - pk) // max(ps, 1) + 1
+            pool = (
+                (pk, pk, ps, ps, pp, pp, pho, pwo)
+                if rng.random() < 0.8
+                else (pk, pk, ps, ps, pp, pp, _size(rng), _size(rng))
+            )
+        bits = pool is not None and rng.random() < 0.5
+        threads = rng.choice([1, 2, 3, 0, -1])
+        try:
+            mr = _native.fconv_channels(isa)
+            scratch_bytes = _native.fconv_scratch_bytes(geo, pool, max(threads, 1), bits)
+        except BINDING_ERRORS:
+            mr, scratch_bytes = 8, 64
+        out_hw = (pool[6] * pool[7]) if pool else ho * wo
+        buffers = [
+            _buffer(rng, np.float32, n * cin * h * w),
+            _buffer(rng, np.float32, -(-cout // mr) * mr * cin * kh * kw),
+            _buffer(rng, np.float32, cout) if rng.random() < 0.7 else None,
+            _buffer(rng, np.float32, n * cout * out_hw),
+            _buffer(rng, np.uint8, scratch_bytes),
+        ]
+        extra: dict[str, Any] = {"pool": pool}
+        if bits:
+            extra["bits"] = _buffer(rng, np.uint64, n * out_hw * _words(cout))
+            extra["threshold"] = _buffer(rng, np.float32, cout) if rng.random() < 0.5 else None
+        args = (*buffers, geo, rng.random() < 0.5, threads, isa)
+        call = functools.partial(_native.fconv, **extra)
+    elif what == "dwconv":
+        geo, ho, wo = _conv_geometry(rng, _size, exact)
+        n, c, h, w, mult, kh, kw = geo[:7]
+        threads = rng.choice([1, 2, 3, 0, -1])
+        try:
+            scratch_bytes = _native.dwconv_scratch_bytes(geo, max(threads, 1))
+        except BINDING_ERRORS:
+            scratch_bytes = 64
+        buffers = [
+            _buffer(rng, np.float32, n * c * h * w),
+            _buffer(rng, np.float32, c * mult * kh * kw),
+            _buffer(rng, np.float32, c * mult) if rng.random() < 0.7 else None,
+            _buffer(rng, np.float32, n * c * mult * ho * wo),
+            _buffer(rng, np.uint8, scratch_bytes),
+        ]
+        args, call = (*buffers, geo, rng.random() < 0.5, threads, isa), _native.dwconv
     else:
         n, h, w, cin, cout, kh, kw = (_size(rng) for _ in range(7))
         sh, sw, dh, dw = (rng.choice([1, 1, 2, _size(rng)]) for _ in range(4))

@@ -159,7 +159,8 @@ def test_fuzz_loader_and_executor_under_asan_and_ubsan(asan_tree: Path, tmp_path
     assert report.outcomes["ran"] >= count // 20, report.text()
     if count >= 2_000:
         assert set(report.ops_ran) == set(fuzz_bfm.OPS), report.text()
-        kernels = {"bconv", "sign_pack", "xnor_gemm", "maxpool2d", "panel_pack", "popcount"}
+        kernels = {"bconv", "sign_pack", "xnor_gemm", "maxpool2d", "panel_pack", "popcount",
+                   "dwconv", "fconv"}  # fmt: skip
         assert {k.split(":")[0] for k in report.binding if k.endswith("ran")} == kernels
         assert report.distinct_rejections >= 100, report.text()
 
