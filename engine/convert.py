@@ -5,7 +5,8 @@
    last (unless ``binarize_first_last``), those matching a ``keep_real`` glob, those with
    fewer than ``min_layer_size`` weights, grouped or non-zero-padded convolutions (the
    runtime's binary convolutions have ``groups = 1`` and zero padding), and modules called
-   more than once stay real.
+   more than once stay real, and so do Linear layers whose input (seen on the data) is
+   not (batch, features), such as a token MLP's: the runtime packs binary rows per sample.
 3. Swap each for a twin (:func:`engine.layers.make_twin`).
 4. **The degenerate sign after a ReLU.** ``sign(relu(z) - t)`` is all +1 when ``t <= 0``.
    Two measures: (a) a ReLU whose every user is a binary layer is *bypassed* (the binary
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from bitfactor.jobconfig import BinarizeConfig
 from engine.errors import UserInputError
@@ -71,8 +73,40 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in ("relu", "relu_")
 
 
+def _input_ranks(gm: fx.GraphModule, example: torch.Tensor | None) -> dict[fx.Node, int]:
+    """The rank of each call_module node's first input on ``example`` (empty without one,
+    or where the graph does not run on it: the layers then fail later, by name)."""
+    if example is None:
+        return {}
+    tensors = [*gm.parameters(), *gm.buffers()]
+    if tensors:
+        example = example.to(tensors[0].device)
+    was_training = gm.training
+    gm.eval()  # batch-norm statistics untouched
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    except Exception:  # a model the data does not fit fails in calibration, by name
+        return {}
+    finally:
+        gm.train(was_training)
+    ranks: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        src = node.args[0] if node.op == "call_module" and node.args else None
+        meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
+        if meta is not None and hasattr(meta, "shape"):
+            ranks[node] = len(meta.shape)
+    return ranks
+
+
 def _keep_reason(
-    name: str, module: nn.Module, index: int, count: int, config: BinarizeConfig, calls: int
+    name: str,
+    module: nn.Module,
+    index: int,
+    count: int,
+    config: BinarizeConfig,
+    calls: int,
+    input_rank: int | None = None,
 ) -> str:
     if not config.binarize_first_last and index == 0:
         return "first layer"
@@ -84,6 +118,9 @@ def _keep_reason(
         return f"fewer than {config.min_layer_size} weights"
     if calls > 1:
         return "module called more than once"
+    if isinstance(module, nn.Linear) and input_rank not in (None, 2):
+        # tokens (N, L, C): the runtime's binary linear packs (batch, features) rows
+        return f"input of rank {input_rank}, not (batch, features)"
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if module.groups != 1:
             return "grouped convolution"
@@ -99,10 +136,14 @@ def _set_submodule(gm: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def binarize_graph(
-    model: nn.Module, config: BinarizeConfig
+    model: nn.Module, config: BinarizeConfig, example: torch.Tensor | None = None
 ) -> tuple[fx.GraphModule, list[LayerReport]]:
-    """The traced twin of ``model`` with binary layers swapped in (not calibrated yet)."""
+    """The traced twin of ``model`` with binary layers swapped in (not calibrated yet).
+
+    ``example`` (a few inputs) lets the choice see each layer's input shape: a Linear
+    applied to more than (batch, features), e.g. to a sequence of tokens, stays real."""
     gm = trace(model)
+    ranks = _input_ranks(gm, example)
     nodes = [
         n
         for n in gm.graph.nodes
@@ -116,7 +157,7 @@ def binarize_graph(
     for i, node in enumerate(nodes):
         name = str(node.target)
         module = gm.get_submodule(name)
-        reason = _keep_reason(name, module, i, len(nodes), config, calls[name])
+        reason = _keep_reason(name, module, i, len(nodes), config, calls[name], ranks.get(node))
         report = LayerReport(
             name,
             type(module).__name__,
@@ -222,13 +263,15 @@ def convert(
     model: nn.Module, calib_x: torch.Tensor, config: BinarizeConfig
 ) -> tuple[fx.GraphModule, list[dict[str, Any]]]:
     """The calibrated binary twin of ``model`` and a per-layer report (dicts)."""
-    gm, reports = binarize_graph(model, config)
+    gm, reports = binarize_graph(model, config, calib_x[:2])
     gm.to(calib_x.device)
     calibrate(gm, calib_x)
     if not any(r.binary for r in reports):
+        reasons = "; ".join(f"{r.name}: {r.reason}" for r in reports)
         raise UserInputError(
-            "no layer can be binarized: the model has no Conv/Linear layer between its first "
-            "and last one with at least min_layer_size weights"
+            "no layer can be binarized: the runtime's binary layers are the Conv/Linear "
+            "layers between the first and the last one, with at least min_layer_size "
+            f"weights and (for Linear) a (batch, features) input ({reasons or 'no such layer'})"
         )
     return gm, [asdict(r) for r in reports]
 

@@ -8,8 +8,10 @@ a ``should_cancel`` hook returning True raises :class:`engine.errors.JobCancelle
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
-from torch import nn
+from torch import fx, nn
 
 import bitfactor
 from bitfactor.datasets import load_npz
@@ -116,6 +118,14 @@ def _runtime_check(
     return accuracy(logits, y_val), agreement(logits, student_logits), ms
 
 
+def _check_exportable(student: fx.GraphModule, shape: tuple[int, ...]) -> None:
+    """Export a copy of the converted model now, so that a graph the runtime cannot run is
+    refused (``UserInputError``, by name) before training rather than after it."""
+    probe = copy.deepcopy(student).cpu().eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_bfm(probe, shape, Path(tmp) / "probe.bfm")
+
+
 def binarize(
     model_path: str | os.PathLike[str],
     data_path: str | os.PathLike[str],
@@ -165,6 +175,7 @@ def binarize(
     student, layers = convert(teacher, x_train[calib_idx].to(device), config)
     binary_count = sum(1 for r in layers if r["binary"])
     say(f"converted: {binary_count} of {len(layers)} Conv/Linear layers binary")
+    _check_exportable(student, shape)
     teacher_train = predict(teacher, x_train, device)
     teacher_val = predict(teacher, x_val, device)
     source_sha = sha256_file(model_path)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import fx, nn
 
 from bitfactor.jobconfig import BinarizeConfig
 from engine.archs import ResNetCIFAR, VGGSmall
 from engine.convert import binarize_graph, convert, threshold_from_stats
+from engine.errors import UserInputError
 from engine.layers import BinaryConv2d, binary_layers
 
 
@@ -121,3 +123,45 @@ def test_calibration_sizes_xnorpp_factors_and_recomputes_batch_norm() -> None:
     out = outs[0]
     assert abs(float(out.mean())) < 0.1
     assert abs(float(out.std()) - 1.0) < 0.1
+
+
+class ConvTokens(nn.Module):
+    """Binary-able convolutions, then a Linear over tokens (N, L, C), as a ViT's MLP."""
+
+    def __init__(self, tokens_only: bool = False) -> None:
+        super().__init__()
+        self.tokens_only = tokens_only
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.token_fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if not self.tokens_only:
+            x = self.conv(x)
+        t = x.flatten(2).transpose(1, 2)
+        return self.head(self.token_fc(t).mean(1))
+
+
+def test_linear_over_tokens_stays_real_when_an_example_shows_its_input() -> None:
+    torch.manual_seed(0)
+    model = ConvTokens().eval()
+    x = torch.randn(8, 3, 6, 6)
+    config = BinarizeConfig(min_layer_size=0)
+    _, reports = binarize_graph(model, config, x[:2])
+    by_name = {r.name: r for r in reports}
+    assert by_name["conv"].binary
+    assert not by_name["token_fc"].binary
+    assert by_name["token_fc"].reason == "input of rank 3, not (batch, features)"
+    _, blind = binarize_graph(model, config)  # no example: shapes unknown
+    assert {r.name: r.binary for r in blind}["token_fc"]
+    gm, converted = convert(model, x, config)  # converts and calibrates (it crashed before)
+    assert [r["name"] for r in converted if r["binary"]] == ["conv"]
+    assert gm(x).shape == (8, 4)
+
+
+def test_no_binary_layer_names_each_layers_reason() -> None:
+    model = ConvTokens(tokens_only=True).eval()
+    with pytest.raises(UserInputError, match=r"token_fc: input of rank 3, not \(batch, features\)"):
+        convert(model, torch.randn(4, 3, 6, 6), BinarizeConfig(min_layer_size=0))

@@ -248,3 +248,45 @@ def test_cli_binarize_eval_inspect(tmp_path: Path, trained_mlp: Path, digits_npz
     )
     assert bad.returncode == 2
     assert "factorization" in bad.stderr
+
+
+class _TokenBias(torch.nn.Module):
+    """A binary-able convolution, then a Linear over tokens, whose ONNX bias add (over the
+    last axis of (N, L, C)) the runtime has no op for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.token_fc = torch.nn.Linear(16, 16)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.conv(torch.relu(self.stem(x))).flatten(2).transpose(1, 2)
+        return self.head(self.token_fc(t).transpose(1, 2).mean(2))
+
+
+def test_a_graph_the_runtime_cannot_run_is_refused_before_training(tmp_path: Path) -> None:
+    import warnings
+
+    model = _TokenBias().eval()
+    onnx_path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.randn(1, 3, 6, 6),), str(onnx_path), dynamo=False,
+            input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((64, 3, 6, 6), np.float32))
+    stages: list[str] = []
+    with pytest.raises(UserInputError, match="export: add needs a scalar or per-channel"):
+        binarize(
+            onnx_path,
+            data,
+            tmp_path / "m.bfm",
+            BinarizeConfig(epochs=50, min_layer_size=0),
+            progress=lambda p: stages.append(p.stage),
+        )
+    assert stages == ["convert"]  # not one training step
+    assert not (tmp_path / "m.bfm").exists()
