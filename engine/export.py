@@ -303,6 +303,37 @@ def _pool_attrs(mod: Any, nsp: int, avg: bool) -> dict[str, Any]:
     return attrs
 
 
+def _upsample_scales(
+    name: str, mode: Any, scale_factor: Any, x_shape: tuple[int, ...], shape: tuple[int, ...]
+) -> list[int]:
+    """The integer factors of a nearest upsampling from ``x_shape`` to ``shape``. With an
+    integer factor k, torch's "nearest" and "nearest-exact" both read pixel o // k."""
+    nsp = len(x_shape) - 2
+    if mode not in ("nearest", "nearest-exact"):
+        raise UserInputError(
+            f"export: {name} upsamples in mode {mode!r}; only 'nearest' with integer factors"
+        )
+    if not 1 <= nsp <= 2 or len(shape) != len(x_shape):
+        raise UserInputError(f"export: {name} upsamples a rank-{len(x_shape)} value")
+    scales = []
+    for i in range(nsp):
+        size, out = x_shape[2 + i], shape[2 + i]
+        if out % size:
+            raise UserInputError(
+                f"export: {name} resizes axis {2 + i} from {size} to {out}; "
+                "only integer upsampling factors"
+            )
+        scales.append(out // size)
+    if scale_factor is not None:  # a fractional factor maps pixels differently
+        given = list(scale_factor) if isinstance(scale_factor, tuple | list) else [scale_factor]
+        given = given * nsp if len(given) == 1 else given
+        if [float(v) for v in given] != [float(v) for v in scales]:
+            raise UserInputError(
+                f"export: {name} has scale_factor {scale_factor}; only integer factors"
+            )
+    return scales
+
+
 def _export_module(ex: _Exporter, node: fx.Node) -> None:
     mod = ex.gm.get_submodule(str(node.target))
     name = str(node.target)
@@ -409,6 +440,13 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
         begins = [widths[2 * (nsp - 1 - i)] for i in range(nsp)]
         ends = [widths[2 * (nsp - 1 - i) + 1] for i in range(nsp)]
         out = ex.emit("pad", name, [x], attrs={"pads": begins + ends, "value": float(mod.value)})
+    elif isinstance(mod, nn.Upsample):
+        src = node.args[0]
+        assert isinstance(src, fx.Node)
+        if mod.size is None and mod.scale_factor is None:  # pragma: no cover - torch refuses
+            raise UserInputError(f"export: {name} has neither size nor scale_factor")
+        scales = _upsample_scales(name, mod.mode, mod.scale_factor, ex.shape(src), shape)
+        out = ex.emit("upsample", name, [x], attrs={"scales": scales})
     elif isinstance(mod, nn.Dropout | nn.Identity):
         out = x
     else:
@@ -545,6 +583,21 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
             node.name,
             [ex.value(p, node) for p in parts],  # type: ignore[union-attr]
             attrs={"axis": axis},
+        )
+    elif target is F.interpolate:
+        names = ("input", "size", "scale_factor", "mode")
+        given = {**dict(zip(names, args, strict=False)), **node.kwargs}
+        src = given["input"]
+        assert isinstance(src, fx.Node)
+        scales = _upsample_scales(
+            node.name,
+            given.get("mode", "nearest"),
+            given.get("scale_factor"),
+            ex.shape(src),
+            ex.shape(node),
+        )
+        ex.names[node] = ex.emit(
+            "upsample", node.name, [ex.value(src, node)], attrs={"scales": scales}
         )
     elif target in (F.relu, torch.relu, "relu"):
         ex.names[node] = ex.emit("relu", node.name, [ex.value(args[0], node)])

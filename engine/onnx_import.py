@@ -13,6 +13,7 @@ GlobalAveragePool, Add, Mul, Flatten, Reshape, Concat, Identity, Dropout, Consta
 Softmax, LayerNormalization (over trailing axes), Gelu, Sub, Div (by a constant),
 Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis), HardSigmoid,
 HardSwish, Pad (constant mode, spatial axes), Transpose (keeping the batch first),
+Resize and Upsample (nearest, integer factors on the spatial axes),
 asymmetric ``pads`` and ``auto_pad`` (a pad module before the layer), and shape
 arithmetic on constants and on the input's shape (Shape, Gather, Unsqueeze, Squeeze,
 Concat, Cast, Slice, Add, Sub, Mul, Div; ConstantOfShape, Reshape and Transpose of
@@ -390,6 +391,80 @@ def _convert_pad(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
     b.values[node.output[0]] = b.module("pad", pad, x)
 
 
+def _text(a: dict[str, Any], key: str, default: str) -> str:
+    value = a.get(key, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# Resize's coordinate modes and the nearest_modes with which, for an integer factor k, the
+# output pixel o reads input pixel o // k (the runtime's upsample): asymmetric reads
+# floor(o / k); the half-pixel modes round (o + 0.5) / k - 0.5, never a tie; TF's
+# half-pixel mode floors (o + 0.5) / k
+_NEAREST_AS_REPEAT = {
+    "asymmetric": {"floor"},
+    "half_pixel": {"round_prefer_floor", "round_prefer_ceil"},
+    "pytorch_half_pixel": {"round_prefer_floor", "round_prefer_ceil"},
+    "tf_half_pixel_for_nn": {"floor"},
+}
+
+
+def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
+    """Resize (opset 10+) and Upsample (opset 7-9) in nearest mode by integer factors on the
+    spatial axes of an (N, C, L) or (N, C, H, W) value: ``nn.Upsample``."""
+    op, ins = node.op_type, list(node.input)
+    mode = _text(a, "mode", "nearest")
+    if mode != "nearest":
+        raise _fail(node, f"mode {mode!r} is not supported (only 'nearest', integer factors)")
+    if op == "Resize":
+        coords = _text(a, "coordinate_transformation_mode", "half_pixel")
+        rounding = _text(a, "nearest_mode", "round_prefer_floor")
+    else:  # Upsample: asymmetric, floor
+        coords, rounding = "asymmetric", "floor"
+    if rounding not in _NEAREST_AS_REPEAT.get(coords, set()):
+        raise _fail(
+            node,
+            f"coordinate_transformation_mode {coords!r} with nearest_mode {rounding!r} is not "
+            "supported (integer upsampling reads pixel o // k only with asymmetric/floor or "
+            "half_pixel/round)",
+        )
+    if x is None:
+        raise _fail(node, f"{op} of a constant is not supported (only of values)")
+    in_shape = b.shapes.get(ins[0])
+    rank = len(in_shape) if in_shape is not None else None
+    if rank not in (3, 4):
+        raise _fail(node, f"{op} needs an (N, C, L) or (N, C, H, W) input of known rank")
+    assert in_shape is not None
+    scales: list[float] | None = None
+    if op == "Upsample" and "scales" in a:  # opset 7
+        scales = [float(v) for v in a["scales"]]
+    elif op == "Upsample" or (len(ins) > 2 and ins[2]):  # Upsample-9's input 1, Resize's 2
+        scales = [float(v) for v in b.const(ins[1 if op == "Upsample" else 2], node).reshape(-1)]
+    if scales is not None and scales:
+        axes = [int(v) % rank for v in a.get("axes", range(rank))]
+        full = [1.0] * rank
+        for axis, value in zip(axes, scales, strict=False):
+            full[axis] = value
+        if full[:2] != [1.0, 1.0] or any(v < 1 or v != int(v) for v in full[2:]):
+            raise _fail(node, f"scales {scales}: only integer factors >= 1 on the spatial axes")
+        factors = [int(v) for v in full[2:]]
+    else:  # Resize with sizes (constant, or the input's shape with the batch in it)
+        name = ins[3] if len(ins) > 3 else ""
+        sizes = b.syms.get(name, b.consts.get(name)) if name else None
+        if sizes is None or None in in_shape[1:]:
+            raise _fail(node, f"{op} needs constant scales, or sizes and a known input shape")
+        target = [None if v is None else int(v) for v in np.asarray(sizes).reshape(-1)]
+        if len(target) != rank or None in target[1:] or target[1] != in_shape[1]:
+            raise _fail(node, f"sizes {target}: only the spatial axes of {in_shape} may change")
+        spatial = [
+            (int(i or 0), int(o or 0)) for i, o in zip(in_shape[2:], target[2:], strict=True)
+        ]
+        if any(o % i for i, o in spatial):
+            raise _fail(node, f"sizes {target}: only integer multiples of {in_shape}")
+        factors = [o // i for i, o in spatial]
+    up = nn.Upsample(scale_factor=tuple(float(v) for v in factors), mode="nearest")
+    b.values[node.output[0]] = b.module("upsample", up, x)
+
+
 def _convert_node(b: _Builder, node: Any) -> None:
     op = node.op_type
     a = _attrs(node)
@@ -447,6 +522,12 @@ def _convert_node(b: _Builder, node: Any) -> None:
             lin.bias = _param(c)
         b.values[out] = b.module("linear", lin, x)
     elif op == "MatMul":
+        if ins[1] not in b.consts and ins[1] not in b.syms:
+            raise _fail(
+                node,
+                "MatMul of two computed tensors (as attention's q @ k^T and scores @ v) is not "
+                "supported: the right operand must be a constant 2-D weight",
+            )
         w = b.const(ins[1], node)
         if w.ndim != 2:
             raise _fail(node, "MatMul needs a constant 2-D right operand")
@@ -521,6 +602,8 @@ def _convert_node(b: _Builder, node: Any) -> None:
         b.values[out] = b.module("pool", pool, x)
     elif op == "Pad":
         _convert_pad(b, node, a, x)
+    elif op in {"Resize", "Upsample"}:
+        _convert_resize(b, node, a, x)
     elif op == "Transpose":  # of a value (on constants it is folded): the batch stays first
         rank = b.rank(ins[0])
         if rank is None:
@@ -657,7 +740,13 @@ def _convert_node(b: _Builder, node: Any) -> None:
             raise _fail(node, f"Gelu approximate={approximate!r} is not supported")
         b.values[out] = b.module("gelu", nn.GELU(approximate=approximate), x)
     else:
-        raise _fail(node, "this operator is not supported")
+        hint = {
+            "Slice": " on computed tensors (only on constants; chunk/split of activations, "
+            "as a fused qkv projection, is not supported)",
+            "Split": " (chunk/split of activations, as a fused qkv projection)",
+            "ConvTranspose": " (transposed convolution)",
+        }.get(op, "")
+        raise _fail(node, f"this operator is not supported{hint}")
 
 
 def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:

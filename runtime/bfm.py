@@ -150,6 +150,7 @@ REAL_OPS = {
     "concat",
     "pad",
     "transpose",
+    "upsample",
     *ELEMENTWISE_OPS,
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
@@ -566,6 +567,19 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         if sorted(perm) != list(range(len(shape))) or perm[0] != 0:
             raise _fail(w, f"attr 'perm' {list(perm)} must reorder the axes, the batch axis first")
         return ValueInfo("float", tuple(shape[i] for i in perm))
+    if op == "upsample":  # nearest neighbour, an integer factor per spatial axis
+        node.n_inputs(1)
+        shape = need(0, "float", (3, 4))
+        nsp = len(shape) - 2
+        scales = _ints(f"{w}: attr 'scales'", node.attr("scales", required=True), nsp, minimum=1)
+        mode = node.attr("mode", "nearest")
+        if mode != "nearest":
+            raise _fail(w, f"attr 'mode' {mode!r}: only 'nearest'")
+        spatial = tuple(
+            _int(f"{w}: upsampled axis {2 + i}", int(shape[2 + i] or 0) * scales[i])
+            for i in range(nsp)
+        )
+        return ValueInfo("float", (None, shape[1], *spatial))
     raise _fail(w, f"op {op!r} has no checker")  # pragma: no cover - KNOWN_OPS is closed
 
 

@@ -725,6 +725,24 @@ class _Step:
                 np.copyto(out, ins[0].transpose(perm))
 
             return run_transpose
+        if op == "upsample":
+            scales = tuple(int(v) for v in a["scales"])
+
+            def run_upsample(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                x = ins[0]
+                # out viewed as (N, C, H, sh, W, sw): every copy of a pixel at once
+                split: list[int] = [*x.shape[:2]]
+                src: tuple[Any, ...] = (slice(None), slice(None))
+                for size, k in zip(x.shape[2:], scales, strict=True):
+                    split += [size, k]
+                    src += (slice(None), None)
+                view = out.reshape(split)  # a view of out's C-ordered arena buffer
+                if np.shares_memory(view, out):
+                    view[...] = x[src]
+                else:  # pragma: no cover - a copy: write it back
+                    out[...] = np.broadcast_to(x[src], split).reshape(out.shape)
+
+            return run_upsample
         if op in ("flatten", "reshape"):
 
             def run_view(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:

@@ -339,3 +339,82 @@ def test_constants_broadcast_like_numpy_or_are_refused(tmp_path: Path) -> None:
     # (3,) against (N, 3, 3, 3) broadcasts along the width in torch, not per channel
     with pytest.raises(UserInputError, match=r"per-channel constant, got shape \(3,\)"):
         build_graph(torch.fx.symbolic_trace(Normalize((3,))), (3, 3, 3))
+
+
+class _TinyUNet(nn.Module):
+    """A U-Net's shape: down by max pooling, up by nearest upsampling, skip by concat."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.d1 = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.d2 = nn.Sequential(
+            nn.MaxPool2d(2), nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU()
+        )
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(2 * c, c, 3, padding=1))
+        self.u1 = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.head = nn.Conv2d(c, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.d1(x)
+        u = self.up(self.d2(a))
+        return self.head(self.u1(torch.cat([a, u], 1))).mean((2, 3))
+
+
+@pytest.mark.parametrize("through_onnx", [False, True])
+def test_unet_with_upsampling_runs_in_the_runtime_like_the_binary_torch_model(
+    tmp_path: Path,
+    through_onnx: bool,
+    bn_randomizer,  # type: ignore[no-untyped-def]
+) -> None:
+    torch.manual_seed(0)
+    model: nn.Module = bn_randomizer(_TinyUNet()).eval()
+    shape = (3, 12, 10)
+    if through_onnx:  # Resize (nearest, asymmetric, floor) as torch exports it
+        import warnings
+
+        from engine.importers import load_model
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (torch.randn(1, *shape),), str(tmp_path / "m.onnx"), dynamo=False,
+                opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+            )  # fmt: skip
+        model = load_model(tmp_path / "m.onnx").module
+    path = tmp_path / "m.bfm"
+    student, x = _convert_and_export(model, shape, path, train_epochs=1)
+    assert "upsample" in [n["op"] for n in read_bfm(path)[0]["nodes"]]
+    agree, close = _agreement(student, x, path)
+    assert agree >= 0.999
+    assert close >= 0.999
+
+
+def test_interpolate_exports_as_upsample_and_other_resizes_are_named(tmp_path: Path) -> None:
+    from engine.errors import UserInputError
+
+    class Model(nn.Module):
+        def __init__(self, mode: str = "nearest", factor: object = (2, 3)) -> None:
+            super().__init__()
+            self.mode, self.factor = mode, factor
+            self.up = nn.Upsample(size=(10, 6), mode="nearest-exact")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = nn.functional.interpolate(x, scale_factor=self.factor, mode=self.mode)
+            return self.up(y).flatten(1)
+
+    model = Model().eval()
+    graph, tensors = build_graph(torch.fx.symbolic_trace(model), (3, 5, 2))
+    assert [n["attrs"]["scales"] for n in graph["nodes"] if n["op"] == "upsample"] == [
+        [2, 3],
+        [1, 1],
+    ]
+    runtime.write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+    x = torch.randn(2, 3, 5, 2)
+    np.testing.assert_array_equal(runtime.load(tmp_path / "m.bfm").run(x.numpy()), model(x))
+    for mode, factor, match in [
+        ("bilinear", (2, 2), "mode 'bilinear'; only 'nearest'"),
+        ("nearest", (2.5, 2), "resizes axis 2 from 5 to 12; only integer"),
+        ("nearest", 2.0001, r"scale_factor 2.0001; only integer factors"),
+    ]:
+        with pytest.raises(UserInputError, match=match):
+            build_graph(torch.fx.symbolic_trace(Model(mode, factor).eval()), (3, 5, 5))

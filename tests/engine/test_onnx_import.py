@@ -157,6 +157,8 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
         (lambda x: x.mean(1), r"ReduceMean over axes \[1\]"),
         (lambda x: x.view(x.size(0) * 3, -1), "on the batch size"),
         (lambda x: x / (x + 1), "constant divisor"),
+        (lambda x: x @ x.transpose(-1, -2), r"MatMul of two computed tensors \(as attention"),
+        (lambda x: x[:, :, 1:], r"\(Slice\): this operator is not supported on computed"),
     ],
 )
 def test_unsupported_idioms_are_named(tmp_path: Path, forward: Any, match: str) -> None:
@@ -485,3 +487,125 @@ def test_pad_axes_out_of_range_are_named(tmp_path: Path) -> None:
     nodes = [("Pad", ["x", "p", "", "a"], ["t"], {}), ("Flatten", ["t"], ["y"], {"axis": 1})]
     with pytest.raises(UserInputError, match=r"axes \[7\] out of range for rank 4"):
         load_model(_helper_model(tmp_path, nodes, ["n", 3, 4, 5], inits, 18))
+
+
+class _Up(nn.Module):
+    """Nearest upsampling as torch writes it: a module with a factor, F.interpolate with
+    factors per axis, a module with a target size, and 1-d."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.conv = nn.Conv2d(3, 4, 3, padding=1) if kind != "1d" else nn.Conv1d(3, 4, 3)
+        self.up = {
+            "module": nn.Upsample(scale_factor=2),
+            "size": nn.Upsample(size=(12, 9)),
+            "1d": nn.Upsample(scale_factor=3, mode="nearest"),
+        }.get(kind, nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if self.kind == "functional":
+            y = nn.functional.interpolate(y, scale_factor=(2, 3), mode="nearest")
+        else:
+            y = self.up(y)
+        return y.flatten(1)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize(
+    ("kind", "shape"),
+    [("module", (3, 5, 4)), ("functional", (3, 5, 4)), ("size", (3, 6, 3)), ("1d", (3, 7))],
+)
+def test_nearest_upsampling_matches_onnxruntime(
+    tmp_path: Path, kind: str, shape: tuple[int, ...], opset: int
+) -> None:
+    torch.manual_seed(0)
+    path = _export(_Up(kind), shape, tmp_path / "m.onnx", opset)
+    assert "Resize" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    x = np.random.default_rng(0).standard_normal((3, *shape)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _assert_equal_to_onnxruntime(path: Path, shape: tuple[int, ...]) -> None:
+    """The imported module's output on random ``x`` is onnxruntime's, bit for bit."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def _resize_nodes(attrs: dict[str, Any], scales: list[float]) -> tuple[list[Any], dict[str, Any]]:
+    nodes = [
+        ("Resize", ["x", "", "scales"], ["r"], attrs),
+        ("Flatten", ["r"], ["y"], {"axis": 1}),
+    ]
+    return nodes, {"scales": np.array(scales, np.float32)}
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        {"mode": "nearest"},  # half_pixel, round_prefer_floor: the defaults
+        {
+            "coordinate_transformation_mode": "pytorch_half_pixel",
+            "nearest_mode": "round_prefer_ceil",
+        },
+        {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor"},
+        {"coordinate_transformation_mode": "tf_half_pixel_for_nn", "nearest_mode": "floor"},
+    ],
+)
+def test_resize_coordinate_modes_that_read_o_div_k_match_onnxruntime(
+    tmp_path: Path, attrs: dict[str, Any]
+) -> None:
+    nodes, inits = _resize_nodes(attrs, [1, 1, 3, 2])
+    path = _helper_model(tmp_path, nodes, ["n", 2, 4, 5], inits, 13)
+    _assert_equal_to_onnxruntime(path, (2, 2, 4, 5))
+
+
+def test_opset_9_upsample_matches_onnxruntime(tmp_path: Path) -> None:
+    nodes = [
+        ("Upsample", ["x", "scales"], ["r"], {"mode": "nearest"}),
+        ("Flatten", ["r"], ["y"], {"axis": 1}),
+    ]
+    inits = {"scales": np.array([1, 1, 2, 4], np.float32)}
+    path = _helper_model(tmp_path, nodes, ["n", 2, 3, 3], inits, 9)
+    _assert_equal_to_onnxruntime(path, (2, 2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    ("attrs", "scales", "match"),
+    [
+        ({"mode": "linear"}, [1, 1, 2, 2], "mode 'linear' is not supported"),
+        ({"mode": "cubic"}, [1, 1, 2, 2], "mode 'cubic' is not supported"),
+        ({"coordinate_transformation_mode": "align_corners"}, [1, 1, 2, 2], "align_corners"),
+        ({"nearest_mode": "floor"}, [1, 1, 2, 2], "'half_pixel' with nearest_mode 'floor'"),
+        ({}, [1, 1, 1.5, 2], r"scales \[1.0, 1.0, 1.5, 2.0\]: only integer factors"),
+        ({}, [1, 1, 0.5, 1], "only integer factors"),
+        ({}, [1, 2, 2, 2], "only integer factors >= 1 on the spatial axes"),
+    ],
+)
+def test_resizes_it_cannot_take_are_named(
+    tmp_path: Path, attrs: dict[str, Any], scales: list[float], match: str
+) -> None:
+    nodes, inits = _resize_nodes(attrs, scales)
+    with pytest.raises(UserInputError, match=match):
+        load_model(_helper_model(tmp_path, nodes, ["n", 2, 4, 4], inits, 13))
+
+
+def test_resize_by_constant_sizes(tmp_path: Path) -> None:
+    nodes = [
+        ("Resize", ["x", "", "", "sizes"], ["r"], {"coordinate_transformation_mode": "asymmetric",
+                                                   "nearest_mode": "floor"}),
+        ("Flatten", ["r"], ["y"], {"axis": 1}),
+    ]  # fmt: skip
+    sizes = {"sizes": np.array([2, 2, 8, 12], np.int64)}
+    path = _helper_model(tmp_path, nodes, ["n", 2, 4, 4], sizes, 13)
+    _assert_equal_to_onnxruntime(path, (2, 2, 4, 4))
+    sizes = {"sizes": np.array([2, 2, 6, 12], np.int64)}
+    with pytest.raises(UserInputError, match="only integer multiples"):
+        load_model(_helper_model(tmp_path, nodes, ["n", 2, 4, 4], sizes, 13))

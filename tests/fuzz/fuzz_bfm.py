@@ -5,6 +5,7 @@ Every input is a function of ``(seed, index)`` alone, so any input can be made a
 1. A pool of small *valid* models (``valid_pool``): random walks over every op the
    runtime has (binary conv 2d/1d, linear, chained bits, residuals, fused transforms,
    real convs with groups and half-precision weights, batch norm, activations, pools,
+   padding, transposes, nearest upsampling,
    add/mul, concat, flatten, reshape, softmax), with tiny shapes and channel counts on
    both sides of a 64-bit word.
 2. An input is a pool model (sometimes two spliced) with 0 to 4 mutations: byte flips,
@@ -220,7 +221,7 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
     choices = ["act", "act", "batchnorm", "addmul", "concat", "softmax", "reshape", "flatten"]
     choices += ["layernorm", "gelu"]
     if nsp >= 1:
-        choices += ["conv", "conv", "pool", "pool", "gap", "pad", "transpose"]
+        choices += ["conv", "conv", "pool", "pool", "gap", "pad", "transpose", "upsample"]
     else:
         choices += ["linear", "linear"]
     what = rng.choice(choices)
@@ -325,6 +326,12 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         if rng.random() < 0.5:
             attrs_pad["value"] = rng.choice([0.0, -1.5, 3.0])
         return b.node("pad", [name], "float", (c, *spatial), attrs_pad)
+    if what == "upsample":
+        scales = [rng.choice([1, 2, 2, 3]) for _ in range(nsp)]
+        if c * math.prod(shape[1:]) * math.prod(scales) > 256:  # keep the model small to run
+            scales = [1] * nsp
+        spatial = tuple(v * k for v, k in zip(shape[1:], scales, strict=True))
+        return b.node("upsample", [name], "float", (c, *spatial), {"scales": scales})
     if what == "transpose":
         order = list(range(1, len(shape) + 1))
         rng.shuffle(order)
@@ -418,7 +425,11 @@ def valid_pool(seed: int, size: int = 96, *, cover: bool = True) -> tuple[list[b
     ops: set[str] = set()
     while len(pool) < size or (cover and not ops >= set(OPS) and len(pool) < 8 * size):
         graph, tensors, used = random_model(rng)
-        pool.append(encode(graph, tensors))
+        data = encode(graph, tensors)
+        elements, work = _work(graph, tensors)
+        if elements > MAX_RUN_ELEMENTS or work > MAX_RUN_WORK:
+            continue  # a pool model runs; only mutants may be too big to
+        pool.append(data)
         ops |= used
     return pool, ops
 
@@ -499,13 +510,13 @@ OPS = [
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
     "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish", "erf", "elu", "selu",
-    "softplus", "mish", "log_softmax", "pad", "transpose",
+    "softplus", "mish", "log_softmax", "pad", "transpose", "upsample",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",
     "padding", "dilation", "groups", "pad_mode", "activation", "post_activation", "output",
     "min_val", "max_val", "axis", "shape", "ceil_mode", "count_include_pad", "negative_slope",
-    "eps", "approximate", "alpha", "beta", "pads", "value", "perm",
+    "eps", "approximate", "alpha", "beta", "pads", "value", "perm", "scales", "mode",
 ]  # fmt: skip
 
 
@@ -771,7 +782,10 @@ def _mutated(data: bytes, rng: random.Random, steps: int, pool: list[bytes]) -> 
                 data = mutate_header(rng, data)
             else:
                 data = mutate_bytes(rng, data, pool)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error):
+        except (
+            ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError,
+            struct.error,
+        ):  # fmt: skip
             data = mutate_bytes(rng, data, pool)  # an earlier step broke the structure
     return data
 

@@ -378,3 +378,31 @@ def test_transpose_is_validated(
         return
     with pytest.raises(FormatError, match=match):
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+
+
+@pytest.mark.parametrize(
+    ("attrs", "shape", "match"),
+    [
+        ({"scales": [2, 3]}, [None, 2, 10, 21], None),
+        ({"scales": [1, 1], "mode": "nearest"}, [None, 2, 5, 7], None),
+        ({"scales": [2, 2]}, [None, 2, 10, 15], "declared float"),
+        ({}, [None, 2, 5, 7], "missing attr 'scales'"),
+        ({"scales": [2]}, [None, 2, 10, 7], r"scales.*2 integers"),
+        ({"scales": [0, 1]}, [None, 2, 5, 7], r"scales'\[0\]: must be >= 1"),
+        ({"scales": [2.0, 2]}, [None, 2, 10, 14], "expected an integer"),
+        ({"scales": [2, 2], "mode": "bilinear"}, [None, 2, 10, 14], "only 'nearest'"),
+        ({"scales": [2**40, 1]}, [None, 2, 5, 7], "out of range"),
+        ({"scales": [2**20, 2**10]}, [None, 2, 5, 7], "above the limit"),
+        ({"scales": [2, 2], "align_corners": True}, [None, 2, 10, 14], "unknown attrs"),
+    ],
+)
+def test_upsample_is_validated(
+    tmp_path: Path, attrs: dict[str, Any], shape: list[int | None], match: str | None
+) -> None:
+    graph = _pad_graph({}, shape)
+    graph["nodes"][0].update(op="upsample", attrs=attrs)
+    if match is None:
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+        return
+    with pytest.raises(FormatError, match=match):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})

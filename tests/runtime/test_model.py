@@ -176,6 +176,8 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = torch.log_softmax(x0, dim=a.get("axis", 1))
         elif op == "transpose":
             y = x0.permute(*a["perm"])
+        elif op == "upsample":  # nearest, integer factors
+            y = F.interpolate(x0, scale_factor=tuple(a["scales"]), mode="nearest")
         elif op == "pad":  # pads: begins, then ends; F.pad wants (begin, end) from the last
             pads, nsp = a["pads"], len(a["pads"]) // 2
             widths = [v for i in reversed(range(nsp)) for v in (pads[i], pads[nsp + i])]
@@ -642,6 +644,35 @@ def transposed_model() -> Builder:
     return b
 
 
+def upsampled_model() -> Builder:
+    """A U-Net's decoder step: a real convolution, max pooling, a binary convolution on the
+    coarse grid, nearest upsampling (2 x 3) back to the fine grid, concatenated with the
+    skip; a 1-d upsampling by 4 after a reshape."""
+    b = Builder(9, "x", [None, 3, 8, 9])
+    r = b.rng
+    c0 = b.node(
+        "conv2d",
+        "c0",
+        ["x"],
+        {"padding": [1, 1]},
+        {"weight": b.tensor("c0.w", r.standard_normal((8, 3, 3, 3)).astype(np.float32))},
+    )  # (8, 8, 9)
+    mp = b.node("maxpool2d", "mp", [c0], {"kernel_size": [2, 3], "stride": [2, 3]})  # (8, 4, 3)
+    bc = b.node(
+        "bconv2d",
+        "bc",
+        [b.node("sign_pack", "s", [mp])],
+        {"in_channels": 8, "out_channels": 5, "kernel_size": [3, 3], "padding": [1, 1]},
+        {"weight": b.binary_weight("bc.w", 5, (3, 3), 8), "scale": b.vec("bc.s", 5)},
+    )  # (5, 4, 3)
+    up = b.node("upsample", "up", [bc], {"scales": [2, 3]})  # (5, 8, 9)
+    cat = b.node("concat", "cat", [c0, up], {"axis": 1})  # (13, 8, 9)
+    seq = b.node("reshape", "rs", [cat], {"shape": [13, 72]})
+    b.node("upsample", "up1", [seq], {"scales": [4], "mode": "nearest"})
+    b.output("up1", [None, 13, 288])
+    return b
+
+
 def depthwise_model() -> Builder:
     """MobileNet's depthwise convolutions (C kernel): 3x3 stride 2 with a channel multiplier
     of 2 and a fused ReLU, 5x5 dilated, and 1-d with a bias."""
@@ -683,6 +714,7 @@ def depthwise_model() -> Builder:
 
 
 MODELS = {
+    "upsampled": upsampled_model,
     "depthwise": depthwise_model,
     "transposed": transposed_model,
     "padded": padded_model,
