@@ -124,6 +124,8 @@ def binarize(
         "binary_accuracy",
         "agreement",
         "runtime_agreement",
+        "trained_agreement",
+        "real_dtype",
         "compression_ratio",
         "ms_real",
         "ms_binary",

@@ -41,6 +41,11 @@ from engine.train import (
 CALIBRATION_SAMPLES = 512
 
 
+# The real layers are stored as float16 unless that changes more than 1% of the runtime's
+# predictions against the model as trained; then as float32.
+F16_MIN_AGREEMENT = 0.99
+
+
 class BinarizeResult(BaseModel):
     """What a binarization job measured and wrote (``model_dump()`` for JSON)."""
 
@@ -51,7 +56,19 @@ class BinarizeResult(BaseModel):
         default=None, description="Top-1 of the exported file run by runtime/ (validation)."
     )
     runtime_agreement: float | None = Field(
-        default=None, description="Argmax agreement of runtime/ with the binary torch model."
+        default=None,
+        description="Argmax agreement of runtime/ with the binary torch model as exported "
+        "(its real layers rounded to the stored precision).",
+    )
+    trained_agreement: float | None = Field(
+        default=None,
+        description="Argmax agreement of runtime/ with the binary torch model as trained "
+        "(before the real layers were rounded for storage).",
+    )
+    real_dtype: str = Field(
+        default="float16",
+        description="Storage of the real layers' weights: float16, or float32 where float16 "
+        f"moved more than {1 - F16_MIN_AGREEMENT:.0%} of the predictions.",
     )
     real_bytes: int = Field(description="float32 bytes of the source model's parameters.")
     packed_bytes: int = Field(description="Size of the written .bfm file.")
@@ -110,12 +127,26 @@ def _runtime_check(
     # One thread: batch-1 latency is what a device sees, and the check stays independent of
     # the runtime's thread pool.
     model = load(str(path), threads=1)
-    xs = x_val.numpy()
-    out = np.concatenate([np.asarray(model.run(xs[i : i + 256])) for i in range(0, len(xs), 256)])
-    logits = torch.from_numpy(out)
-    one = xs[:1]
+    logits = _runtime_logits(model, x_val)
+    one = x_val.numpy()[:1]
     ms = _latency_ms(lambda: model.run(one))
     return accuracy(logits, y_val), agreement(logits, student_logits), ms
+
+
+def _runtime_logits(model: Any, x: torch.Tensor) -> torch.Tensor:
+    xs = x.numpy()
+    out = [np.asarray(model.run(xs[i : i + 256])) for i in range(0, len(xs), 256)]
+    return torch.from_numpy(np.concatenate(out))
+
+
+def _f16_agreement(path: Path, x_val: torch.Tensor, trained_logits: torch.Tensor) -> float | None:
+    """Argmax agreement of the runtime on ``path`` with the model as trained (None without
+    validation data)."""
+    import runtime
+
+    if x_val.shape[0] == 0:
+        return None
+    return agreement(_runtime_logits(runtime.load(str(path), threads=1), x_val), trained_logits)
 
 
 def _check_exportable(student: fx.GraphModule, shape: tuple[int, ...]) -> None:
@@ -232,9 +263,23 @@ def binarize(
         },
         "layers": layers,
     }
+    cpu = torch.device("cpu")
+    trained = copy.deepcopy(student)  # export rounds the real layers to float16 in place
+    trained_val = predict(trained, x_val, cpu)
+    real_dtype = "float16"
     digest = export_bfm(student, shape, out, provenance=provenance)
-    student_val_cpu = predict(student, x_val, torch.device("cpu"))
+    trained_agree = _f16_agreement(out, x_val, trained_val)
+    if trained_agree is not None and trained_agree < F16_MIN_AGREEMENT:
+        say(
+            f"float16 real layers agree with the trained model on {trained_agree:.1%} of the "
+            "validation set: storing them as float32"
+        )
+        student, real_dtype = trained, "float32"
+        digest = export_bfm(student, shape, out, provenance=provenance, real_dtype=real_dtype)
+    student_val_cpu = predict(student, x_val, cpu)
     rt_acc, rt_agree, ms_binary = _runtime_check(out, x_val, student_val_cpu, y_val)
+    if real_dtype == "float32":
+        trained_agree = rt_agree  # the stored model is the trained one
     one = torch.zeros(1, *shape)
     with torch.no_grad():
         ms_real = _latency_ms(lambda: teacher(one))
@@ -247,6 +292,8 @@ def binarize(
         agreement=agree,
         runtime_accuracy=rt_acc,
         runtime_agreement=rt_agree,
+        trained_agreement=trained_agree,
+        real_dtype=real_dtype,
         real_bytes=real_bytes,
         packed_bytes=packed,
         compression_ratio=real_bytes / packed,

@@ -57,6 +57,9 @@ def test_binarize_safetensors_on_digits(
     assert result.binary_accuracy > 0.8  # chance: 0.1
     assert result.runtime_agreement is not None
     assert result.runtime_agreement >= 0.999
+    assert result.real_dtype == "float16"  # rounding them moved (almost) no prediction
+    assert result.trained_agreement is not None
+    assert result.trained_agreement >= 0.99
     assert result.ms_binary is not None
     assert result.ms_binary > 0
     assert result.packed_bytes == out.stat().st_size
@@ -290,3 +293,30 @@ def test_a_graph_the_runtime_cannot_run_is_refused_before_training(tmp_path: Pat
         )
     assert stages == ["convert"]  # not one training step
     assert not (tmp_path / "m.bfm").exists()
+
+
+def test_real_layers_stay_float32_when_float16_moves_predictions(
+    tmp_path: Path, trained_mlp: Path, digits_npz: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the bar (here: an impossible one) the file stores the model as trained."""
+    import engine.pipeline
+    from runtime.bfm import read_bfm
+
+    monkeypatch.setattr(engine.pipeline, "F16_MIN_AGREEMENT", 1.01)
+    out = tmp_path / "m.bfm"
+    result = binarize(
+        trained_mlp,
+        digits_npz,
+        out,
+        BinarizeConfig(epochs=1, min_layer_size=0),
+        arch="mlp",
+        arch_kwargs=MLP_KWARGS,
+    )
+    assert result.real_dtype == "float32"
+    assert result.trained_agreement == result.runtime_agreement
+    assert result.runtime_agreement is not None
+    assert result.runtime_agreement >= 0.999
+    graph, tensors, _ = read_bfm(out)
+    real = [n for n in graph["nodes"] if n["op"] == "linear"]
+    assert real
+    assert all(tensors[n["params"]["weight"]].dtype == np.float32 for n in real)
