@@ -338,6 +338,14 @@ class _Builder:
             return self.values[name]
         raise _fail(node, f"unknown input {name!r}")
 
+    def learn_shape(self, name: str, shape: list[int | None]) -> None:
+        """A value's shape from the op that made it, where ONNX's shape inference left it
+        (partly) unknown: torch writes a reshape to a target computed from the batch size
+        (a channel shuffle's) without one."""
+        old = self.shapes.get(name)
+        if old is None or (len(old) == len(shape) and None in old[1:]):
+            self.shapes[name] = shape
+
     def rank(self, name: str) -> int | None:
         shape = self.shapes.get(name)
         return None if shape is None else len(shape)
@@ -614,6 +622,9 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if perm[0] != 0:
             raise _fail(node, f"perm {perm} moves the batch axis; only the others may move")
         b.values[out] = b.graph.call_function(torch.permute, (x, tuple(perm)))
+        known = b.shapes.get(ins[0])
+        if known is not None:
+            b.learn_shape(out, [known[i] for i in perm])
     elif op == "GlobalAveragePool":
         b.values[out] = b.module("gap", GlobalAvgPool(), x)
     elif op in {"Add", "Mul"}:
@@ -708,6 +719,7 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if math.prod(rest) != total:
             raise _fail(node, f"cannot reshape {in_shape} to {target.tolist()} keeping the batch")
         b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *rest)))
+        b.learn_shape(out, [None, *rest])
     elif op == "Concat":
         parts = [b.value(n, node) for n in ins]
         b.values[out] = b.graph.call_function(torch.cat, (parts,), {"dim": int(a["axis"])})

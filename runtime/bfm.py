@@ -515,12 +515,12 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         node.n_inputs(1)
         shape = need(0, "float", (2, 3, 4))
         return ValueInfo("float", (None, math.prod(int(v or 0) for v in shape[1:])))
-    if op == "reshape":
+    if op == "reshape":  # to and from 5 dims too: a channel shuffle's (N, g, C/g, H, W)
         node.n_inputs(1)
-        shape = need(0, "float", (2, 3, 4))
+        shape = need(0, "float", (2, 3, 4, 5))
         target = node.attr("shape", required=True)
-        if not isinstance(target, list) or not 1 <= len(target) <= 3:
-            raise _fail(w, "attr 'shape' must list 1 to 3 dims (without the batch)")
+        if not isinstance(target, list) or not 1 <= len(target) <= 4:
+            raise _fail(w, "attr 'shape' must list 1 to 4 dims (without the batch)")
         dims = [_int(f"{w}: attr 'shape'", v, minimum=-1) for v in target]
         total = math.prod(int(v or 0) for v in shape[1:])
         if dims.count(-1) > 1 or 0 in dims:
@@ -562,7 +562,7 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         return ValueInfo("float", (None, shape[1], *spatial))
     if op == "transpose":  # the batch axis stays first
         node.n_inputs(1)
-        shape = need(0, "float", (2, 3, 4))
+        shape = need(0, "float", (2, 3, 4, 5))
         perm = _ints(f"{w}: attr 'perm'", node.attr("perm", required=True), len(shape), minimum=0)
         if sorted(perm) != list(range(len(shape))) or perm[0] != 0:
             raise _fail(w, f"attr 'perm' {list(perm)} must reorder the axes, the batch axis first")

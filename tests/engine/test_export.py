@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -360,14 +361,36 @@ class _TinyUNet(nn.Module):
         return self.head(self.u1(torch.cat([a, u], 1))).mean((2, 3))
 
 
-@pytest.mark.parametrize("through_onnx", [False, True])
-def test_unet_with_upsampling_runs_in_the_runtime_like_the_binary_torch_model(
+class _Shuffled(nn.Module):
+    """Binary convolutions around ShuffleNet's channel shuffle (a 5-d reshape)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.b1 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.b2 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b1(torch.relu(self.stem(x)))
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return self.head(self.b2(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("factory", "op", "through_onnx"),
+    [(_TinyUNet, "upsample", False), (_TinyUNet, "upsample", True), (_Shuffled, "reshape", True)],
+)
+def test_unet_and_shuffle_run_in_the_runtime_like_the_binary_torch_model(
     tmp_path: Path,
+    factory: Any,
+    op: str,
     through_onnx: bool,
     bn_randomizer,  # type: ignore[no-untyped-def]
 ) -> None:
     torch.manual_seed(0)
-    model: nn.Module = bn_randomizer(_TinyUNet()).eval()
+    model: nn.Module = bn_randomizer(factory()).eval()
     shape = (3, 12, 10)
     if through_onnx:  # Resize (nearest, asymmetric, floor) as torch exports it
         import warnings
@@ -383,7 +406,7 @@ def test_unet_with_upsampling_runs_in_the_runtime_like_the_binary_torch_model(
         model = load_model(tmp_path / "m.onnx").module
     path = tmp_path / "m.bfm"
     student, x = _convert_and_export(model, shape, path, train_epochs=1)
-    assert "upsample" in [n["op"] for n in read_bfm(path)[0]["nodes"]]
+    assert op in [n["op"] for n in read_bfm(path)[0]["nodes"]]
     agree, close = _agreement(student, x, path)
     assert agree >= 0.999
     assert close >= 0.999

@@ -609,3 +609,28 @@ def test_resize_by_constant_sizes(tmp_path: Path) -> None:
     sizes = {"sizes": np.array([2, 2, 6, 12], np.int64)}
     with pytest.raises(UserInputError, match="only integer multiples"):
         load_model(_helper_model(tmp_path, nodes, ["n", 2, 4, 4], sizes, 13))
+
+
+class _ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle: (N, g, C/g, H, W), swap, back; torch writes the
+    targets from the batch size, so ONNX's shape inference knows no shape after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 3, c // 3, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        return y.flatten(1)
+
+
+def test_channel_shuffle_matches_onnxruntime(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = _export(_ChannelShuffle(), (3, 5, 4), tmp_path / "m.onnx", 17)
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -406,3 +406,23 @@ def test_upsample_is_validated(
         return
     with pytest.raises(FormatError, match=match):
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+
+
+def test_five_dims_are_for_reshape_and_transpose_only(tmp_path: Path) -> None:
+    """A channel shuffle passes through (N, g, C/g, H, W); nothing else takes 5 dims."""
+    graph = _pad_graph({}, [None, 2, 5, 7])
+    graph["nodes"] = [
+        {"op": "reshape", "name": "r", "inputs": ["x"], "outputs": ["r"],
+         "attrs": {"shape": [2, 1, 5, 7]}},
+        {"op": "transpose", "name": "t", "inputs": ["r"], "outputs": ["t"],
+         "attrs": {"perm": [0, 2, 1, 3, 4]}},
+        {"op": "reshape", "name": "y", "inputs": ["t"], "outputs": ["y"],
+         "attrs": {"shape": [2, 5, 7]}},
+    ]  # fmt: skip
+    write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+    graph["nodes"][1] = {"op": "relu", "name": "t", "inputs": ["r"], "outputs": ["t"]}
+    with pytest.raises(FormatError, match="relu needs float with 2 or 3 or 4 dims"):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+    graph["nodes"][0]["attrs"]["shape"] = [1, 2, 1, 5, 7]
+    with pytest.raises(FormatError, match="1 to 4 dims"):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
