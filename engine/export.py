@@ -473,9 +473,15 @@ def _export_const_affine(
     if arr.numel() == 1:
         arr = arr.expand(c)
     elif not per_channel or arr.numel() != c:
+        hint = ""
+        if len(shape) > 2 and value.dim() >= 1 and value.shape[-1] == shape[-1] != c:
+            hint = (
+                " (a bias or scale over the last axis, as a Linear or layer scale applied to "
+                "channels-last or token values writes, is not supported)"
+            )
         raise UserInputError(
             f"export: {node.name} needs a scalar or per-channel constant, got shape "
-            f"{tuple(value.shape)} against {tuple(shape)}"
+            f"{tuple(value.shape)} against {tuple(shape)}{hint}"
         )
     one = torch.ones(c, dtype=torch.float64)
     zero = torch.zeros(c, dtype=torch.float64)
