@@ -590,6 +590,20 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
             [ex.value(p, node) for p in parts],  # type: ignore[union-attr]
             attrs={"axis": axis},
         )
+    elif target is torch.narrow:  # the importer's Slice and Split of values
+        given: dict[str, Any] = {
+            **dict(zip(("input", "dim", "start", "length"), args, strict=False)),
+            **node.kwargs,
+        }
+        src = given["input"]
+        assert isinstance(src, fx.Node)
+        src_shape = ex.shape(src)
+        axis = int(given["dim"]) % len(src_shape)
+        if axis == 0:
+            raise UserInputError(f"export: {node.name} slices the batch axis")
+        begin = int(given["start"]) % src_shape[axis]
+        attrs = {"axis": axis, "start": begin, "end": begin + int(given["length"])}
+        ex.names[node] = ex.emit("slice", node.name, [ex.value(src, node)], attrs=attrs)
     elif target is F.interpolate:
         names = ("input", "size", "scale_factor", "mode")
         given = {**dict(zip(names, args, strict=False)), **node.kwargs}

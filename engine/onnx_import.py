@@ -13,7 +13,8 @@ GlobalAveragePool, Add, Mul, Flatten, Reshape, Concat, Identity, Dropout, Consta
 Softmax, LayerNormalization (over trailing axes), Gelu, Sub, Div (by a constant),
 Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis), HardSigmoid,
 HardSwish, Pad (constant mode, spatial axes), Transpose (keeping the batch first),
-Resize and Upsample (nearest, integer factors on the spatial axes),
+Resize and Upsample (nearest, integer factors on the spatial axes), Slice and Split of
+values (contiguous parts of an axis other than the batch),
 asymmetric ``pads`` and ``auto_pad`` (a pad module before the layer), and shape
 arithmetic on constants and on the input's shape (Shape, Gather, Unsqueeze, Squeeze,
 Concat, Cast, Slice, Add, Sub, Mul, Div; ConstantOfShape, Reshape and Transpose of
@@ -211,7 +212,7 @@ def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) ->
     """Compute ``node`` now when it is shape arithmetic or works on constants only."""
     out = node.output[0]
     if op == "Shape":
-        shape = b.shapes.get(ins[0])
+        shape = b.known_shape(ins[0])
         if shape is None:
             raise _fail(node, "Shape needs a known input shape")
         start, end = int(a.get("start", 0)), a.get("end")
@@ -299,6 +300,7 @@ class _Builder:
             init.name: numpy_helper.to_array(init) for init in model.graph.initializer
         }
         self.shapes: dict[str, list[int | None]] = {}
+        self.input_shape: tuple[int, ...] | None = None  # without the batch
         self.syms: dict[str, np.ndarray] = {}  # object arrays of ints, None for the batch
         self.count = 0
         self.opset = max(
@@ -338,12 +340,39 @@ class _Builder:
             return self.values[name]
         raise _fail(node, f"unknown input {name!r}")
 
+    def known_shape(self, name: str) -> list[int | None] | None:
+        """``name``'s shape with every axis but the batch known: ONNX's inference, or else
+        the graph built so far run on one zero sample (torch writes slices and reshapes
+        from shapes it computes at run time, which ONNX's inference cannot follow)."""
+        shape = self.shapes.get(name)
+        if shape is not None and None not in shape[1:]:
+            return shape
+        if name not in self.values or self.input_shape is None:
+            return shape
+        graph = fx.Graph()
+        mapped: dict[fx.Node, fx.Node] = {}
+        graph.graph_copy(self.graph, mapped)
+        graph.output(mapped[self.values[name]])
+        probe = fx.GraphModule(self.root, graph)
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        try:
+            with torch.no_grad():
+                ShapeProp(probe.eval()).propagate(torch.zeros(1, *self.input_shape))
+        except Exception:  # the caller names the shape it could not learn
+            return shape
+        for value, node in self.values.items():  # every value's shape, while we are at it
+            meta = mapped[node].meta.get("tensor_meta") if node in mapped else None
+            if meta is not None and hasattr(meta, "shape") and len(meta.shape) >= 1:
+                self.learn_shape(value, [None, *(int(d) for d in meta.shape[1:])])
+        return self.shapes.get(name)
+
     def learn_shape(self, name: str, shape: list[int | None]) -> None:
         """A value's shape from the op that made it, where ONNX's shape inference left it
         (partly) unknown: torch writes a reshape to a target computed from the batch size
         (a channel shuffle's) without one."""
         old = self.shapes.get(name)
-        if old is None or (len(old) == len(shape) and None in old[1:]):
+        if not old or (len(old) == len(shape) and None in old[1:]):  # unknown rank: []
             self.shapes[name] = shape
 
     def rank(self, name: str) -> int | None:
@@ -437,7 +466,7 @@ def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         )
     if x is None:
         raise _fail(node, f"{op} of a constant is not supported (only of values)")
-    in_shape = b.shapes.get(ins[0])
+    in_shape = b.known_shape(ins[0])
     rank = len(in_shape) if in_shape is not None else None
     if rank not in (3, 4):
         raise _fail(node, f"{op} needs an (N, C, L) or (N, C, H, W) input of known rank")
@@ -471,6 +500,72 @@ def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         factors = [o // i for i, o in spatial]
     up = nn.Upsample(scale_factor=tuple(float(v) for v in factors), mode="nearest")
     b.values[node.output[0]] = b.module("upsample", up, x)
+
+
+def _narrow(
+    b: _Builder, node: Any, x: Any, shape: list[int | None], axis: int, start: int, end: int
+) -> tuple[Any, list[int | None]]:
+    """``x[..., start:end, ...]`` on ``axis`` (other than the batch): ``torch.narrow``."""
+    if axis == 0:
+        raise _fail(node, "slicing the batch axis is not supported")
+    size = shape[axis]
+    if size is None:
+        raise _fail(node, f"{node.op_type} needs a known size of axis {axis}")
+    start, end = (v + size if v < 0 else v for v in (start, end))
+    start, end = max(0, min(start, size)), max(0, min(end, size))
+    if start >= end:
+        raise _fail(node, f"range [{start}, {end}) of axis {axis} is empty")
+    if (start, end) == (0, size):
+        return x, shape
+    out = b.graph.call_function(torch.narrow, (x, axis, start, end - start))
+    return out, [*shape[:axis], end - start, *shape[axis + 1 :]]
+
+
+def _convert_slice(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
+    """Slice of a value: contiguous ranges (step 1) of axes other than the batch, as
+    ShuffleNet's channel split writes them."""
+    ins = list(node.input)
+    shape = b.known_shape(ins[0])
+    if shape is None:
+        raise _fail(node, "Slice of a value needs its known shape")
+    starts = _int_list(b, node, a, 1, "starts") or []
+    ends = _int_list(b, node, a, 2, "ends") or []
+    axes = _int_list(b, node, a, 3, "axes") or list(range(len(starts)))
+    steps = _int_list(b, node, a, 4, "steps") or [1] * len(starts)
+    y, now = x, list(shape)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        if step != 1:
+            raise _fail(node, f"step {step}: only contiguous slices (step 1) are supported")
+        axis %= len(shape)
+        if axis == 0 and start == 0 and end >= 2**31 - 1:
+            continue  # the whole batch
+        y, now = _narrow(b, node, y, now, axis, start, end)
+    b.values[node.output[0]] = y
+    b.learn_shape(node.output[0], now)
+
+
+def _convert_split(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
+    """Split of a value into contiguous parts of one axis (``x.chunk``/``x.split``)."""
+    ins, outs = list(node.input), list(node.output)
+    shape = b.known_shape(ins[0])
+    if shape is None:
+        raise _fail(node, "Split of a value needs its known shape")
+    axis = int(a.get("axis", 0)) % len(shape)
+    size = shape[axis]
+    if size is None:
+        raise _fail(node, f"Split needs a known size of axis {axis}")
+    sizes = _int_list(b, node, a, 1, "split")
+    if sizes is None:  # equal parts; the last one smaller if they don't divide (opset 18)
+        step = -(-size // len(outs))
+        sizes = [min(step, size - i * step) for i in range(len(outs))]
+    if len(sizes) != len(outs) or sum(sizes) != size or min(sizes) < 1:
+        raise _fail(node, f"split {sizes} does not cut axis {axis} of {size} into {len(outs)}")
+    start = 0
+    for name, part in zip(outs, sizes, strict=True):
+        y, now = _narrow(b, node, x, list(shape), axis, start, start + part)
+        b.values[name] = y
+        b.learn_shape(name, now)
+        start += part
 
 
 def _convert_node(b: _Builder, node: Any) -> None:
@@ -612,8 +707,13 @@ def _convert_node(b: _Builder, node: Any) -> None:
         _convert_pad(b, node, a, x)
     elif op in {"Resize", "Upsample"}:
         _convert_resize(b, node, a, x)
+    elif op == "Slice" and x is not None:
+        _convert_slice(b, node, a, x)
+    elif op == "Split" and x is not None:
+        _convert_split(b, node, a, x)
     elif op == "Transpose":  # of a value (on constants it is folded): the batch stays first
-        rank = b.rank(ins[0])
+        known = b.known_shape(ins[0])
+        rank = len(known) if known else None
         if rank is None:
             raise _fail(node, "Transpose needs an input of known rank")
         perm = [int(v) for v in a.get("perm", range(rank - 1, -1, -1))]
@@ -622,9 +722,8 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if perm[0] != 0:
             raise _fail(node, f"perm {perm} moves the batch axis; only the others may move")
         b.values[out] = b.graph.call_function(torch.permute, (x, tuple(perm)))
-        known = b.shapes.get(ins[0])
-        if known is not None:
-            b.learn_shape(out, [known[i] for i in perm])
+        assert known is not None
+        b.learn_shape(out, [known[i] for i in perm])
     elif op == "GlobalAveragePool":
         b.values[out] = b.module("gap", GlobalAvgPool(), x)
     elif op in {"Add", "Mul"}:
@@ -695,7 +794,7 @@ def _convert_node(b: _Builder, node: Any) -> None:
             target = b.const(ins[1], node)
         if any(v is None for v in target.flat[1:]):
             raise _fail(node, "only the first entry of the target shape may be the batch size")
-        in_shape = b.shapes.get(ins[0])
+        in_shape = b.known_shape(ins[0])
         if a.get("allowzero", 0) or in_shape is None or None in in_shape[1:]:
             raise _fail(node, "Reshape needs a known input shape and allowzero=0")
         first = target.flat[0] if target.size else 0
@@ -752,12 +851,7 @@ def _convert_node(b: _Builder, node: Any) -> None:
             raise _fail(node, f"Gelu approximate={approximate!r} is not supported")
         b.values[out] = b.module("gelu", nn.GELU(approximate=approximate), x)
     else:
-        hint = {
-            "Slice": " on computed tensors (only on constants; chunk/split of activations, "
-            "as a fused qkv projection, is not supported)",
-            "Split": " (chunk/split of activations, as a fused qkv projection)",
-            "ConvTranspose": " (transposed convolution)",
-        }.get(op, "")
+        hint = {"ConvTranspose": " (transposed convolution)"}.get(op, "")
         raise _fail(node, f"this operator is not supported{hint}")
 
 
@@ -802,6 +896,7 @@ def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:
             f"{p.name}: the input needs a fixed shape except the batch, got {in_shape}"
         )
     b.values[inputs[0].name] = b.graph.placeholder("input")
+    b.input_shape = tuple(int(d or 0) for d in in_shape[1:])
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             raise _fail(node, f"operator domain {node.domain!r} is not supported")

@@ -151,6 +151,7 @@ REAL_OPS = {
     "pad",
     "transpose",
     "upsample",
+    "slice",
     *ELEMENTWISE_OPS,
 }
 KNOWN_OPS = BINARY_OPS | REAL_OPS
@@ -567,6 +568,18 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         if sorted(perm) != list(range(len(shape))) or perm[0] != 0:
             raise _fail(w, f"attr 'perm' {list(perm)} must reorder the axes, the batch axis first")
         return ValueInfo("float", tuple(shape[i] for i in perm))
+    if op == "slice":  # a contiguous range of one axis other than the batch
+        node.n_inputs(1)
+        shape = need(0, "float", (2, 3, 4))
+        axis = _int(f"{w}: attr 'axis'", node.attr("axis", required=True), minimum=1)
+        if axis >= len(shape):
+            raise _fail(w, f"axis {axis} out of range for {len(shape)} dims")
+        size = int(shape[axis] or 0)
+        start = _int(f"{w}: attr 'start'", node.attr("start", required=True), minimum=0)
+        end = _int(f"{w}: attr 'end'", node.attr("end", required=True), minimum=1)
+        if not start < end <= size:
+            raise _fail(w, f"range [{start}, {end}) is empty or outside axis {axis} of {size}")
+        return ValueInfo("float", (*shape[:axis], end - start, *shape[axis + 1 :]))
     if op == "upsample":  # nearest neighbour, an integer factor per spatial axis
         node.n_inputs(1)
         shape = need(0, "float", (3, 4))

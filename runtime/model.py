@@ -725,6 +725,13 @@ class _Step:
                 np.copyto(out, ins[0].transpose(perm))
 
             return run_transpose
+        if op == "slice":
+            part = (slice(None),) * int(a["axis"]) + (slice(int(a["start"]), int(a["end"])),)
+
+            def run_slice(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                np.copyto(out, ins[0][part])
+
+            return run_slice
         if op == "upsample":
             scales = tuple(int(v) for v in a["scales"])
 

@@ -362,17 +362,22 @@ class _TinyUNet(nn.Module):
 
 
 class _Shuffled(nn.Module):
-    """Binary convolutions around ShuffleNet's channel shuffle (a 5-d reshape)."""
+    """Binary convolutions around ShuffleNetV2's channel split (x.chunk) and channel shuffle
+    (a 5-d reshape)."""
 
     def __init__(self, c: int = 16) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, c, 3, padding=1)
         self.b1 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        half = c // 2
+        self.work = nn.Sequential(nn.Conv2d(half, half, 3, padding=1), nn.BatchNorm2d(half))
         self.b2 = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
         self.head = nn.Linear(c, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.b1(torch.relu(self.stem(x)))
+        keep, work = y.chunk(2, dim=1)
+        y = torch.cat([keep, self.work(work)], 1)
         n, c, h, w = y.shape
         y = y.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
         return self.head(self.b2(y).mean((2, 3)))
@@ -380,7 +385,7 @@ class _Shuffled(nn.Module):
 
 @pytest.mark.parametrize(
     ("factory", "op", "through_onnx"),
-    [(_TinyUNet, "upsample", False), (_TinyUNet, "upsample", True), (_Shuffled, "reshape", True)],
+    [(_TinyUNet, "upsample", False), (_TinyUNet, "upsample", True), (_Shuffled, "slice", True)],
 )
 def test_unet_and_shuffle_run_in_the_runtime_like_the_binary_torch_model(
     tmp_path: Path,

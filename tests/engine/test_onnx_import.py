@@ -158,7 +158,7 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
         (lambda x: x.view(x.size(0) * 3, -1), "on the batch size"),
         (lambda x: x / (x + 1), "constant divisor"),
         (lambda x: x @ x.transpose(-1, -2), r"MatMul of two computed tensors \(as attention"),
-        (lambda x: x[:, :, 1:], r"\(Slice\): this operator is not supported on computed"),
+        (lambda x: x[:, :, ::2], r"\(Slice\): step 2: only contiguous slices"),
     ],
 )
 def test_unsupported_idioms_are_named(tmp_path: Path, forward: Any, match: str) -> None:
@@ -634,3 +634,70 @@ def test_channel_shuffle_matches_onnxruntime(tmp_path: Path) -> None:
     with torch.no_grad():
         got = load_model(path).module(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+class _ShuffleUnit(nn.Module):
+    """ShuffleNetV2's stride-1 unit: a channel split (torch writes x.chunk from computed
+    shapes), a branch, concat, shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding=1, groups=4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        keep, work = y.chunk(2, dim=1)
+        y = torch.cat([keep, self.branch(work)], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return y[:, :, 1:-1].flatten(1)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_shufflenet_unit_with_channel_split_matches_onnxruntime(tmp_path: Path, opset: int) -> None:
+    torch.manual_seed(0)
+    path = _export(_ShuffleUnit(), (3, 6, 5), tmp_path / "m.onnx", opset)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("opset", "split_input", "attrs", "sizes"),
+    [(13, [1, 4, 2], {"axis": 1}, None), (18, None, {"axis": 2, "num_outputs": 3}, None),
+     (11, None, {"axis": -1, "split": [2, 3]}, [2, 3])],
+)  # fmt: skip
+def test_split_of_a_value_matches_onnxruntime(
+    tmp_path: Path, opset: int, split_input: Any, attrs: dict[str, Any], sizes: Any
+) -> None:
+    ins = ["x", "s"] if split_input is not None else ["x"]
+    parts = ["p0", "p1"] if sizes is not None else ["p0", "p1", "p2"]
+    inits = {"s": np.array(split_input, np.int64)} if split_input is not None else {}
+    nodes = [
+        ("Split", ins, parts, attrs),
+        ("Concat", parts[::-1], ["c"], {"axis": attrs["axis"]}),
+        ("Flatten", ["c"], ["y"], {"axis": 1}),
+    ]
+    path = _helper_model(tmp_path, nodes, ["n", 7, 8, 5], inits, opset)
+    _assert_equal_to_onnxruntime(path, (2, 7, 8, 5))
+
+
+@pytest.mark.parametrize(
+    ("slice_inputs", "match"),
+    [
+        ([[0], [1], [0], [1]], "slicing the batch axis is not supported"),
+        ([[0], [4], [1], [2]], r"step 2: only contiguous slices"),
+        ([[3], [1], [2], [1]], r"range \[3, 1\) of axis 2 is empty"),
+    ],
+)
+def test_slices_of_values_it_cannot_take_are_named(
+    tmp_path: Path, slice_inputs: list[list[int]], match: str
+) -> None:
+    names = ["starts", "ends", "axes", "steps"]
+    inits = {k: np.array(v, np.int64) for k, v in zip(names, slice_inputs, strict=True)}
+    nodes = [("Slice", ["x", *names], ["s"], {}), ("Flatten", ["s"], ["y"], {"axis": 1})]
+    with pytest.raises(UserInputError, match=match):
+        load_model(_helper_model(tmp_path, nodes, ["n", 4, 5, 5], inits, 13))

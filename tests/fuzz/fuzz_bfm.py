@@ -5,7 +5,7 @@ Every input is a function of ``(seed, index)`` alone, so any input can be made a
 1. A pool of small *valid* models (``valid_pool``): random walks over every op the
    runtime has (binary conv 2d/1d, linear, chained bits, residuals, fused transforms,
    real convs with groups and half-precision weights, batch norm, activations, pools,
-   padding, transposes, nearest upsampling,
+   padding, transposes, nearest upsampling, slices,
    add/mul, concat, flatten, reshape, softmax), with tiny shapes and channel counts on
    both sides of a 64-bit word.
 2. An input is a pool model (sometimes two spliced) with 0 to 4 mutations: byte flips,
@@ -219,7 +219,7 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
     rng = b.rng
     c, nsp = shape[0], len(shape) - 1
     choices = ["act", "act", "batchnorm", "addmul", "concat", "softmax", "reshape", "flatten"]
-    choices += ["layernorm", "gelu"]
+    choices += ["layernorm", "gelu", "slice"]
     if nsp >= 1:
         choices += ["conv", "conv", "pool", "pool", "gap", "pad", "transpose", "upsample"]
     else:
@@ -326,6 +326,17 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
         if rng.random() < 0.5:
             attrs_pad["value"] = rng.choice([0.0, -1.5, 3.0])
         return b.node("pad", [name], "float", (c, *spatial), attrs_pad)
+    if what == "slice":  # a contiguous range of an axis other than the batch
+        axis = rng.randrange(1, len(shape) + 1)
+        size = shape[axis - 1]
+        if size < 2:
+            return name
+        start = rng.randrange(size)
+        end = rng.randrange(start + 1, size + 1)
+        sliced = list(shape)
+        sliced[axis - 1] = end - start
+        attrs_slice = {"axis": axis, "start": start, "end": end}
+        return b.node("slice", [name], "float", tuple(sliced), attrs_slice)
     if what == "upsample":
         scales = [rng.choice([1, 2, 2, 3]) for _ in range(nsp)]
         if c * math.prod(shape[1:]) * math.prod(scales) > 256:  # keep the model small to run
@@ -510,13 +521,14 @@ OPS = [
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
     "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish", "erf", "elu", "selu",
-    "softplus", "mish", "log_softmax", "pad", "transpose", "upsample",
+    "softplus", "mish", "log_softmax", "pad", "transpose", "upsample", "slice",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",
     "padding", "dilation", "groups", "pad_mode", "activation", "post_activation", "output",
     "min_val", "max_val", "axis", "shape", "ceil_mode", "count_include_pad", "negative_slope",
     "eps", "approximate", "alpha", "beta", "pads", "value", "perm", "scales", "mode",
+    "start", "end",
 ]  # fmt: skip
 
 

@@ -319,6 +319,15 @@ def test_layernorm_and_activations_are_validated(
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
 
 
+def _written_or_refused(tmp_path: Path, graph: dict[str, Any], match: str | None) -> None:
+    """``graph`` (no tensors) is written when ``match`` is None, else refused with it."""
+    if match is None:
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+        return
+    with pytest.raises(FormatError, match=match):
+        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+
+
 def _pad_graph(attrs: dict[str, Any], shape: list[int | None]) -> dict[str, Any]:
     return {
         "inputs": [{"name": "x", "shape": [None, 2, 5, 7], "dtype": "float32"}],
@@ -349,11 +358,7 @@ def test_pad_is_validated(
     tmp_path: Path, attrs: dict[str, Any], shape: list[int | None], match: str | None
 ) -> None:
     graph = _pad_graph(attrs, shape)
-    if match is None:
-        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
-        return
-    with pytest.raises(FormatError, match=match):
-        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+    _written_or_refused(tmp_path, graph, match)
 
 
 @pytest.mark.parametrize(
@@ -373,11 +378,7 @@ def test_transpose_is_validated(
 ) -> None:
     graph = _pad_graph({}, shape)
     graph["nodes"][0].update(op="transpose", attrs={"perm": perm})
-    if match is None:
-        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
-        return
-    with pytest.raises(FormatError, match=match):
-        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+    _written_or_refused(tmp_path, graph, match)
 
 
 @pytest.mark.parametrize(
@@ -401,11 +402,7 @@ def test_upsample_is_validated(
 ) -> None:
     graph = _pad_graph({}, shape)
     graph["nodes"][0].update(op="upsample", attrs=attrs)
-    if match is None:
-        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
-        return
-    with pytest.raises(FormatError, match=match):
-        write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+    _written_or_refused(tmp_path, graph, match)
 
 
 def test_five_dims_are_for_reshape_and_transpose_only(tmp_path: Path) -> None:
@@ -426,3 +423,26 @@ def test_five_dims_are_for_reshape_and_transpose_only(tmp_path: Path) -> None:
     graph["nodes"][0]["attrs"]["shape"] = [1, 2, 1, 5, 7]
     with pytest.raises(FormatError, match="1 to 4 dims"):
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors={}, provenance={})
+
+
+@pytest.mark.parametrize(
+    ("attrs", "shape", "match"),
+    [
+        ({"axis": 1, "start": 0, "end": 1}, [None, 1, 5, 7], None),
+        ({"axis": 3, "start": 2, "end": 7}, [None, 2, 5, 5], None),
+        ({"axis": 1, "start": 0, "end": 1}, [None, 2, 5, 7], "declared float"),
+        ({"axis": 0, "start": 0, "end": 1}, [None, 2, 5, 7], "must be >= 1"),
+        ({"axis": 4, "start": 0, "end": 1}, [None, 2, 5, 7], "axis 4 out of range"),
+        ({"axis": 2, "start": 3, "end": 3}, [None, 2, 0, 7], "empty or outside"),
+        ({"axis": 2, "start": 0, "end": 6}, [None, 2, 6, 7], "empty or outside axis 2 of 5"),
+        ({"axis": 2, "start": -1, "end": 5}, [None, 2, 6, 7], "must be >= 0"),
+        ({"axis": 2, "end": 5}, [None, 2, 5, 7], "missing attr 'start'"),
+        ({"axis": 2, "start": 0, "end": 5, "step": 2}, [None, 2, 5, 7], "unknown attrs"),
+    ],
+)
+def test_slice_is_validated(
+    tmp_path: Path, attrs: dict[str, Any], shape: list[int | None], match: str | None
+) -> None:
+    graph = _pad_graph({}, shape)
+    graph["nodes"][0].update(op="slice", attrs=attrs)
+    _written_or_refused(tmp_path, graph, match)

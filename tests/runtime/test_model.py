@@ -176,6 +176,8 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             y = torch.log_softmax(x0, dim=a.get("axis", 1))
         elif op == "transpose":
             y = x0.permute(*a["perm"])
+        elif op == "slice":
+            y = x0.narrow(a["axis"], a["start"], a["end"] - a["start"])
         elif op == "upsample":  # nearest, integer factors
             y = F.interpolate(x0, scale_factor=tuple(a["scales"]), mode="nearest")
         elif op == "pad":  # pads: begins, then ends; F.pad wants (begin, end) from the last
@@ -647,7 +649,7 @@ def transposed_model() -> Builder:
 def upsampled_model() -> Builder:
     """A U-Net's decoder step: a real convolution, max pooling, a binary convolution on the
     coarse grid, nearest upsampling (2 x 3) back to the fine grid, concatenated with the
-    skip; a 1-d upsampling by 4 after a reshape."""
+    skip; slices of the channels and the columns; a 1-d upsampling by 4 after a reshape."""
     b = Builder(9, "x", [None, 3, 8, 9])
     r = b.rng
     c0 = b.node(
@@ -667,9 +669,11 @@ def upsampled_model() -> Builder:
     )  # (5, 4, 3)
     up = b.node("upsample", "up", [bc], {"scales": [2, 3]})  # (5, 8, 9)
     cat = b.node("concat", "cat", [c0, up], {"axis": 1})  # (13, 8, 9)
-    seq = b.node("reshape", "rs", [cat], {"shape": [13, 72]})
+    part = b.node("slice", "sl", [cat], {"axis": 1, "start": 2, "end": 11})  # (9, 8, 9)
+    rows = b.node("slice", "sl2", [part], {"axis": 3, "start": 0, "end": 8})  # (9, 8, 8)
+    seq = b.node("reshape", "rs", [rows], {"shape": [9, 64]})
     b.node("upsample", "up1", [seq], {"scales": [4], "mode": "nearest"})
-    b.output("up1", [None, 13, 288])
+    b.output("up1", [None, 9, 256])
     return b
 
 
