@@ -92,7 +92,9 @@ def _input_ranks(gm: fx.GraphModule, example: torch.Tensor | None) -> dict[fx.No
         gm.train(was_training)
     ranks: dict[fx.Node, int] = {}
     for node in gm.graph.nodes:
-        src = node.args[0] if node.op == "call_module" and node.args else None
+        src = None
+        if node.op == "call_module":
+            src = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
         meta = src.meta.get("tensor_meta") if isinstance(src, fx.Node) else None
         if meta is not None and hasattr(meta, "shape"):
             ranks[node] = len(meta.shape)
@@ -158,6 +160,8 @@ def binarize_graph(
         name = str(node.target)
         module = gm.get_submodule(name)
         reason = _keep_reason(name, module, i, len(nodes), config, calls[name], ranks.get(node))
+        if not reason and not node.args:  # the twin's hooks and the bypass read args[0]
+            reason = "input passed by keyword"
         report = LayerReport(
             name,
             type(module).__name__,

@@ -331,6 +331,21 @@ def _upsample_scales(
             raise UserInputError(
                 f"export: {name} has scale_factor {scale_factor}; only integer factors"
             )
+    if mode == "nearest":  # torch reads floor(o * float32 scale): o // k except at some k
+        for i, k in enumerate(scales):
+            size = x_shape[2 + i]
+            scale = (
+                np.float32(1.0 / k)
+                if scale_factor is not None
+                else np.float32(size) / np.float32(size * k)
+            )
+            o = np.arange(size * k, dtype=np.float32)
+            read = np.minimum(np.floor(o * scale), size - 1).astype(np.int64)
+            if not np.array_equal(read, np.arange(size * k) // k):
+                raise UserInputError(
+                    f"export: {name}: torch's 'nearest' at factor {k} reads pixels other than "
+                    "o // k (float32 rounding of 1/k); use mode 'nearest-exact'"
+                )
     return scales
 
 

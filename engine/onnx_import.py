@@ -301,6 +301,8 @@ class _Builder:
         }
         self.shapes: dict[str, list[int | None]] = {}
         self.input_shape: tuple[int, ...] | None = None  # without the batch
+        self.batch: int | None = None  # the input's batch size where the file fixes it
+        self.unprobed: set[str] = set()  # values known_shape could not run the graph to
         self.syms: dict[str, np.ndarray] = {}  # object arrays of ints, None for the batch
         self.count = 0
         self.opset = max(
@@ -345,9 +347,9 @@ class _Builder:
         the graph built so far run on one zero sample (torch writes slices and reshapes
         from shapes it computes at run time, which ONNX's inference cannot follow)."""
         shape = self.shapes.get(name)
-        if shape is not None and None not in shape[1:]:
+        if shape and None not in shape[1:]:  # [] is an unknown rank
             return shape
-        if name not in self.values or self.input_shape is None:
+        if name not in self.values or self.input_shape is None or name in self.unprobed:
             return shape
         graph = fx.Graph()
         mapped: dict[fx.Node, fx.Node] = {}
@@ -360,11 +362,13 @@ class _Builder:
             with torch.no_grad():
                 ShapeProp(probe.eval()).propagate(torch.zeros(1, *self.input_shape))
         except Exception:  # the caller names the shape it could not learn
+            self.unprobed.add(name)  # and later callers do not run the graph again
             return shape
         for value, node in self.values.items():  # every value's shape, while we are at it
             meta = mapped[node].meta.get("tensor_meta") if node in mapped else None
-            if meta is not None and hasattr(meta, "shape") and len(meta.shape) >= 1:
-                self.learn_shape(value, [None, *(int(d) for d in meta.shape[1:])])
+            if node.op != "get_attr" and meta is not None and len(getattr(meta, "shape", ())):
+                # the probe ran one sample; the model's batch is fixed or None (dynamic)
+                self.learn_shape(value, [self.batch, *(int(d) for d in meta.shape[1:])])
         return self.shapes.get(name)
 
     def learn_shape(self, name: str, shape: list[int | None]) -> None:
@@ -457,6 +461,9 @@ def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         rounding = _text(a, "nearest_mode", "round_prefer_floor")
     else:  # Upsample: asymmetric, floor
         coords, rounding = "asymmetric", "floor"
+    policy = _text(a, "keep_aspect_ratio_policy", "stretch")
+    if policy != "stretch":
+        raise _fail(node, f"keep_aspect_ratio_policy {policy!r} is not supported")
     if rounding not in _NEAREST_AS_REPEAT.get(coords, set()):
         raise _fail(
             node,
@@ -474,8 +481,10 @@ def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
     scales: list[float] | None = None
     if op == "Upsample" and "scales" in a:  # opset 7
         scales = [float(v) for v in a["scales"]]
-    elif op == "Upsample" or (len(ins) > 2 and ins[2]):  # Upsample-9's input 1, Resize's 2
-        scales = [float(v) for v in b.const(ins[1 if op == "Upsample" else 2], node).reshape(-1)]
+    elif op == "Upsample" or (op == "Resize" and b.opset < 11):  # (X, scales)
+        scales = [float(v) for v in b.const(ins[1], node).reshape(-1)]
+    elif len(ins) > 2 and ins[2]:  # Resize-11+: (X, roi, scales, sizes)
+        scales = [float(v) for v in b.const(ins[2], node).reshape(-1)]
     if scales is not None and scales:
         axes = [int(v) % rank for v in a.get("axes", range(rank))]
         full = [1.0] * rank
@@ -490,7 +499,17 @@ def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         if sizes is None or None in in_shape[1:]:
             raise _fail(node, f"{op} needs constant scales, or sizes and a known input shape")
         target = [None if v is None else int(v) for v in np.asarray(sizes).reshape(-1)]
-        if len(target) != rank or None in target[1:] or target[1] != in_shape[1]:
+        if "axes" in a:  # opset 18: sizes of those axes only
+            every: list[int | None] = list(in_shape)
+            for axis, entry in zip(a["axes"], target, strict=False):
+                every[int(axis) % rank] = entry
+            target = every
+        if (
+            len(target) != rank
+            or None in target[1:]
+            or target[1] != in_shape[1]
+            or target[0] not in (None, in_shape[0])
+        ):
             raise _fail(node, f"sizes {target}: only the spatial axes of {in_shape} may change")
         spatial = [
             (int(i or 0), int(o or 0)) for i, o in zip(in_shape[2:], target[2:], strict=True)
@@ -498,7 +517,9 @@ def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         if any(o % i for i, o in spatial):
             raise _fail(node, f"sizes {target}: only integer multiples of {in_shape}")
         factors = [o // i for i, o in spatial]
-    up = nn.Upsample(scale_factor=tuple(float(v) for v in factors), mode="nearest")
+    # "nearest-exact": torch's "nearest" scales by float32(1 / k), which reads pixel
+    # o // k - 1 at some o = m k for k = 41, 47, 55, 61, ...
+    up = nn.Upsample(scale_factor=tuple(float(v) for v in factors), mode="nearest-exact")
     b.values[node.output[0]] = b.module("upsample", up, x)
 
 
@@ -818,7 +839,7 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if math.prod(rest) != total:
             raise _fail(node, f"cannot reshape {in_shape} to {target.tolist()} keeping the batch")
         b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *rest)))
-        b.learn_shape(out, [None, *rest])
+        b.learn_shape(out, [in_shape[0], *rest])
     elif op == "Concat":
         parts = [b.value(n, node) for n in ins]
         b.values[out] = b.graph.call_function(torch.cat, (parts,), {"dim": int(a["axis"])})
@@ -897,6 +918,7 @@ def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:
         )
     b.values[inputs[0].name] = b.graph.placeholder("input")
     b.input_shape = tuple(int(d or 0) for d in in_shape[1:])
+    b.batch = in_shape[0]
     for node in model.graph.node:
         if node.domain not in ("", "ai.onnx"):
             raise _fail(node, f"operator domain {node.domain!r} is not supported")

@@ -128,9 +128,9 @@ def test_calibration_sizes_xnorpp_factors_and_recomputes_batch_norm() -> None:
 class ConvTokens(nn.Module):
     """Binary-able convolutions, then a Linear over tokens (N, L, C), as a ViT's MLP."""
 
-    def __init__(self, tokens_only: bool = False) -> None:
+    def __init__(self, tokens_only: bool = False, keyword: bool = False) -> None:
         super().__init__()
-        self.tokens_only = tokens_only
+        self.tokens_only, self.keyword = tokens_only, keyword
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.conv = nn.Conv2d(16, 16, 3, padding=1)
         self.token_fc = nn.Linear(16, 16)
@@ -141,12 +141,14 @@ class ConvTokens(nn.Module):
         if not self.tokens_only:
             x = self.conv(x)
         t = x.flatten(2).transpose(1, 2)
-        return self.head(self.token_fc(t).mean(1))
+        t = self.token_fc(input=t) if self.keyword else self.token_fc(t)
+        return self.head(t.mean(1))
 
 
-def test_linear_over_tokens_stays_real_when_an_example_shows_its_input() -> None:
+@pytest.mark.parametrize("keyword", [False, True])
+def test_linear_over_tokens_stays_real_when_an_example_shows_its_input(keyword: bool) -> None:
     torch.manual_seed(0)
-    model = ConvTokens().eval()
+    model = ConvTokens(keyword=keyword).eval()
     x = torch.randn(8, 3, 6, 6)
     config = BinarizeConfig(min_layer_size=0)
     _, reports = binarize_graph(model, config, x[:2])
@@ -155,7 +157,9 @@ def test_linear_over_tokens_stays_real_when_an_example_shows_its_input() -> None
     assert not by_name["token_fc"].binary
     assert by_name["token_fc"].reason == "input of rank 3, not (batch, features)"
     _, blind = binarize_graph(model, config)  # no example: shapes unknown
-    assert {r.name: r.binary for r in blind}["token_fc"]
+    assert {r.name: r.reason for r in blind}["token_fc"] == (
+        "input passed by keyword" if keyword else ""
+    )
     gm, converted = convert(model, x, config)  # converts and calibrates (it crashed before)
     assert [r["name"] for r in converted if r["binary"]] == ["conv"]
     assert gm(x).shape == (8, 4)

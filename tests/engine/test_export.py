@@ -443,6 +443,7 @@ def test_interpolate_exports_as_upsample_and_other_resizes_are_named(tmp_path: P
         ("bilinear", (2, 2), "mode 'bilinear'; only 'nearest'"),
         ("nearest", (2.5, 2), "resizes axis 2 from 5 to 12; only integer"),
         ("nearest", 2.0001, r"scale_factor 2.0001; only integer factors"),
+        ("nearest", (41, 1), r"'nearest' at factor 41 reads pixels other than o // k"),
     ]:
         with pytest.raises(UserInputError, match=match):
             build_graph(torch.fx.symbolic_trace(Model(mode, factor).eval()), (3, 5, 5))

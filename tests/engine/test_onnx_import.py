@@ -604,11 +604,13 @@ def test_resize_by_constant_sizes(tmp_path: Path) -> None:
         ("Flatten", ["r"], ["y"], {"axis": 1}),
     ]  # fmt: skip
     sizes = {"sizes": np.array([2, 2, 8, 12], np.int64)}
-    path = _helper_model(tmp_path, nodes, ["n", 2, 4, 4], sizes, 13)
+    with pytest.raises(UserInputError, match=r"sizes \[2, 2, 8, 12\]: only the spatial"):
+        load_model(_helper_model(tmp_path, nodes, ["n", 2, 4, 4], sizes, 13))  # batch 2 only
+    path = _helper_model(tmp_path, nodes, [2, 2, 4, 4], sizes, 13)
     _assert_equal_to_onnxruntime(path, (2, 2, 4, 4))
     sizes = {"sizes": np.array([2, 2, 6, 12], np.int64)}
     with pytest.raises(UserInputError, match="only integer multiples"):
-        load_model(_helper_model(tmp_path, nodes, ["n", 2, 4, 4], sizes, 13))
+        load_model(_helper_model(tmp_path, nodes, [2, 2, 4, 4], sizes, 13))
 
 
 class _ChannelShuffle(nn.Module):
@@ -701,3 +703,55 @@ def test_slices_of_values_it_cannot_take_are_named(
     nodes = [("Slice", ["x", *names], ["s"], {}), ("Flatten", ["s"], ["y"], {"axis": 1})]
     with pytest.raises(UserInputError, match=match):
         load_model(_helper_model(tmp_path, nodes, ["n", 4, 5, 5], inits, 13))
+
+
+def test_shuffle_exported_with_a_fixed_batch_keeps_it(tmp_path: Path) -> None:
+    """Without dynamic axes torch writes the batch into the shuffle's targets; the shapes
+    the importer learns carry that batch."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = _ShuffleUnit().eval()
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 3, 6, 5),), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"])  # fmt: skip
+    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_resize_10_reads_its_scales_from_input_1(tmp_path: Path) -> None:
+    nodes = [("Resize", ["x", "scales"], ["r"], {"mode": "nearest"}),
+             ("Flatten", ["r"], ["y"], {"axis": 1})]  # fmt: skip
+    inits = {"scales": np.array([1, 1, 2, 3], np.float32)}
+    _assert_equal_to_onnxruntime(
+        _helper_model(tmp_path, nodes, ["n", 2, 3, 4], inits, 10), (2, 2, 3, 4)
+    )
+
+
+def test_resize_18_sizes_of_some_axes_and_what_it_refuses(tmp_path: Path) -> None:
+    attrs = {"axes": [2, 3], "coordinate_transformation_mode": "asymmetric",
+             "nearest_mode": "floor"}  # fmt: skip
+    nodes = [("Resize", ["x", "", "", "sizes"], ["r"], attrs),
+             ("Flatten", ["r"], ["y"], {"axis": 1})]  # fmt: skip
+    sizes = {"sizes": np.array([8, 12], np.int64)}
+    _assert_equal_to_onnxruntime(
+        _helper_model(tmp_path, nodes, ["n", 3, 4, 4], sizes, 18), (2, 3, 4, 4)
+    )
+    not_larger = {**attrs, "keep_aspect_ratio_policy": "not_larger"}
+    policy = [("Resize", ["x", "", "", "sizes"], ["r"], not_larger),
+              ("Flatten", ["r"], ["y"], {"axis": 1})]  # fmt: skip
+    with pytest.raises(UserInputError, match="keep_aspect_ratio_policy 'not_larger'"):
+        load_model(_helper_model(tmp_path, policy, ["n", 3, 4, 4], sizes, 18))
+    batch = [("Resize", ["x", "", "", "sizes"], ["r"], {"mode": "nearest"}),
+             ("Flatten", ["r"], ["y"], {"axis": 1})]  # fmt: skip
+    with pytest.raises(UserInputError, match=r"sizes \[4, 3, 8, 8\]: only the spatial axes"):
+        load_model(
+            _helper_model(
+                tmp_path, batch, [2, 3, 4, 4], {"sizes": np.array([4, 3, 8, 8], np.int64)}, 13
+            )
+        )
