@@ -539,6 +539,15 @@ def _assert_equal_to_onnxruntime(path: Path, shape: tuple[int, ...]) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+def _assert_close_to_onnxruntime(path: Path, shape: tuple[int, ...]) -> None:
+    """As :func:`_assert_equal_to_onnxruntime`, to float rounding (convolutions)."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = load_model(path).module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def _resize_nodes(attrs: dict[str, Any], scales: list[float]) -> tuple[list[Any], dict[str, Any]]:
     nodes = [
         ("Resize", ["x", "", "scales"], ["r"], attrs),
@@ -631,11 +640,7 @@ class _ChannelShuffle(nn.Module):
 def test_channel_shuffle_matches_onnxruntime(tmp_path: Path) -> None:
     torch.manual_seed(0)
     path = _export(_ChannelShuffle(), (3, 5, 4), tmp_path / "m.onnx", 17)
-    x = np.random.default_rng(0).standard_normal((2, 3, 5, 4)).astype(np.float32)
-    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    with torch.no_grad():
-        got = load_model(path).module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    _assert_close_to_onnxruntime(path, (2, 3, 5, 4))
 
 
 class _ShuffleUnit(nn.Module):
@@ -660,11 +665,7 @@ class _ShuffleUnit(nn.Module):
 def test_shufflenet_unit_with_channel_split_matches_onnxruntime(tmp_path: Path, opset: int) -> None:
     torch.manual_seed(0)
     path = _export(_ShuffleUnit(), (3, 6, 5), tmp_path / "m.onnx", opset)
-    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5)).astype(np.float32)
-    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    with torch.no_grad():
-        got = load_model(path).module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    _assert_close_to_onnxruntime(path, (2, 3, 6, 5))
 
 
 @pytest.mark.parametrize(
@@ -717,11 +718,7 @@ def test_shuffle_exported_with_a_fixed_batch_keeps_it(tmp_path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.randn(2, 3, 6, 5),), str(path), dynamo=False,
                           opset_version=17, input_names=["x"])  # fmt: skip
-    x = np.random.default_rng(0).standard_normal((2, 3, 6, 5)).astype(np.float32)
-    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    with torch.no_grad():
-        got = load_model(path).module(torch.from_numpy(x)).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    _assert_close_to_onnxruntime(path, (2, 3, 6, 5))
 
 
 def test_resize_10_reads_its_scales_from_input_1(tmp_path: Path) -> None:
