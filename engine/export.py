@@ -232,9 +232,28 @@ def _export_binary(ex: _Exporter, node: fx.Node, layer: Any) -> None:
         ex.names[fused[0]] = out
 
 
+def _channels_first(ex: _Exporter, name: str, x: str, rank: int) -> str:
+    """The last axis of a rank-3/4 value moved to axis 1 (a ``transpose`` node)."""
+    return ex.emit(
+        "transpose", f"{name}.in", [x], attrs={"perm": [0, rank - 1, *range(1, rank - 1)]}
+    )
+
+
+def _channels_last(ex: _Exporter, name: str, x: str, rank: int) -> str:
+    """Axis 1 moved back to the end (after :func:`_channels_first`)."""
+    return ex.emit("transpose", f"{name}.out", [x], attrs={"perm": [0, *range(2, rank), 1]})
+
+
 def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
     name = str(node.target)
     x_name = ex.value(node.args[0], node)
+    src = node.args[0]
+    rank = len(ex.shape(src)) if isinstance(src, fx.Node) else 2
+    if isinstance(mod, nn.Linear) and rank > 2:  # over the last axis: a 1x1 convolution
+        if rank > 4:
+            raise UserInputError(f"export: linear {name} on a rank-{rank} value")
+        _export_last_axis_linear(ex, node, mod, name, x_name, rank)
+        return
     weight = mod.weight.detach().cpu().double()  # type: ignore[operator]
     bias_t = mod.bias
     out_ch = weight.shape[0]
@@ -285,6 +304,35 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
     ex.names[node] = out
     if fused is not None:
         ex.names[fused[0]] = out
+
+
+def _export_last_axis_linear(
+    ex: _Exporter, node: fx.Node, mod: nn.Module, name: str, x_name: str, rank: int
+) -> None:
+    """A Linear over the last axis of (N, L, C) or (N, H, W, C) values (a token MLP,
+    ConvNeXt's pointwise layers): transpose, a 1x1 real convolution, transpose back. No
+    batch norm is folded (one after it would normalize another axis)."""
+    weight = mod.weight.detach().cpu().double()  # type: ignore[operator]
+    bias_t = mod.bias
+    bias = (
+        bias_t.detach().cpu().double()
+        if isinstance(bias_t, torch.Tensor)
+        else torch.zeros(weight.shape[0], dtype=torch.float64)
+    )
+    if ex.real_dtype == "float16":
+        stored_w, stored_b = _round_real_layer(mod, None, weight, bias, None)
+    else:
+        stored_w, stored_b = _f32(weight), _f32(bias)
+    nsp = rank - 2
+    params = {
+        "weight": ex.tensor(f"{name}.weight", stored_w.reshape(*stored_w.shape, *[1] * nsp)),
+        "bias": ex.tensor(f"{name}.bias", stored_b),
+    }
+    attrs = {"stride": [1] * nsp, "padding": [0] * nsp, "dilation": [1] * nsp, "groups": 1}
+    y = ex.emit(
+        f"conv{nsp}d", name, [_channels_first(ex, name, x_name, rank)], params=params, attrs=attrs
+    )
+    ex.names[node] = _channels_last(ex, name, y, rank)
 
 
 def _pool_attrs(mod: Any, nsp: int, avg: bool) -> dict[str, Any]:
@@ -485,18 +533,34 @@ def _export_const_affine(
     per_channel = len(aligned) == len(shape) and all(
         d == 1 for i, d in enumerate(aligned) if i != 1
     )
+    last = shape[-1]
+    last_axis = (
+        len(shape) in (3, 4)
+        and not per_channel
+        and len(aligned) == len(shape)
+        and arr.numel() == last
+        and all(d == 1 for d in aligned[:-1])
+    )
+    if last_axis:  # a bias or scale over the last axis (a Linear's, a layer scale): wrapped
+        one, zero = torch.ones(last, dtype=torch.float64), torch.zeros(last, dtype=torch.float64)
+        scale, shift = (one, arr) if is_add else (arr, zero)
+        rank = len(shape)
+        y = ex.emit(
+            "batchnorm",
+            node.name,
+            [_channels_first(ex, node.name, ex.value(x_node, node), rank)],
+            params={
+                "scale": ex.tensor(f"{node.name}.scale", _f32(scale)),
+                "shift": ex.tensor(f"{node.name}.shift", _f32(shift)),
+            },
+        )
+        return _channels_last(ex, node.name, y, rank)
     if arr.numel() == 1:
         arr = arr.expand(c)
     elif not per_channel or arr.numel() != c:
-        hint = ""
-        if len(shape) > 2 and value.dim() >= 1 and value.shape[-1] == shape[-1] != c:
-            hint = (
-                " (a bias or scale over the last axis, as a Linear or layer scale applied to "
-                "channels-last or token values writes, is not supported)"
-            )
         raise UserInputError(
-            f"export: {node.name} needs a scalar or per-channel constant, got shape "
-            f"{tuple(value.shape)} against {tuple(shape)}{hint}"
+            f"export: {node.name} needs a scalar, per-channel or last-axis constant, got "
+            f"shape {tuple(value.shape)} against {tuple(shape)}"
         )
     one = torch.ones(c, dtype=torch.float64)
     zero = torch.zeros(c, dtype=torch.float64)

@@ -331,15 +331,16 @@ def test_constants_broadcast_like_numpy_or_are_refused(tmp_path: Path) -> None:
             return self.pool(self.conv((x + self.shift) * self.scale * self.factor)).flatten(1)
 
     x = torch.randn(5, 3, 3, 3)
-    for shift_shape in [(1, 3, 1, 1), (3, 1, 1)]:
+    # per channel, and (3,), which numpy and torch broadcast along the width (the last axis)
+    for shift_shape in [(1, 3, 1, 1), (3, 1, 1), (3,)]:
         model = Normalize(shift_shape).eval()
         graph, tensors = build_graph(torch.fx.symbolic_trace(model), (3, 3, 3))
         write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
         got = runtime.load(tmp_path / "m.bfm").run(x.numpy())
         np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-5, atol=1e-5)
-    # (3,) against (N, 3, 3, 3) broadcasts along the width in torch, not per channel
-    with pytest.raises(UserInputError, match=r"per-channel constant, got shape \(3,\)"):
-        build_graph(torch.fx.symbolic_trace(Normalize((3,))), (3, 3, 3))
+    # (3, 1) against (N, 3, 3, 3) varies along the height: no op for that
+    with pytest.raises(UserInputError, match=r"last-axis constant, got shape \(3, 1\)"):
+        build_graph(torch.fx.symbolic_trace(Normalize((3, 1))), (3, 3, 3))
 
 
 class _TinyUNet(nn.Module):
@@ -383,9 +384,36 @@ class _Shuffled(nn.Module):
         return self.head(self.b2(y).mean((2, 3)))
 
 
+class _ConvNeXtish(nn.Module):
+    """A ConvNeXt block (depthwise 7x7, LayerNorm and Linear layers on channels-last values,
+    a layer scale) before a binary convolution."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.mlp = nn.Sequential(nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c))
+        self.gamma = nn.Parameter(torch.rand(c) + 0.5)
+        self.conv = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stem(x)
+        z = self.mlp(self.norm(self.dw(y).permute(0, 2, 3, 1)))
+        y = y + (self.gamma * z).permute(0, 3, 1, 2)
+        return self.head(self.conv(y).mean((2, 3)))
+
+
 @pytest.mark.parametrize(
     ("factory", "op", "through_onnx"),
-    [(_TinyUNet, "upsample", False), (_TinyUNet, "upsample", True), (_Shuffled, "slice", True)],
+    [
+        (_TinyUNet, "upsample", False),
+        (_TinyUNet, "upsample", True),
+        (_Shuffled, "slice", True),
+        (_ConvNeXtish, "transpose", False),
+        (_ConvNeXtish, "transpose", True),
+    ],
 )
 def test_unet_and_shuffle_run_in_the_runtime_like_the_binary_torch_model(
     tmp_path: Path,

@@ -253,26 +253,26 @@ def test_cli_binarize_eval_inspect(tmp_path: Path, trained_mlp: Path, digits_npz
     assert "factorization" in bad.stderr
 
 
-class _TokenBias(torch.nn.Module):
-    """A binary-able convolution, then a Linear over tokens, whose ONNX bias add (over the
-    last axis of (N, L, C)) the runtime has no op for."""
+class _PositionBias(torch.nn.Module):
+    """A binary-able convolution, then a constant over the spatial positions (N, C, H, W) +
+    (H, W): the runtime has no op for that broadcast."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
         self.conv = torch.nn.Conv2d(16, 16, 3, padding=1)
-        self.token_fc = torch.nn.Linear(16, 16)
+        self.pos = torch.nn.Parameter(torch.randn(6, 6))
         self.head = torch.nn.Linear(16, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.conv(torch.relu(self.stem(x))).flatten(2).transpose(1, 2)
-        return self.head(self.token_fc(t).transpose(1, 2).mean(2))
+        y = self.conv(torch.relu(self.stem(x))) + self.pos
+        return self.head(y.mean((2, 3)))
 
 
 def test_a_graph_the_runtime_cannot_run_is_refused_before_training(tmp_path: Path) -> None:
     import warnings
 
-    model = _TokenBias().eval()
+    model = _PositionBias().eval()
     onnx_path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -283,7 +283,7 @@ def test_a_graph_the_runtime_cannot_run_is_refused_before_training(tmp_path: Pat
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).standard_normal((64, 3, 6, 6), np.float32))
     stages: list[str] = []
-    with pytest.raises(UserInputError, match=r"per-channel.*over the last axis.*not supported"):
+    with pytest.raises(UserInputError, match=r"needs a scalar, per-channel or last-axis constant"):
         binarize(
             onnx_path,
             data,
