@@ -249,11 +249,11 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
     x_name = ex.value(node.args[0], node)
     src = node.args[0]
     rank = len(ex.shape(src)) if isinstance(src, fx.Node) else 2
-    if isinstance(mod, nn.Linear) and rank > 2:  # over the last axis: a 1x1 convolution
-        if rank > 4:
-            raise UserInputError(f"export: linear {name} on a rank-{rank} value")
-        _export_last_axis_linear(ex, node, mod, name, x_name, rank)
-        return
+    # a Linear over the last axis of (N, L, C) or (N, H, W, C) values (a token MLP,
+    # ConvNeXt's pointwise layers): transpose, a 1x1 real convolution, transpose back
+    last_axis = isinstance(mod, nn.Linear) and rank > 2
+    if last_axis and rank > 4:
+        raise UserInputError(f"export: linear {name} on a rank-{rank} value")
     weight = mod.weight.detach().cpu().double()  # type: ignore[operator]
     bias_t = mod.bias
     out_ch = weight.shape[0]
@@ -262,7 +262,8 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
         if isinstance(bias_t, torch.Tensor)
         else torch.zeros(out_ch, dtype=torch.float64)
     )
-    fused = ex.sole_bn_user(node)
+    # no batch norm folds into a last-axis Linear: one after it normalizes another axis
+    fused = None if last_axis else ex.sole_bn_user(node)
     g: torch.Tensor | None = None
     if fused is not None:
         g, h = _bn_affine(fused[1])
@@ -275,11 +276,19 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
         )
     else:
         stored_w, stored_b = _f32(weight), _f32(bias)
+    if last_axis:  # the 1x1 convolution's (C_out, C_in, 1[, 1]) weight
+        stored_w = stored_w.reshape(*stored_w.shape, *[1] * (rank - 2))
     params = {
         "weight": ex.tensor(f"{name}.weight", stored_w),
         "bias": ex.tensor(f"{name}.bias", stored_b),
     }
-    if isinstance(mod, nn.Linear):
+    if last_axis:
+        nsp = rank - 2
+        attrs = {"stride": [1] * nsp, "padding": [0] * nsp, "dilation": [1] * nsp, "groups": 1}
+        x_first = _channels_first(ex, name, x_name, rank)
+        y = ex.emit(f"conv{nsp}d", name, [x_first], params=params, attrs=attrs)
+        out = _channels_last(ex, name, y, rank)
+    elif isinstance(mod, nn.Linear):
         out = ex.emit("linear", name, [x_name], params=params)
     else:
         assert isinstance(mod, nn.Conv1d | nn.Conv2d)
@@ -304,35 +313,6 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
     ex.names[node] = out
     if fused is not None:
         ex.names[fused[0]] = out
-
-
-def _export_last_axis_linear(
-    ex: _Exporter, node: fx.Node, mod: nn.Module, name: str, x_name: str, rank: int
-) -> None:
-    """A Linear over the last axis of (N, L, C) or (N, H, W, C) values (a token MLP,
-    ConvNeXt's pointwise layers): transpose, a 1x1 real convolution, transpose back. No
-    batch norm is folded (one after it would normalize another axis)."""
-    weight = mod.weight.detach().cpu().double()  # type: ignore[operator]
-    bias_t = mod.bias
-    bias = (
-        bias_t.detach().cpu().double()
-        if isinstance(bias_t, torch.Tensor)
-        else torch.zeros(weight.shape[0], dtype=torch.float64)
-    )
-    if ex.real_dtype == "float16":
-        stored_w, stored_b = _round_real_layer(mod, None, weight, bias, None)
-    else:
-        stored_w, stored_b = _f32(weight), _f32(bias)
-    nsp = rank - 2
-    params = {
-        "weight": ex.tensor(f"{name}.weight", stored_w.reshape(*stored_w.shape, *[1] * nsp)),
-        "bias": ex.tensor(f"{name}.bias", stored_b),
-    }
-    attrs = {"stride": [1] * nsp, "padding": [0] * nsp, "dilation": [1] * nsp, "groups": 1}
-    y = ex.emit(
-        f"conv{nsp}d", name, [_channels_first(ex, name, x_name, rank)], params=params, attrs=attrs
-    )
-    ex.names[node] = _channels_last(ex, name, y, rank)
 
 
 def _pool_attrs(mod: Any, nsp: int, avg: bool) -> dict[str, Any]:

@@ -109,13 +109,18 @@ def _fail(node: Any, why: str) -> UserInputError:
     return UserInputError(f"ONNX node {node.name or node.op_type} ({node.op_type}): {why}")
 
 
+def _text(a: dict[str, Any], key: str, default: str) -> str:
+    """A string attribute (onnx gives bytes)."""
+    value = a.get(key, default)
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _pads(
     b: _Builder, node: Any, a: dict[str, Any], kernel: list[int]
 ) -> tuple[list[int], list[int]]:
     """Padding before and after each spatial axis, from ``pads`` or from ``auto_pad``."""
     nd = len(kernel)
-    mode = a.get("auto_pad", b"NOTSET")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode = _text(a, "auto_pad", "NOTSET")
     if mode == "NOTSET":
         pads = [int(v) for v in a.get("pads", [0] * (2 * nd))]
         if len(pads) != 2 * nd or min(pads) < 0:
@@ -392,8 +397,7 @@ def _convert_pad(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
     """Pad in constant mode, of the spatial axes of an (N, C, L) or (N, C, H, W) value: its
     pads from the attribute (opset < 11) or a constant input, over every axis or over the
     constant ``axes`` input (opset 18)."""
-    mode = a.get("mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    mode = _text(a, "mode", "constant")
     if mode != "constant":
         raise _fail(node, f"mode {mode!r} is not supported (only 'constant')")
     ins = list(node.input)
@@ -430,11 +434,6 @@ def _convert_pad(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         raise _fail(node, f"constant_value {value} is not a finite float32")
     pad = _pad_module(rank - 2, begin[2:], end[2:], value)
     b.values[node.output[0]] = b.module("pad", pad, x)
-
-
-def _text(a: dict[str, Any], key: str, default: str) -> str:
-    value = a.get(key, default)
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # Resize's coordinate modes and the nearest_modes with which, for an integer factor k, the
@@ -866,8 +865,7 @@ def _convert_node(b: _Builder, node: Any) -> None:
             norm.bias = _param(np.broadcast_to(np.asarray(shift, np.float32), scale.shape))
         b.values[out] = b.module("layernorm", norm, x)
     elif op == "Gelu":
-        approximate = a.get("approximate", b"none")
-        approximate = approximate.decode() if isinstance(approximate, bytes) else str(approximate)
+        approximate = _text(a, "approximate", "none")
         if approximate not in ("none", "tanh"):
             raise _fail(node, f"Gelu approximate={approximate!r} is not supported")
         b.values[out] = b.module("gelu", nn.GELU(approximate=approximate), x)

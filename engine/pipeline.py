@@ -117,36 +117,23 @@ def _latency_ms(fn: Callable[[], Any], repeats: int = 20) -> float:
 
 def _runtime_check(
     path: Path, x_val: torch.Tensor, student_logits: torch.Tensor, y_val: torch.Tensor | None
-) -> tuple[float | None, float | None, float | None]:
-    """(runtime accuracy, agreement with the torch binary model, batch-1 ms) or Nones."""
+) -> tuple[float | None, float | None, float | None, torch.Tensor | None]:
+    """(runtime accuracy, agreement with the torch binary model, batch-1 ms, the runtime's
+    logits) or Nones."""
     import runtime
 
     load = getattr(runtime, "load", None)
     if load is None or x_val.shape[0] == 0:
-        return None, None, None
+        return None, None, None, None
     # One thread: batch-1 latency is what a device sees, and the check stays independent of
     # the runtime's thread pool.
     model = load(str(path), threads=1)
-    logits = _runtime_logits(model, x_val)
-    one = x_val.numpy()[:1]
+    xs = x_val.numpy()
+    out = np.concatenate([np.asarray(model.run(xs[i : i + 256])) for i in range(0, len(xs), 256)])
+    logits = torch.from_numpy(out)
+    one = xs[:1]
     ms = _latency_ms(lambda: model.run(one))
-    return accuracy(logits, y_val), agreement(logits, student_logits), ms
-
-
-def _runtime_logits(model: Any, x: torch.Tensor) -> torch.Tensor:
-    xs = x.numpy()
-    out = [np.asarray(model.run(xs[i : i + 256])) for i in range(0, len(xs), 256)]
-    return torch.from_numpy(np.concatenate(out))
-
-
-def _f16_agreement(path: Path, x_val: torch.Tensor, trained_logits: torch.Tensor) -> float | None:
-    """Argmax agreement of the runtime on ``path`` with the model as trained (None without
-    validation data)."""
-    import runtime
-
-    if x_val.shape[0] == 0:
-        return None
-    return agreement(_runtime_logits(runtime.load(str(path), threads=1), x_val), trained_logits)
+    return accuracy(logits, y_val), agreement(logits, student_logits), ms, logits
 
 
 def _check_exportable(student: fx.GraphModule, shape: tuple[int, ...]) -> None:
@@ -268,7 +255,9 @@ def binarize(
     trained_val = predict(trained, x_val, cpu)
     real_dtype = "float16"
     digest = export_bfm(student, shape, out, provenance=provenance)
-    trained_agree = _f16_agreement(out, x_val, trained_val)
+    student_val_cpu = predict(student, x_val, cpu)
+    rt_acc, rt_agree, ms_binary, rt_logits = _runtime_check(out, x_val, student_val_cpu, y_val)
+    trained_agree = None if rt_logits is None else agreement(rt_logits, trained_val)
     if trained_agree is not None and trained_agree < F16_MIN_AGREEMENT:
         say(
             f"float16 real layers agree with the trained model on {trained_agree:.1%} of the "
@@ -276,9 +265,7 @@ def binarize(
         )
         student, real_dtype = trained, "float32"
         digest = export_bfm(student, shape, out, provenance=provenance, real_dtype=real_dtype)
-    student_val_cpu = predict(student, x_val, cpu)
-    rt_acc, rt_agree, ms_binary = _runtime_check(out, x_val, student_val_cpu, y_val)
-    if real_dtype == "float32":
+        rt_acc, rt_agree, ms_binary, _ = _runtime_check(out, x_val, trained_val, y_val)
         trained_agree = rt_agree  # the stored model is the trained one
     one = torch.zeros(1, *shape)
     with torch.no_grad():

@@ -967,7 +967,7 @@ def _words(c: int) -> int:
 
 
 def _conv_geometry(rng: random.Random, size: Any, exact: bool) -> tuple[tuple[int, ...], int, int]:
-    """(n, cin, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw) of fconv/dwconv (c: output
+    """(n, cin, h, w, c, kh, kw, sh, sw, ph, pw, dh, dw) of a convolution (c: output
     channels or channel multiplier), with the output extent it implies; ``exact``: a
     kernel that fits the padded input."""
     n, cin, h, w, c, kh, kw = (size(rng) for _ in range(7))
@@ -1083,18 +1083,9 @@ def call_binding(rng: random.Random, isas: list[str]) -> str:
         ]
         args, call = (*buffers, geo, rng.random() < 0.5, threads, isa), _native.dwconv
     else:
-        n, h, w, cin, cout, kh, kw = (_size(rng) for _ in range(7))
-        sh, sw, dh, dw = (rng.choice([1, 1, 2, _size(rng)]) for _ in range(4))
-        ph, pw = rng.choice([0, 1, _size(rng)]), rng.choice([0, 1, _size(rng)])
-        if exact:  # a kernel that fits
-            kh, kw = min(kh, h + 2 * ph), min(kw, w + 2 * pw)
-            dh, dw = (
-                min(dh, max(1, (h + 2 * ph - 1) // max(kh - 1, 1))),
-                min(dw, max(1, (w + 2 * pw - 1) // max(kw - 1, 1))),
-            )
+        conv_geo, ho, wo = _conv_geometry(rng, _size, exact)
+        n, cin, h, w, cout, kh, kw, sh, sw, ph, pw, dh, dw = conv_geo
         kpad = kh * kw * _words(cin) + (0 if exact else rng.choice([0, 0, 1, -1]))
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // max(sh, 1) + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // max(sw, 1) + 1
         threads = rng.choice([1, 2, 3, 0, -1])
         out_bits = rng.random() < 0.3
         activation = rng.choice([0, 1, 2, 3] if exact else [0, 1, 2, 3, 7, -1])
