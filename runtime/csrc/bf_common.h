@@ -56,6 +56,16 @@ typedef uint64_t bf_word;
 #define BF_TARGET_POPCNT
 #endif
 
+/* GCC function multi-versioning: plain C loops compiled once per listed target, the best
+ * chosen at load time by the CPU (libgcc checks the OS-saved state). The loader runs the
+ * clones' resolvers while it relocates the library, before ThreadSanitizer's runtime can
+ * run instrumented code, so a -fsanitize=thread build keeps the default clone only. */
+#if BF_ARCH_X86 && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
+#define BF_CLONES(...) __attribute__((target_clones(__VA_ARGS__)))
+#else
+#define BF_CLONES(...)
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define BF_POPCOUNT64(x) ((int64_t)__builtin_popcountll((unsigned long long)(x)))
 #define BF_RESTRICT __restrict__

@@ -1,4 +1,5 @@
-"""Build ``runtime._native`` with AddressSanitizer and UndefinedBehaviorSanitizer, aside.
+"""Build ``runtime._native`` with AddressSanitizer and UndefinedBehaviorSanitizer (or,
+as the ``thread`` flavor, ThreadSanitizer), aside.
 
 The sanitizer build never replaces the normal extension: it compiles the same C sources
 (every ``runtime/csrc/**/*.c``, as ``setup.py`` does) plus ``sanitizer_selftest.c`` into
@@ -8,11 +9,13 @@ tree as ``runtime``. ``<key>`` hashes the sources, the flags and the compiler, s
 happens only when one of them changes, and concurrent builds cannot clobber each other
 (each builds in a fresh directory and renames it into place).
 
-Python itself is not instrumented, so the ASan runtime must be loaded first: run the
-process with :func:`sanitizer_env` (``LD_PRELOAD`` of libasan and libubsan, and the
-options that make every report fatal).
+Python itself is not instrumented, so the sanitizer runtime must be loaded first: run the
+process with :func:`sanitizer_env` (``LD_PRELOAD`` of libasan and libubsan, or of libtsan,
+and the options that make every report fatal). The thread flavor builds under
+``build/tsan/<key>``; its tree keeps only the default clone of the functions GCC compiles
+per target (``BF_CLONES`` in ``bf_common.h``: their resolvers run before TSan is ready).
 
-Usage: ``python tests/fuzz/build_asan.py`` prints the tree to put on ``sys.path``.
+Usage: ``python tests/fuzz/build_asan.py [thread]`` prints the tree to put on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ CSRC = ROOT / "runtime" / "csrc"
 SELFTEST = Path(__file__).with_name("sanitizer_selftest.c")
 CC = os.environ.get("CC", "gcc")
 SANITIZE = "-fsanitize=address,undefined,float-cast-overflow"
+TSAN = "-fsanitize=thread"
 CFLAGS = [
-    SANITIZE,
     "-fno-omit-frame-pointer",
     "-fno-sanitize-recover=all",
     "-O1",
@@ -54,6 +57,14 @@ ASAN_OPTIONS = (
     "strict_string_checks=1:check_initialization_order=1:print_summary=1"
 )
 UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1:abort_on_error=1"
+# a race report is fatal too (exit code 66); races in the uninstrumented interpreter or
+# numpy are invisible to it, so every report is about the runtime's own C code
+TSAN_OPTIONS = "halt_on_error=1:exitcode=66:second_deadlock_stack=1:history_size=4"
+
+FLAVORS = {  # flavor: (compile and link flag, runtimes to preload, build folder)
+    "address": (SANITIZE, ("libasan.so", "libubsan.so"), "asan"),
+    "thread": (TSAN, ("libtsan.so",), "tsan"),
+}
 
 
 class BuildError(RuntimeError):
@@ -76,10 +87,10 @@ def _compiler_output(*args: str) -> str:
     return result.stdout.strip()
 
 
-def sanitizer_libraries() -> list[str]:
-    """Paths of the compiler's shared ASan and UBSan runtimes (for ``LD_PRELOAD``)."""
+def sanitizer_libraries(flavor: str = "address") -> list[str]:
+    """Paths of the compiler's shared sanitizer runtimes (for ``LD_PRELOAD``)."""
     libs = []
-    for name in ("libasan.so", "libubsan.so"):
+    for name in FLAVORS[flavor][1]:
         path = _compiler_output(f"-print-file-name={name}")
         if not os.path.isabs(path) or not os.path.exists(path):
             raise ToolsMissing(f"{CC} has no {name} (install the compiler's sanitizer runtimes)")
@@ -87,12 +98,15 @@ def sanitizer_libraries() -> list[str]:
     return libs
 
 
-def sanitizer_env(tree: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+def sanitizer_env(
+    tree: Path, base: dict[str, str] | None = None, *, flavor: str = "address"
+) -> dict[str, str]:
     """Environment for a Python subprocess that imports the sanitizer build from ``tree``."""
     env = dict(os.environ if base is None else base)
-    env["LD_PRELOAD"] = ":".join(sanitizer_libraries())
+    env["LD_PRELOAD"] = ":".join(sanitizer_libraries(flavor))
     env["ASAN_OPTIONS"] = ASAN_OPTIONS
     env["UBSAN_OPTIONS"] = UBSAN_OPTIONS
+    env["TSAN_OPTIONS"] = TSAN_OPTIONS
     env["PYTHONPATH"] = str(tree)
     env.pop("BITFACTOR_ISA", None)
     return env
@@ -102,10 +116,10 @@ def _sources() -> list[Path]:
     return [*sorted(CSRC.rglob("*.c")), SELFTEST]
 
 
-def _key(sources: list[Path]) -> str:
+def _key(sources: list[Path], flags: list[str]) -> str:
     digest = hashlib.sha256()
     digest.update(_compiler_output("--version").encode())
-    digest.update(" ".join(CFLAGS).encode())
+    digest.update(" ".join(flags).encode())
     digest.update(str(sysconfig.get_config_var("EXT_SUFFIX")).encode())
     for path in sources + sorted(CSRC.rglob("*.h")):
         digest.update(str(path.relative_to(ROOT)).encode())
@@ -113,10 +127,10 @@ def _key(sources: list[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _compile(source: Path, obj: Path) -> None:
+def _compile(source: Path, obj: Path, flags: list[str]) -> None:
     include = sysconfig.get_paths()["include"]
     result = subprocess.run(
-        [CC, *CFLAGS, f"-I{include}", f"-I{CSRC}", "-c", str(source), "-o", str(obj)],
+        [CC, *flags, f"-I{include}", f"-I{CSRC}", "-c", str(source), "-o", str(obj)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -126,12 +140,14 @@ def _compile(source: Path, obj: Path) -> None:
         raise BuildError(f"compiling {source.relative_to(ROOT)} failed:\n{result.stderr}")
 
 
-def build(out_root: Path | None = None) -> Path:
+def build(out_root: Path | None = None, *, flavor: str = "address") -> Path:
     """Build (or reuse) the sanitizer tree; return the directory to put on ``sys.path``."""
-    out_root = ROOT / "build" / "asan" if out_root is None else out_root
-    sanitizer_libraries()  # fail early and clearly without the runtimes
+    sanitize, _, folder = FLAVORS[flavor]
+    out_root = ROOT / "build" / folder if out_root is None else out_root
+    sanitizer_libraries(flavor)  # fail early and clearly without the runtimes
     sources = _sources()
-    tree = out_root / _key(sources)
+    flags = [sanitize, *CFLAGS]
+    tree = out_root / _key(sources, flags)
     suffix = str(sysconfig.get_config_var("EXT_SUFFIX"))
     if (tree / "runtime" / f"_native{suffix}").exists():
         return tree
@@ -141,12 +157,12 @@ def build(out_root: Path | None = None) -> Path:
         objs = [work / "obj" / f"{i:03d}.o" for i in range(len(sources))]
         objs[0].parent.mkdir()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            list(pool.map(_compile, sources, objs))
+            list(pool.map(_compile, sources, objs, [flags] * len(objs)))
         package = work / "tree" / "runtime"
         package.mkdir(parents=True)
         library = package / f"_native{suffix}"
         link = subprocess.run(
-            [CC, "-shared", SANITIZE, *map(str, objs), "-lpthread", "-o", str(library)],
+            [CC, "-shared", sanitize, *map(str, objs), "-lpthread", "-o", str(library)],
             capture_output=True,
             text=True,
             timeout=600,
@@ -173,6 +189,6 @@ def build(out_root: Path | None = None) -> Path:
 
 if __name__ == "__main__":
     try:
-        print(build())
+        print(build(flavor=sys.argv[1] if len(sys.argv) > 1 else "address"))
     except BuildError as exc:
         sys.exit(str(exc))

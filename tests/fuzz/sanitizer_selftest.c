@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "bf_common.h"
+#include "bf_parallel.h"
 #include "popcount/popcount.h"
 
 /* 1: the scalar popcount kernel reads one word past a 3-word heap buffer (ASan). */
@@ -24,4 +25,19 @@ int64_t bf_selftest_heap_overflow(void) {
 int32_t bf_selftest_signed_overflow(int32_t k) {
     volatile int32_t big = k;
     return big * 2;
+}
+
+/* 3: the runtime's thread pool runs a range function that adds to one plain counter from
+ * every thread it uses (TSan: a data race). Called twice, so the pool's worker exists and
+ * has woken by the second call. */
+static void add_to_counter(void *ctx, size_t begin, size_t end, int thread_index) {
+    (void)thread_index;
+    volatile int64_t *total = ctx; /* one load and store per item: the loop is not folded */
+    for (size_t i = begin; i < end; i++) *total += 1;
+}
+
+int64_t bf_selftest_data_race(void) {
+    int64_t total = 0;
+    for (int call = 0; call < 2; call++) bf_parallel_for(2, 1 << 20, 64, add_to_counter, &total);
+    return total;
 }

@@ -6,7 +6,9 @@ extension with the sanitizers, aside. The long run is ``slow``: 100,000 inputs u
 ``CI=true``, ``BITFACTOR_FUZZ_INPUTS`` (default 4,000) otherwise. The sanitizers are first
 shown to report a deliberate heap overflow and a signed overflow in that very build, and
 the driver to catch and save an input on which a worker dies: otherwise a clean run would
-prove nothing.
+prove nothing. Last, ThreadSanitizer (the builder's ``thread`` flavor) watches Python threads
+sharing loaded models (``threads_drive.py``), after it is shown to report a race planted in
+the runtime's thread pool.
 """
 
 from __future__ import annotations
@@ -44,22 +46,33 @@ fuzz_bfm = _module("fuzz_bfm")
 build_asan = _module("build_asan")
 
 
-@pytest.fixture(scope="session")
-def asan_tree() -> Path:
+def _sanitizer_tree(flavor: str) -> Path:
     """The sanitizer build (made once per source change). Without gcc's sanitizer runtimes
     the tests skip locally and fail under CI; a source that does not compile fails them."""
     try:
-        return Path(build_asan.build())
+        return Path(build_asan.build(flavor=flavor))
     except build_asan.ToolsMissing as exc:
         if os.environ.get("CI"):
-            pytest.fail(f"no sanitizer build under CI: {exc}")
-        pytest.skip(f"no sanitizer build here: {exc}")
+            pytest.fail(f"no {flavor} sanitizer build under CI: {exc}")
+        pytest.skip(f"no {flavor} sanitizer build here: {exc}")
 
 
-def _run_sanitized(tree: Path, code: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="session")
+def asan_tree() -> Path:
+    return _sanitizer_tree("address")
+
+
+@pytest.fixture(scope="session")
+def tsan_tree() -> Path:
+    return _sanitizer_tree("thread")
+
+
+def _run_sanitized(
+    tree: Path, code: str, flavor: str = "address", args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code],
-        env=build_asan.sanitizer_env(tree),
+        [sys.executable, *(["-c", code] if code else []), *args],
+        env=build_asan.sanitizer_env(tree, flavor=flavor),
         cwd=HERE,
         capture_output=True,
         text=True,
@@ -77,6 +90,7 @@ import ctypes, runtime
 assert runtime._native.__file__.startswith({tree!r}), runtime._native.__file__
 lib = ctypes.CDLL(runtime._native.__file__)
 lib.bf_selftest_signed_overflow.argtypes = [ctypes.c_int32]
+lib.bf_selftest_data_race.restype = ctypes.c_int64
 print("calling", flush=True)
 print({call})
 """
@@ -230,3 +244,31 @@ def test_check_accepts_only_format_errors() -> None:
     outcome, detail = fuzz_bfm.check(b"\x00" * 7, random.Random(0), ["scalar"])
     assert outcome == "rejected"
     assert "truncated" in detail
+
+
+# ---------------------------------------------------------------------------------------
+# concurrent callers under ThreadSanitizer
+
+
+@pytest.mark.slow
+def test_tsan_reports_a_race_in_the_thread_pool(tsan_tree: Path) -> None:
+    result = _run_sanitized(
+        tsan_tree,
+        SELFTEST.format(tree=str(tsan_tree), call="lib.bf_selftest_data_race()"),
+        flavor="thread",
+    )
+    assert "calling" in result.stdout, result.stderr
+    assert result.returncode == 66, result.stderr[-4000:]
+    assert "WARNING: ThreadSanitizer: data race" in result.stderr, result.stderr
+    assert "worker_main" in result.stderr  # on the pool's own worker thread
+
+
+@pytest.mark.slow
+def test_concurrent_callers_share_models_without_races(tsan_tree: Path) -> None:
+    """Four Python threads run the binary ResNet-18 and 24 small models at once, each
+    model with 2 kernel threads: no race report, every result as when run alone."""
+    result = _run_sanitized(tsan_tree, "", flavor="thread", args=(str(HERE / "threads_drive.py"),))
+    assert result.returncode == 0, result.stdout + result.stderr[-6000:]
+    assert "ThreadSanitizer" not in result.stderr, result.stderr[-6000:]
+    assert "4 callers x 2 rounds, 2 kernel threads" in result.stdout, result.stdout
+    assert ": 0 wrong results" in result.stdout, result.stdout

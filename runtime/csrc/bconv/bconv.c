@@ -231,11 +231,7 @@ BF_NO_LIBCALLS static size_t build_rows(const bf_bconv_args *g, size_t p0, size_
  * (16 floats a step) or an AVX2 one (8) is chosen at load time by the CPU (GCC function
  * multi-versioning; libgcc checks the OS-saved state). Exact either way: -std=c11 keeps GCC
  * from contracting a * b + c into an FMA, so every clone rounds like the scalar code. */
-#if BF_ARCH_X86 && defined(__GNUC__) && !defined(__clang__)
-#define BF_TRANSFORM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define BF_TRANSFORM_CLONES
-#endif
+#define BF_TRANSFORM_CLONES BF_CLONES("avx512f", "avx2", "default")
 
 /* What the out-of-bounds taps in `mask` of pixel p, read as +1 inputs, added to channels
  * co0...: corr[j] = sum over those n_out taps of wsum[tap][co0 + j]. With acc = kvec - 2 P'

@@ -10,11 +10,7 @@ static inline float max_nan(float m, float v) {
     return v != v ? v : m;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define BF_POOL_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define BF_POOL_CLONES
-#endif
+#define BF_POOL_CLONES BF_CLONES("avx2", "default")
 
 BF_POOL_CLONES void bf_maxpool2d__scalar(const float *x, float *out, size_t planes, size_t h, size_t w,
                           size_t ho, size_t wo, size_t kh, size_t kw, size_t sh, size_t sw,
