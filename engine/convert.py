@@ -5,8 +5,10 @@
    last (unless ``binarize_first_last``), those matching a ``keep_real`` glob, those with
    fewer than ``min_layer_size`` weights, grouped or non-zero-padded convolutions (the
    runtime's binary convolutions have ``groups = 1`` and zero padding), and modules called
-   more than once stay real, and so do Linear layers whose input (seen on the data) is
-   not (batch, features), such as a token MLP's: the runtime packs binary rows per sample.
+   more than once stay real, and so do Linear layers whose input (seen on the data) has
+   more than four axes. A Linear on tokens (``(N, L, C)``, ``(N, H, W, C)``: a
+   transformer's or a ConvNeXt block's) is binarized as the 1x1 convolution over the
+   token axes that the runtime runs for it.
 3. Swap each for a twin (:func:`engine.layers.make_twin`).
 4. **The degenerate sign after a ReLU.** ``sign(relu(z) - t)`` is all +1 when ``t <= 0``.
    Two measures: (a) a ReLU whose every user is a binary layer is *bypassed* (the binary
@@ -120,9 +122,10 @@ def _keep_reason(
         return f"fewer than {config.min_layer_size} weights"
     if calls > 1:
         return "module called more than once"
-    if isinstance(module, nn.Linear) and input_rank not in (None, 2):
-        # tokens (N, L, C): the runtime's binary linear packs (batch, features) rows
-        return f"input of rank {input_rank}, not (batch, features)"
+    if isinstance(module, nn.Linear) and input_rank is not None and input_rank > 4:
+        # tokens (N, L, C) and (N, H, W, C) export as a binary 1x1 convolution; more axes
+        # than a 2-d convolution has do not
+        return f"input of rank {input_rank}, more than (batch, height, width, features)"
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if module.groups != 1:
             return "grouped convolution"
@@ -143,7 +146,7 @@ def binarize_graph(
     """The traced twin of ``model`` with binary layers swapped in (not calibrated yet).
 
     ``example`` (a few inputs) lets the choice see each layer's input shape: a Linear
-    applied to more than (batch, features), e.g. to a sequence of tokens, stays real."""
+    applied to a value of more than four axes stays real."""
     gm = trace(model)
     ranks = _input_ranks(gm, example)
     nodes = [
@@ -200,6 +203,12 @@ def binarize_graph(
     return gm, reports
 
 
+def _features_first(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A layer's input or output with its channels on axis 1: a Linear's on tokens
+    (``(N, L, C)``, ``(N, H, W, C)``) have them last."""
+    return x.movedim(-1, 1) if isinstance(module, nn.Linear) and x.dim() > 2 else x
+
+
 def threshold_from_stats(x: torch.Tensor) -> torch.Tensor:
     """Per-channel threshold (dimension 1) of a batch of activations; see the module doc."""
     values = x.detach().transpose(0, 1).reshape(x.shape[1], -1).float()
@@ -224,10 +233,12 @@ def calibrate(gm: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> None:
             return
         seen.add(id(module))
         layer: Any = module
-        layer.input_sign.threshold.copy_(threshold_from_stats(args[0]).to(args[0].device))
+        x = _features_first(module, args[0])
+        layer.input_sign.threshold.copy_(threshold_from_stats(x).to(x.device))
 
     def post_hook(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
         layer: Any = module
+        out = _features_first(module, out)
         if not layer.out_spatial and out.dim() > 2:
             layer.init_output_spatial(tuple(out.shape[2:]))
 
@@ -275,7 +286,8 @@ def convert(
         raise UserInputError(
             "no layer can be binarized: the runtime's binary layers are the Conv/Linear "
             "layers between the first and the last one, with at least min_layer_size "
-            f"weights and (for Linear) a (batch, features) input ({reasons or 'no such layer'})"
+            f"weights and (for Linear) an input of at most four axes "
+            f"({reasons or 'no such layer'})"
         )
     return gm, [asdict(r) for r in reports]
 

@@ -174,11 +174,26 @@ class _Exporter:
         return None
 
 
+def _token_rank(ex: _Exporter, node: fx.Node, mod: nn.Module) -> int:
+    """The rank of a Linear's input when it holds tokens (``(N, L, C)``, ``(N, H, W, C)``),
+    else 0: such a Linear exports as a 1x1 convolution between two transposes."""
+    src = node.args[0]
+    rank = len(ex.shape(src)) if isinstance(src, fx.Node) else 2
+    if not isinstance(mod, nn.Linear) or rank <= 2:
+        return 0
+    if rank > 4:
+        raise UserInputError(f"export: linear {node.target} on a rank-{rank} value")
+    return rank
+
+
 def _export_binary(ex: _Exporter, node: fx.Node, layer: Any) -> None:
     name = str(node.target)
     x_name = ex.value(node.args[0], node)
     if not layer.input_sign.enabled or not layer.binary_weights:
         raise UserInputError(f"export: binary layer {name} has binarization switched off")
+    tokens = _token_rank(ex, node, layer)
+    if tokens:
+        x_name = _channels_first(ex, name, x_name, tokens, label="tokens")
     threshold = ex.tensor(f"{name}.threshold", _f32(layer.input_sign.threshold))
     bits = ex.emit("sign_pack", f"{name}.in", [x_name], params={"threshold": threshold})
     with torch.no_grad():
@@ -190,20 +205,34 @@ def _export_binary(ex: _Exporter, node: fx.Node, layer: Any) -> None:
             else torch.zeros_like(scale)
         )
         pos = [p.detach().cpu().double() for p in layer.pos_scales]
-    fused = ex.sole_bn_user(node)
+    # no batch norm folds into a Linear on tokens: one after it normalizes another axis
+    fused = None if tokens else ex.sole_bn_user(node)
     if fused is not None:
         bn_node, bn = fused
         g, h = _bn_affine(bn)
         scale, bias = scale * g, bias * g + h
         ex.folded.add(bn_node)
     params = {}
-    if isinstance(layer, BinaryLinear):
+    if isinstance(layer, BinaryLinear) and not tokens:
         op = "blinear"
         attrs: dict[str, Any] = {
             "in_features": layer.in_features,
             "out_features": layer.out_features,
         }
         packed = pack_signs(w.numpy())
+    elif tokens:  # a 1x1 convolution over the token axes
+        nsp = tokens - 2
+        op = f"bconv{nsp}d"
+        attrs = {
+            "in_channels": layer.in_features,
+            "out_channels": layer.out_features,
+            "kernel_size": [1] * nsp,
+            "stride": [1] * nsp,
+            "padding": [0] * nsp,
+            "dilation": [1] * nsp,
+            "pad_mode": "zero",
+        }
+        w = w.reshape(*w.shape, *[1] * nsp)  # (C_out, C_in, 1[, 1]): a single tap
     else:
         nsp = 2 if isinstance(layer, BinaryConv2d) else 1
         op = "bconv2d" if nsp == 2 else "bconv1d"
@@ -216,26 +245,29 @@ def _export_binary(ex: _Exporter, node: fx.Node, layer: Any) -> None:
             "dilation": _pair(layer.dilation, nsp),
             "pad_mode": "zero",
         }
+    if op != "blinear":  # channels last: (C_out, kh, kw, words)
         perm = (0, 2, 3, 1) if nsp == 2 else (0, 2, 1)
         packed = pack_signs(w.permute(*perm).contiguous().numpy())
-        if pos:
-            keys = ["scale_h", "scale_w"] if nsp == 2 else ["scale_l"]
-            for key, factor in zip(keys, pos, strict=True):
-                params[key] = ex.tensor(f"{name}.{key}", _f32(factor))
+    if pos and op != "blinear":
+        keys = ["scale_h", "scale_w"] if nsp == 2 else ["scale_l"]
+        for key, factor in zip(keys, pos, strict=True):
+            params[key] = ex.tensor(f"{name}.{key}", _f32(factor))
     attrs.update({"activation": "none", "post_activation": "none", "output": "float"})
     params["weight"] = ex.tensor(f"{name}.weight", packed)
     params["scale"] = ex.tensor(f"{name}.scale", _f32(scale))
     params["bias"] = ex.tensor(f"{name}.bias", _f32(bias))
     out = ex.emit(op, name, [bits], attrs=attrs, params=params)
+    if tokens:
+        out = _channels_last(ex, name, out, tokens)
     ex.names[node] = out
     if fused is not None:
         ex.names[fused[0]] = out
 
 
-def _channels_first(ex: _Exporter, name: str, x: str, rank: int) -> str:
+def _channels_first(ex: _Exporter, name: str, x: str, rank: int, label: str = "in") -> str:
     """The last axis of a rank-3/4 value moved to axis 1 (a ``transpose`` node)."""
     return ex.emit(
-        "transpose", f"{name}.in", [x], attrs={"perm": [0, rank - 1, *range(1, rank - 1)]}
+        "transpose", f"{name}.{label}", [x], attrs={"perm": [0, rank - 1, *range(1, rank - 1)]}
     )
 
 
@@ -247,13 +279,10 @@ def _channels_last(ex: _Exporter, name: str, x: str, rank: int) -> str:
 def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
     name = str(node.target)
     x_name = ex.value(node.args[0], node)
-    src = node.args[0]
-    rank = len(ex.shape(src)) if isinstance(src, fx.Node) else 2
     # a Linear over the last axis of (N, L, C) or (N, H, W, C) values (a token MLP,
     # ConvNeXt's pointwise layers): transpose, a 1x1 real convolution, transpose back
-    last_axis = isinstance(mod, nn.Linear) and rank > 2
-    if last_axis and rank > 4:
-        raise UserInputError(f"export: linear {name} on a rank-{rank} value")
+    rank = _token_rank(ex, node, mod)
+    last_axis = rank > 0
     weight = mod.weight.detach().cpu().double()  # type: ignore[operator]
     bias_t = mod.bias
     out_ch = weight.shape[0]
@@ -313,6 +342,12 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
     ex.names[node] = out
     if fused is not None:
         ex.names[fused[0]] = out
+
+
+def _silu(ex: _Exporter, name: str, x: str) -> str:
+    """SiLU (swish) ``x * sigmoid(x)``: a ``sigmoid`` and a ``mul``, as ONNX writes it."""
+    gate = ex.emit("sigmoid", f"{name}.sigmoid", [x])
+    return ex.emit("mul", name, [x, gate])
 
 
 def _pool_attrs(mod: Any, nsp: int, avg: bool) -> dict[str, Any]:
@@ -466,6 +501,8 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
     elif isinstance(mod, nn.Hardsigmoid | HardSigmoid):
         alpha, beta = (mod.alpha, mod.beta) if isinstance(mod, HardSigmoid) else (1 / 6, 0.5)
         out = ex.emit("hardsigmoid", name, [x], attrs={"alpha": float(alpha), "beta": float(beta)})
+    elif isinstance(mod, nn.SiLU):
+        out = _silu(ex, name, x)
     elif isinstance(mod, nn.GELU):
         out = ex.emit("gelu", name, [x], attrs={"approximate": str(mod.approximate)})
     elif isinstance(mod, nn.ConstantPad1d | nn.ConstantPad2d):  # includes ZeroPad2d
@@ -595,17 +632,23 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         else:  # some axes only: a reshape to the traced shape
             dims_out = list(ex.shape(node)[1:])
             ex.names[node] = ex.emit("reshape", node.name, [x], attrs={"shape": dims_out})
-    elif target in (torch.mean, "mean"):  # over every spatial axis: global average pooling
+    elif target in (torch.mean, "mean"):  # over every axis but the batch and one other
         dim: Any = args[1] if len(args) > 1 else node.kwargs.get("dim")
         keep = bool(args[2] if len(args) > 2 else node.kwargs.get("keepdim", False))
         rank = len(ex.shape(args[0]))  # type: ignore[arg-type]
         dims = [] if dim is None else dim if isinstance(dim, tuple | list) else [dim]
         axes = sorted({int(d) % rank for d in dims})
-        if dim is None or rank < 3 or axes != list(range(2, rank)):
+        kept = [a for a in range(1, rank) if a not in axes]
+        if dim is None or rank not in (3, 4) or 0 in axes or len(kept) != 1:
             raise UserInputError(
-                f"export: {node.name} averages over {dim}; only over every spatial axis"
+                f"export: {node.name} averages over {dim} of a rank-{rank} value; only over "
+                "every axis but the batch and one other (the spatial axes, or the tokens)"
             )
-        pooled = ex.emit("global_avgpool", node.name, [ex.value(args[0], node)])
+        x = ex.value(args[0], node)
+        if kept != [1]:  # the kept axis to 1: (N, L, C) -> (N, C, L), (N, H, W, C) -> ...
+            perm = [0, kept[0], *axes]
+            x = ex.emit("transpose", f"{node.name}.axes", [x], attrs={"perm": perm})
+        pooled = ex.emit("global_avgpool", node.name, [x])
         if keep:
             pooled = ex.emit(
                 "reshape",
@@ -678,6 +721,13 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         ex.names[node] = ex.emit(
             "upsample", node.name, [ex.value(src, node)], attrs={"scales": scales}
         )
+    elif target is F.gelu:
+        approximate = str(args[1] if len(args) > 1 else node.kwargs.get("approximate", "none"))
+        ex.names[node] = ex.emit(
+            "gelu", node.name, [ex.value(args[0], node)], attrs={"approximate": approximate}
+        )
+    elif target in (F.silu, "silu"):
+        ex.names[node] = _silu(ex, node.name, ex.value(args[0], node))
     elif target in (F.relu, torch.relu, "relu"):
         ex.names[node] = ex.emit("relu", node.name, [ex.value(args[0], node)])
     elif target in (torch.sigmoid, "sigmoid"):

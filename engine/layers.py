@@ -136,11 +136,25 @@ class BinaryMixin:
 
 
 class BinaryLinear(BinaryMixin, nn.Linear):
-    """Binary twin of :class:`torch.nn.Linear`."""
+    """Binary twin of :class:`torch.nn.Linear`.
+
+    On tokens, ``(N, L, C)`` or ``(N, H, W, C)`` (a transformer's or a ConvNeXt block's
+    Linear layers), it computes what the runtime runs for it: the features moved to axis 1,
+    a binary 1x1 convolution over the token axes (so XNOR-Net++ ``beta`` and ``gamma``
+    scale those axes) and the features moved back last.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:
+            return self.channels_first(x.movedim(-1, 1)).movedim(1, -1)
         x = self.input_sign(x)
         return self._finish(F.linear(x, self.weight), self.bias)
+
+    def channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer on ``(N, C, *tokens)``: a 1x1 convolution over the token axes."""
+        x = self.input_sign(x)
+        y = F.linear(x.movedim(1, -1), self.weight).movedim(-1, 1)
+        return self._finish(y, self.bias)
 
 
 class BinaryConv1d(BinaryMixin, nn.Conv1d):

@@ -11,7 +11,8 @@ Supported: Conv (1D/2D), Gemm, MatMul (with a constant 2-D right operand),
 BatchNormalization, Relu, PRelu, LeakyRelu, Clip, Sigmoid, Tanh, MaxPool, AveragePool,
 GlobalAveragePool, Add, Mul, Flatten, Reshape, Concat, Identity, Dropout, Constant,
 Softmax, LayerNormalization (over trailing axes), Gelu, Sub, Div (by a constant),
-Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis), HardSigmoid,
+Squeeze/Unsqueeze (keeping the batch), ReduceMean (over every spatial axis, or over
+the tokens of (N, L, C) and (N, H, W, C)), HardSigmoid,
 HardSwish, Pad (constant mode, spatial axes), Transpose (keeping the batch first),
 Resize and Upsample (nearest, integer factors on the spatial axes), Slice and Split of
 values (contiguous parts of an axis other than the batch),
@@ -192,6 +193,16 @@ def _int_list(b: _Builder, node: Any, a: dict[str, Any], i: int, key: str) -> li
 def _over_spatial(axes: list[int] | None, rank: int) -> bool:
     """Whether ``axes`` are exactly the spatial axes 2 .. rank - 1 of an (N, C, *S) value."""
     return axes is not None and rank >= 3 and sorted(v % rank for v in axes) == list(range(2, rank))
+
+
+def _over_tokens(axes: list[int] | None, rank: int) -> bool:
+    """Whether ``axes`` are every axis but the batch and the last one of a rank-3/4 value
+    (the tokens of (N, L, C) or (N, H, W, C))."""
+    return (
+        axes is not None
+        and rank in (3, 4)
+        and sorted(v % rank for v in axes) == list(range(1, rank - 1))
+    )
 
 
 def _softmax(b: _Builder, node: Any, op: str, a: dict[str, Any], x: fx.Node) -> fx.Node:
@@ -774,13 +785,22 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if len(out_shape) < 1 or (in_shape[0], out_shape[0]) not in ((None, None),):
             raise _fail(node, f"{op} must keep the batch axis first")
         b.values[out] = b.graph.call_function(torch.reshape, (x, (-1, *out_shape[1:])))
-    elif op == "ReduceMean":  # over every spatial axis: global average pooling
+    elif op == "ReduceMean":  # over every spatial axis, or over the tokens
         axes = _int_list(b, node, a, 1, "axes")
-        if not _over_spatial(axes, b.rank(ins[0]) or 0):
-            raise _fail(node, f"ReduceMean over axes {axes} (only over every spatial axis)")
-        gap = b.module("gap", GlobalAvgPool(), x)
+        rank = b.rank(ins[0]) or 0
         keep = int(a.get("keepdims", 1))
-        b.values[out] = gap if keep else b.graph.call_function(torch.flatten, (gap, 1))
+        if _over_spatial(axes, rank):  # global average pooling
+            gap = b.module("gap", GlobalAvgPool(), x)
+            b.values[out] = gap if keep else b.graph.call_function(torch.flatten, (gap, 1))
+        elif _over_tokens(axes, rank):  # x.mean(1) of (N, L, C), (N, H, W, C)'s (1, 2)
+            dims = tuple(sorted(v % rank for v in axes))  # type: ignore[union-attr]
+            b.values[out] = b.graph.call_function(torch.mean, (x, dims, bool(keep)))
+        else:
+            raise _fail(
+                node,
+                f"ReduceMean over axes {axes} of a rank-{rank} value (only over every axis "
+                "but the batch and one other: the spatial axes, or the tokens)",
+            )
     elif op == "HardSigmoid":
         alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
         b.values[out] = b.module("hardsigmoid", HardSigmoid(alpha, beta), x)

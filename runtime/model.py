@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from .bfm import FormatError, ValueInfo, infer_graph, read_bfm
+from .bfm import ELEMENTWISE_OPS, FormatError, ValueInfo, infer_graph, read_bfm
 from .blas import set_blas_threads
 from .ops import BinaryConv, sign_pack
 from .packing import words_for
@@ -894,6 +894,61 @@ def _fuse_relu(nodes: list[dict[str, Any]], outputs: set[str]) -> list[dict[str,
     return result
 
 
+# ops that act on each element alone: a transpose moves across them unchanged
+_LAYOUT_FREE = frozenset(ELEMENTWISE_OPS) - {"prelu", "softmax", "log_softmax"}
+
+
+def _cancel_transposes(
+    nodes: list[dict[str, Any]], values: dict[str, ValueInfo], outputs: set[str]
+) -> list[dict[str, Any]]:
+    """Drop each pair of ``transpose`` nodes where the second undoes the first, with only
+    elementwise ops (GELU, ReLU, ...) between them and each value on the way read once:
+    the engine writes such pairs around consecutive Linear layers on tokens (features back
+    last after one, first again before the next). The ops between then run on the first
+    one's input layout (``values`` gets their shapes), and the second one's readers read
+    the last of them (or the first transpose's input)."""
+    readers = _reader_counts(nodes)
+    producer = {node["outputs"][0]: node for node in nodes}
+    rename: dict[str, str] = {}
+    dropped: set[int] = set()
+    for node in nodes:
+        if node["op"] != "transpose" or node["outputs"][0] in outputs:
+            continue
+        between: list[dict[str, Any]] = []  # the elementwise ops, last first
+        source = producer.get(node["inputs"][0])
+        while source is not None and source["op"] in _LAYOUT_FREE and len(between) < 16:
+            between.append(source)
+            source = producer.get(source["inputs"][0])
+        if (
+            source is None
+            or source["op"] != "transpose"
+            or id(source) in dropped
+            or any(
+                readers.get(n["outputs"][0]) != 1 or n["outputs"][0] in outputs
+                for n in [source, *between]
+            )
+        ):
+            continue
+        first, second = source["attrs"]["perm"], node["attrs"]["perm"]
+        if [int(first[int(axis)]) for axis in second] != list(range(len(second))):
+            continue
+        start = rename.get(source["inputs"][0], source["inputs"][0])
+        layout = values[start].shape
+        for op in between:
+            values[op["outputs"][0]] = ValueInfo(values[op["outputs"][0]].kind, layout)
+        rename[source["outputs"][0]] = start
+        rename[node["outputs"][0]] = between[0]["outputs"][0] if between else start
+        dropped.update((id(source), id(node)))
+    result = []
+    for node in nodes:
+        if id(node) in dropped:
+            continue
+        if any(name in rename for name in node["inputs"]):
+            node = {**node, "inputs": [rename.get(name, name) for name in node["inputs"]]}
+        result.append(node)
+    return result
+
+
 def _fold_batchnorm(
     nodes: list[dict[str, Any]], tensors: Mapping[str, np.ndarray], outputs: set[str]
 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -956,6 +1011,7 @@ class Model:
         ]
         self.metadata: dict[str, Any] = {**metadata, "graph": graph}
         output_names = {v["name"] for v in graph["outputs"]}
+        nodes = _cancel_transposes(nodes, values, output_names)
         nodes, tensors = _fold_batchnorm(nodes, tensors, output_names)
         nodes = _fuse_relu(nodes, output_names)
         # the C float kernels where the ISA in use has vector ones; the scalar ones (also

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import fx, nn
@@ -146,26 +148,53 @@ class ConvTokens(nn.Module):
 
 
 @pytest.mark.parametrize("keyword", [False, True])
-def test_linear_over_tokens_stays_real_when_an_example_shows_its_input(keyword: bool) -> None:
+def test_linear_over_tokens_is_binarized_on_its_last_axis(keyword: bool) -> None:
     torch.manual_seed(0)
     model = ConvTokens(keyword=keyword).eval()
     x = torch.randn(8, 3, 6, 6)
-    config = BinarizeConfig(min_layer_size=0)
+    config = BinarizeConfig(min_layer_size=0, scales="xnorpp")
     _, reports = binarize_graph(model, config, x[:2])
     by_name = {r.name: r for r in reports}
     assert by_name["conv"].binary
-    assert not by_name["token_fc"].binary
-    assert by_name["token_fc"].reason == "input of rank 3, not (batch, features)"
-    _, blind = binarize_graph(model, config)  # no example: shapes unknown
-    assert {r.name: r.reason for r in blind}["token_fc"] == (
-        "input passed by keyword" if keyword else ""
-    )
-    gm, converted = convert(model, x, config)  # converts and calibrates (it crashed before)
-    assert [r["name"] for r in converted if r["binary"]] == ["conv"]
+    assert by_name["token_fc"].binary is not keyword
+    assert by_name["token_fc"].reason == ("input passed by keyword" if keyword else "")
+    gm, _ = convert(model, x, config)
     assert gm(x).shape == (8, 4)
+    if keyword:
+        return
+    fc: Any = gm.get_submodule("token_fc")
+    # calibrated per feature (the last axis); spatial scales over the 36 tokens
+    with torch.no_grad():
+        conv: Any = gm.get_submodule("conv")
+        tokens = conv(gm.get_submodule("stem")(x)).flatten(2)  # (N, C, L)
+    torch.testing.assert_close(fc.input_sign.threshold.detach(), threshold_from_stats(tokens))
+    assert [tuple(p.shape) for p in fc.pos_scales] == [(36,)]
+    # on tokens the twin is the binary 1x1 convolution the runtime runs
+    with torch.no_grad():
+        for p in fc.pos_scales:
+            p.uniform_(0.5, 1.5)
+        t = torch.randn(5, 36, 16)
+        y = nn.functional.conv1d(fc.input_sign(t.transpose(1, 2)), fc.weight.unsqueeze(-1))
+        want = (y * fc.output_scale(3) + fc.bias.view(1, -1, 1)).transpose(1, 2)
+        torch.testing.assert_close(fc(t), want)
+
+
+class Rank5Tokens(nn.Module):
+    """A Linear over a rank-5 value: the runtime has no binary layer for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 8)
+        self.fc = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fc(self.stem(x)).mean((1, 2, 3)))
 
 
 def test_no_binary_layer_names_each_layers_reason() -> None:
-    model = ConvTokens(tokens_only=True).eval()
-    with pytest.raises(UserInputError, match=r"token_fc: input of rank 3, not \(batch, features\)"):
-        convert(model, torch.randn(4, 3, 6, 6), BinarizeConfig(min_layer_size=0))
+    with pytest.raises(
+        UserInputError,
+        match=r"fc: input of rank 5, more than \(batch, height, width, features\)",
+    ):
+        convert(Rank5Tokens().eval(), torch.randn(4, 2, 2, 2, 4), BinarizeConfig(min_layer_size=0))

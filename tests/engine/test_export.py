@@ -45,6 +45,21 @@ def _convert_and_export(
     return student, torch.randn(1000, *shape)
 
 
+def _through_onnx(model: nn.Module, shape: tuple[int, ...], tmp_path: Path) -> nn.Module:
+    """``model`` exported to ONNX (opset 17, classic exporter) and imported back."""
+    import warnings
+
+    from engine.importers import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.randn(1, *shape),), str(tmp_path / "m.onnx"), dynamo=False,
+            opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}},
+        )  # fmt: skip
+    return load_model(tmp_path / "m.onnx").module
+
+
 def _agreement(student: nn.Module, x: torch.Tensor, path: Path) -> tuple[float, float]:
     expected = predict(student, x, CPU).numpy()
     got = np.asarray(runtime.load(str(path), threads=1).run(x.numpy()))
@@ -185,11 +200,11 @@ def test_export_folds_batch_norm_and_packs_sign_weights(tmp_path: Path, bn_rando
 
 
 def test_unsupported_module_is_reported(tmp_path: Path) -> None:
-    class WithSilu(nn.Module):
+    class WithSoftsign(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a = nn.Linear(8, 8)
-            self.act = nn.SiLU()  # the runtime has no silu op (ONNX exports it as x * sigmoid)
+            self.act = nn.Softsign()  # the runtime has no softsign op
             self.b = nn.Linear(8, 2)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -197,14 +212,39 @@ def test_unsupported_module_is_reported(tmp_path: Path) -> None:
 
     from engine.errors import UserInputError
 
-    with pytest.raises(UserInputError, match=r"act \(SiLU\) is not supported"):
-        build_graph(torch.fx.symbolic_trace(WithSilu()), (8,))
+    with pytest.raises(UserInputError, match=r"act \(Softsign\) is not supported"):
+        build_graph(torch.fx.symbolic_trace(WithSoftsign()), (8,))
+
+
+def test_silu_and_functional_gelu_export(tmp_path: Path) -> None:
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3)
+            self.act = nn.SiLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = nn.functional.silu(self.act(self.a(x)))
+            y = nn.functional.gelu(y) + nn.functional.gelu(y, approximate="tanh")
+            return y.flatten(1)
+
+    model = Model().eval()
+    graph, tensors = build_graph(torch.fx.symbolic_trace(model), (3, 6, 5))
+    ops = [n["op"] for n in graph["nodes"]]
+    assert ops.count("sigmoid") == 2
+    assert ops.count("gelu") == 2
+    runtime.write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+    x = torch.randn(4, 3, 6, 5)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = runtime.load(tmp_path / "m.bfm").run(x.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
     ("forward", "match"),
     [
-        (lambda x: x.mean(1), r"averages over 1; only over every spatial axis"),
+        (lambda x: x.mean(1), r"averages over 1 of a rank-4 value; only over every axis but"),
         (lambda x: x.flatten(0), "flattens the batch axis"),
         (lambda x: x.mean(), "averages over None"),
         (lambda x: x.permute(1, 0, 2, 3).flatten(1), r"moves the batch axis \(\[1, 0, 2, 3\]\)"),
@@ -426,17 +466,7 @@ def test_unet_and_shuffle_run_in_the_runtime_like_the_binary_torch_model(
     model: nn.Module = bn_randomizer(factory()).eval()
     shape = (3, 12, 10)
     if through_onnx:  # Resize (nearest, asymmetric, floor) as torch exports it
-        import warnings
-
-        from engine.importers import load_model
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (torch.randn(1, *shape),), str(tmp_path / "m.onnx"), dynamo=False,
-                opset_version=17, input_names=["x"], dynamic_axes={"x": {0: "batch"}},
-            )  # fmt: skip
-        model = load_model(tmp_path / "m.onnx").module
+        model = _through_onnx(model, shape, tmp_path)
     path = tmp_path / "m.bfm"
     student, x = _convert_and_export(model, shape, path, train_epochs=1)
     assert op in [n["op"] for n in read_bfm(path)[0]["nodes"]]
@@ -475,3 +505,53 @@ def test_interpolate_exports_as_upsample_and_other_resizes_are_named(tmp_path: P
     ]:
         with pytest.raises(UserInputError, match=match):
             build_graph(torch.fx.symbolic_trace(Model(mode, factor).eval()), (3, 5, 5))
+
+
+class _TokenMLP(nn.Module):
+    """Linear layers on a sequence of tokens (N, L, C), with GELU, LayerNorm, a residual
+    add and a mean over the tokens, as in a transformer's MLP or an MLP-Mixer."""
+
+    def __init__(self, c: int = 12, d: int = 32) -> None:
+        super().__init__()
+        self.inp = nn.Linear(c, d)
+        self.norm1 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, d)
+        self.fc2 = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.norm1(nn.functional.gelu(self.inp(x)))
+        t = self.norm2(t + self.fc2(nn.functional.gelu(self.fc1(t))))
+        return self.head(t.mean(1))
+
+
+@pytest.mark.parametrize("through_onnx", [False, True])
+def test_linear_layers_on_tokens_run_binary_in_the_runtime(
+    tmp_path: Path, through_onnx: bool
+) -> None:
+    torch.manual_seed(0)
+    model: nn.Module = _TokenMLP().eval()
+    shape = (16, 12)
+    if through_onnx:  # the Linear layers as MatMul + Add, the mean as ReduceMean
+        model = _through_onnx(model, shape, tmp_path)
+    path = tmp_path / "m.bfm"
+    student, x = _convert_and_export(model, shape, path, train_epochs=1, scales="xnorpp")
+    ops = [n["op"] for n in read_bfm(path)[0]["nodes"]]
+    assert ops.count("bconv1d") == 2  # fc1 and fc2; inp and head stay real
+    # each transpose that only undoes the one before it is dropped at load
+    loaded = runtime.load(str(path))
+    assert [s.op for s in loaded._steps].count("transpose") < ops.count("transpose")
+    agree, close = _agreement(student, x, path)
+    assert agree >= 0.999
+    assert close >= 0.999
+
+
+def test_convnext_pointwise_layers_are_binary() -> None:
+    torch.manual_seed(0)
+    model = _ConvNeXtish().eval()
+    x = torch.randn(64, 3, 12, 10)
+    student, reports = convert(model, x, BinarizeConfig(min_layer_size=0))
+    assert {r["name"] for r in reports if r["binary"]} == {"mlp.0", "mlp.2", "conv.0"}
+    graph, _ = build_graph(student, (3, 12, 10))
+    assert [n["op"] for n in graph["nodes"]].count("bconv2d") == 3

@@ -717,7 +717,48 @@ def depthwise_model() -> Builder:
     return b
 
 
+def token_model() -> Builder:
+    """Binary 1x1 convolutions on a sequence of tokens (N, L, C), as the engine writes a
+    transformer MLP's Linear layers: transposes around each, GELU and leaky ReLU between
+    the pairs that undo each other (dropped at load); a pair whose middle value has a
+    second reader, a layer norm between two transposes and a 4-d pair that does not undo
+    each other (all kept)."""
+    b = Builder(11, "x", [None, 7, 20])
+
+    def layer(name: str, x: str, cin: int, cout: int) -> str:
+        t = b.node("transpose", f"{name}.tokens", [x], {"perm": [0, 2, 1]})
+        bits = b.node("sign_pack", f"{name}.in", [t])
+        y = b.node(
+            "bconv1d",
+            name,
+            [bits],
+            {"in_channels": cin, "out_channels": cout, "kernel_size": [1]},
+            {
+                "weight": b.binary_weight(f"{name}.w", cout, (1,), cin),
+                "scale": b.vec(f"{name}.s", cout),
+            },
+        )
+        return b.node("transpose", f"{name}.out", [y], {"perm": [0, 2, 1]})
+
+    h = layer("fc1", "x", 20, 24)  # (7, 24)
+    h = b.node("gelu", "g1", [h])
+    h = b.node("leaky_relu", "lr", [h], {"negative_slope": 0.1})
+    h = layer("fc2", h, 24, 24)  # its transposes cancel with fc1's and fc3's
+    h = layer("fc3", h, 24, 24)
+    skip = b.node("relu", "r", [h])  # read twice: fc4's transpose stays
+    h = layer("fc4", skip, 24, 24)
+    h = b.node("add", "res", [h, skip])
+    h = b.node("layernorm", "ln", [h], params={"weight": b.vec("ln.w", 24)})
+    h = layer("fc5", h, 24, 20)  # (7, 20)
+    grid = b.node("reshape", "rs", [h], {"shape": [7, 4, 5]})
+    t1 = b.node("transpose", "t1", [grid], {"perm": [0, 2, 3, 1]})  # (4, 5, 7)
+    b.node("transpose", "t2", [t1], {"perm": [0, 2, 3, 1]})  # (5, 7, 4): not undone
+    b.output("t2", [None, 5, 7, 4])
+    return b
+
+
 MODELS = {
+    "tokens": token_model,
     "upsampled": upsampled_model,
     "depthwise": depthwise_model,
     "transposed": transposed_model,
@@ -907,3 +948,20 @@ def test_large_real_products_split_over_threads_match(tmp_path: Path) -> None:
     # BLAS blocks the row halves differently: equal up to float rounding
     np.testing.assert_allclose(one, two, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(two, reference(b.graph, b.tensors, x), rtol=1e-4, atol=1e-4)
+
+
+def test_transposes_that_undo_each_other_are_dropped_at_load(tmp_path: Path) -> None:
+    builder = token_model()
+    model = _load(builder, tmp_path)
+    steps = [(step.op, step.name) for step in model._steps if step.op == "transpose"]
+    # fc1.out/fc2.tokens (GELU and leaky ReLU between) and fc2.out/fc3.tokens go
+    assert steps == [
+        ("transpose", "fc1.tokens"),
+        ("transpose", "fc3.out"),
+        ("transpose", "fc4.tokens"),
+        ("transpose", "fc4.out"),
+        ("transpose", "fc5.tokens"),
+        ("transpose", "fc5.out"),
+        ("transpose", "t1"),
+        ("transpose", "t2"),
+    ]
