@@ -40,6 +40,22 @@ from engine.errors import UserInputError
 from runtime.bfm import MAX_FLOAT32  # the format's bound on a pad value
 
 MAX_ONNX_BYTES = 2 * 1024**3
+# what to do instead, for operators users meet most (appended to "not supported")
+_LAYERNORM_BEFORE_17 = (
+    " (opsets before 17 write nn.LayerNorm as ReduceMean, Sub, Pow, Sqrt and Div: export "
+    "with opset_version=17 or later, which writes LayerNormalization)"
+)
+UNSUPPORTED_HINTS = {
+    "ConvTranspose": (
+        " (transposed convolution: nn.Upsample(scale_factor=k, mode='nearest-exact') "
+        "followed by a Conv2d imports, and its convolution can be binary)"
+    ),
+    "Pow": _LAYERNORM_BEFORE_17,
+    "Sqrt": _LAYERNORM_BEFORE_17,
+    "Expand": " (broadcasting to the batch size, as a class token's x.expand(...))",
+    "Equal": " (torch writes Equal and Where for x.expand(x.shape[0], ...), a class token)",
+    "Where": " (torch writes Equal and Where for x.expand(x.shape[0], ...), a class token)",
+}
 
 
 class GlobalAvgPool(nn.Module):
@@ -356,6 +372,13 @@ class _Builder:
             self.root.register_buffer(attr, torch.from_numpy(np.array(self.consts[name])))
             self.values[name] = self.graph.get_attr(attr)
             return self.values[name]
+        if name in self.syms:  # folded shape arithmetic that still holds the batch size
+            raise _fail(
+                node,
+                f"input {name!r} is a shape computed from the batch size (as torch writes "
+                "x.expand(x.shape[0], ...) for a class token); only shapes that the batch "
+                "size does not enter, and the model's tensors, can be used here",
+            )
         raise _fail(node, f"unknown input {name!r}")
 
     def known_shape(self, name: str) -> list[int | None] | None:
@@ -465,7 +488,11 @@ def _convert_resize(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
     op, ins = node.op_type, list(node.input)
     mode = _text(a, "mode", "nearest")
     if mode != "nearest":
-        raise _fail(node, f"mode {mode!r} is not supported (only 'nearest', integer factors)")
+        raise _fail(
+            node,
+            f"mode {mode!r} is not supported (only 'nearest', integer factors: export the "
+            "model with nn.Upsample(mode='nearest-exact') or F.interpolate(mode='nearest'))",
+        )
     if op == "Resize":
         coords = _text(a, "coordinate_transformation_mode", "half_pixel")
         rounding = _text(a, "nearest_mode", "round_prefer_floor")
@@ -751,7 +778,12 @@ def _convert_node(b: _Builder, node: Any) -> None:
         if sorted(perm) != list(range(rank)):
             raise _fail(node, f"perm {perm} is not a permutation of {rank} axes")
         if perm[0] != 0:
-            raise _fail(node, f"perm {perm} moves the batch axis; only the others may move")
+            raise _fail(
+                node,
+                f"perm {perm} moves the batch axis; only the others may move (nn."
+                "MultiheadAttention and nn.TransformerEncoderLayer write such transposes; "
+                "attention is not supported)",
+            )
         b.values[out] = b.graph.call_function(torch.permute, (x, tuple(perm)))
         assert known is not None
         b.learn_shape(out, [known[i] for i in perm])
@@ -890,7 +922,7 @@ def _convert_node(b: _Builder, node: Any) -> None:
             raise _fail(node, f"Gelu approximate={approximate!r} is not supported")
         b.values[out] = b.module("gelu", nn.GELU(approximate=approximate), x)
     else:
-        hint = {"ConvTranspose": " (transposed convolution)"}.get(op, "")
+        hint = UNSUPPORTED_HINTS.get(op, "")
         raise _fail(node, f"this operator is not supported{hint}")
 
 

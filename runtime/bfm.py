@@ -729,11 +729,28 @@ def _parse_metadata(metadata: Mapping[str, str] | None) -> tuple[dict[str, Any],
     return graph, provenance
 
 
+def _looks_like(head: bytes) -> str:
+    """What a file that is not a .bfm seems to be, from its first bytes (for the error)."""
+    if head.startswith(b"PK\x03\x04"):
+        return "; this is a zip archive (a torch .pt or numpy .npz file?)"
+    if head[:1] == b"\x80":
+        return "; this looks like a Python pickle"
+    if len(head) > 1 and head[0] == 0x08 and 3 <= head[1] <= 16:  # ModelProto.ir_version
+        return "; this looks like an ONNX model (binarize it first)"
+    return ""
+
+
 def _parse_header(data: bytes | memoryview) -> dict[str, Any]:
     """Check the safetensors header ourselves first: limits, dtypes, offsets."""
     if len(data) < 8:
         raise FormatError(f"truncated file: {len(data)} bytes, no safetensors header")
     (header_len,) = struct.unpack("<Q", bytes(data[:8]))
+    if bytes(data[8:9]) != b"{":  # what a safetensors header's JSON object starts with
+        what = _looks_like(bytes(data[:16]))
+        raise FormatError(
+            "not a .bfm file: a .bfm is a safetensors container (an 8-byte header length, "
+            f"then a JSON object){what}"
+        )
     if header_len > MAX_HEADER_BYTES:
         raise FormatError(f"header of {header_len} bytes exceeds the limit {MAX_HEADER_BYTES}")
     if 8 + header_len > len(data):

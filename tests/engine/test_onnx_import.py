@@ -752,3 +752,65 @@ def test_resize_18_sizes_of_some_axes_and_what_it_refuses(tmp_path: Path) -> Non
                 tmp_path, batch, [2, 3, 4, 4], {"sizes": np.array([4, 3, 8, 8], np.int64)}, 13
             )
         )
+
+
+class _ClassToken(nn.Module):
+    """A ViT's class token: a learned (1, 1, C) tensor expanded to the batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1)
+        return self.head(t[:, 0])
+
+
+class _Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, dropout=0.0)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layer(x).mean(1))
+
+
+class _Decoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 4, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(x).flatten(1)
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "opset", "match"),
+    [
+        (_ClassToken, (3, 8, 8), 17, r"a shape computed from the batch size .*class token"),
+        (_Encoder, (5, 8), 17, r"moves the batch axis.*attention is not supported"),
+        (_Decoder, (3, 4, 4), 17, r"ConvTranspose.*nn\.Upsample\(scale_factor=k, mode="),
+        (
+            lambda: nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 3)),
+            (5, 8),
+            13,
+            r"\(Pow\).*export with opset_version=17 or later",
+        ),
+        (
+            lambda: nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"), nn.Flatten()),
+            (3, 4, 4),
+            17,
+            r"mode 'linear' is not supported.*mode='nearest-exact'",
+        ),
+    ],
+)
+def test_refusals_say_what_to_do_instead(
+    tmp_path: Path, factory: Any, shape: tuple[int, ...], opset: int, match: str
+) -> None:
+    path = _export(factory(), shape, tmp_path / "m.onnx", opset)
+    with pytest.raises(UserInputError, match=match):
+        load_model(path)

@@ -140,6 +140,19 @@ def test_wrong_format_and_version(good_file: Path) -> None:
     _reject(_with_metadata(data, provenance="[1, 2]"), "provenance")
 
 
+@pytest.mark.parametrize(
+    ("head", "what"),
+    [
+        (b"\x08\x08\x12\x07pytorch\x1a\x032.1", "looks like an ONNX model"),
+        (b"PK\x03\x04" + bytes(40), "zip archive"),
+        (b"\x80\x04\x95" + bytes(40), "Python pickle"),
+        (b"hello, this is some text", "then a JSON object\\)$"),
+    ],
+)
+def test_a_file_that_is_not_a_bfm_is_named(head: bytes, what: str) -> None:
+    _reject(head, r"^not a \.bfm file: a \.bfm is a safetensors container.*" + what)
+
+
 def test_huge_declared_sizes(good_file: Path) -> None:
     data = good_file.read_bytes()
     _reject(struct.pack("<Q", 2**63) + data[8:], "exceeds the limit")
