@@ -16,7 +16,8 @@
    classic binary block); (b) every threshold is initialized from statistics of the
    layer's actual input on the user's data (per channel median; when at least half of the
    values sit at the channel's minimum, as after a ReLU that had to stay because a real
-   path also reads it, the median of the values above the minimum).
+   path also reads it, the median of the values above the minimum; then moved halfway to
+   the next larger value seen, so no input sits exactly on it).
 5. Calibrate in one forward pass over a sample of the data, with the binary layers
    active: each threshold is set from the input it receives (earlier layers already
    binary), batch-norm statistics are re-estimated for the binary network, and the
@@ -218,7 +219,13 @@ def threshold_from_stats(x: torch.Tensor) -> torch.Tensor:
     for c in torch.nonzero(median <= floor).flatten().tolist():
         above = values[c][values[c] > floor[c]]
         out[c] = above.median() if above.numel() else floor[c] + 1.0
-    return out
+    # Halfway to the next larger value seen: a median is one of the values, and after a
+    # binary layer (whose outputs take a few levels: scale * integer + bias) through an
+    # elementwise op it sits exactly on a level that many inputs share; the runtime's
+    # float op may round those a unit in the last place apart from torch's, which flips
+    # their signs. Between two levels the comparison is the same on both sides.
+    nxt = torch.where(values > out[:, None], values, torch.inf).min(dim=1).values
+    return torch.where(torch.isfinite(nxt), (out + nxt) / 2, out)
 
 
 @torch.no_grad()

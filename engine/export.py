@@ -32,7 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from engine.errors import UserInputError
 from engine.layers import BinaryConv2d, BinaryLinear, BinaryMixin
-from engine.onnx_import import Erf, GlobalAvgPool, HardSigmoid
+from engine.onnx_import import BatchBroadcast, Erf, GlobalAvgPool, HardSigmoid
 from runtime.packing import pack_signs
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -121,6 +121,10 @@ class _Exporter:
         self.counter = 0
         self.folded: set[fx.Node] = set()
         self.node_names: set[str] = set()
+        self.consts: dict[fx.Node, torch.Tensor] = {}  # parameters and what they compute
+        self.per_sample: dict[fx.Node, torch.Tensor] = {}  # a constant expanded per sample
+        self.shape_only: set[fx.Node] = set()  # x.size(0), x.shape: Python numbers
+        self.pieces: dict[fx.Node, tuple[int, list[tuple[int, int]]]] = {}  # chunk, split
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -344,6 +348,64 @@ def _export_real_layer(ex: _Exporter, node: fx.Node, mod: nn.Module) -> None:
         ex.names[fused[0]] = out
 
 
+def _pieces(ex: _Exporter, node: fx.Node, *, chunk: bool) -> tuple[int, list[tuple[int, int]]]:
+    """The axis and the ranges of ``chunk``/``split``'s pieces (each getitem: a slice)."""
+    given: Any = {
+        **dict(zip(("input", "size", "dim"), node.args, strict=False)),
+        **node.kwargs,
+    }
+    keys = ("size", "chunks", "split_size_or_sections", "split_size")
+    size = next(given[k] for k in keys if k in given)
+    src = given["input"]
+    assert isinstance(src, fx.Node)
+    shape = ex.shape(src)
+    axis = int(given.get("dim", 0)) % len(shape)
+    if axis == 0:
+        raise UserInputError(f"export: {node.name} splits the batch axis")
+    length = shape[axis]
+    if chunk:  # torch's chunk: pieces of ceil(length / n)
+        step = -(-length // int(size))
+        sizes = [min(step, length - i) for i in range(0, length, step)]
+    elif isinstance(size, int):
+        sizes = [min(size, length - i) for i in range(0, length, size)]
+    else:
+        sizes = [int(v) for v in size]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    return axis, [(b, b + n) for b, n in zip(starts, sizes, strict=True)]
+
+
+def _export_index(ex: _Exporter, node: fx.Node, src: fx.Node, index: Any) -> str:
+    """``x[:, 0]``, ``x[..., 1:3]``: ``slice`` ops on axes other than the batch (step 1),
+    then a ``reshape`` that drops the axes an integer index removed."""
+    shape = ex.shape(src)
+    items = list(index) if isinstance(index, tuple) else [index]
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at : at + 1] = [slice(None)] * (len(shape) - len(items) + 1)
+    x = ex.value(src, node)
+    for axis, item in enumerate(items):
+        if item == slice(None):
+            continue
+        size = shape[axis] if axis < len(shape) else 0
+        if isinstance(item, int) and axis > 0:
+            begin, end = item % size, item % size + 1
+        elif isinstance(item, slice) and axis > 0 and item.step in (None, 1):
+            begin, end, _ = item.indices(size)
+        else:
+            raise UserInputError(
+                f"export: {node.name} indexes with {index!r}; only integers and slices of "
+                "step 1 on axes other than the batch"
+            )
+        if end <= begin:
+            raise UserInputError(f"export: {node.name} takes an empty slice of axis {axis}")
+        attrs = {"axis": axis, "start": begin, "end": end}
+        x = ex.emit("slice", f"{node.name}.axis{axis}", [x], attrs=attrs)
+    out_shape = list(ex.shape(node)[1:])
+    if any(isinstance(item, int) for item in items):
+        x = ex.emit("reshape", node.name, [x], attrs={"shape": out_shape})
+    return x
+
+
 def _silu(ex: _Exporter, name: str, x: str) -> str:
     """SiLU (swish) ``x * sigmoid(x)``: a ``sigmoid`` and a ``mul``, as ONNX writes it."""
     gate = ex.emit("sigmoid", f"{name}.sigmoid", [x])
@@ -501,6 +563,9 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
     elif isinstance(mod, nn.Hardsigmoid | HardSigmoid):
         alpha, beta = (mod.alpha, mod.beta) if isinstance(mod, HardSigmoid) else (1 / 6, 0.5)
         out = ex.emit("hardsigmoid", name, [x], attrs={"alpha": float(alpha), "beta": float(beta)})
+    elif isinstance(mod, BatchBroadcast):  # the importer's Expand of a class token
+        value = ex.tensor(f"{name}.value", _f32(mod.value))
+        out = ex.emit("broadcast", name, [x], params={"value": value})
     elif isinstance(mod, nn.SiLU):
         out = _silu(ex, name, x)
     elif isinstance(mod, nn.GELU):
@@ -535,11 +600,8 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
 
 
 def _export_const_affine(
-    ex: _Exporter, node: fx.Node, x_node: fx.Node, const: fx.Node, is_add: bool
+    ex: _Exporter, node: fx.Node, x_node: fx.Node, value: torch.Tensor, is_add: bool
 ) -> str:
-    value: Any = ex.gm
-    for part in str(const.target).split("."):
-        value = getattr(value, part)
     shape = ex.shape(x_node)
     c = shape[1]
     arr = value.detach().cpu().double().reshape(-1)
@@ -574,11 +636,20 @@ def _export_const_affine(
         return _channels_last(ex, node.name, y, rank)
     if arr.numel() == 1:
         arr = arr.expand(c)
-    elif not per_channel or arr.numel() != c:
-        raise UserInputError(
-            f"export: {node.name} needs a scalar, per-channel or last-axis constant, got "
-            f"shape {tuple(value.shape)} against {tuple(shape)}"
-        )
+    elif not per_channel or arr.numel() != c:  # the same for every sample: a broadcast
+        try:
+            full = torch.broadcast_to(value, (1, *shape[1:]))[0]
+            broadcastable = value.dim() <= len(shape) and tuple(ex.shape(node)) == shape
+        except RuntimeError:
+            broadcastable = False
+        if not broadcastable or not 1 <= full.dim() <= 3:
+            raise UserInputError(
+                f"export: {node.name} needs a scalar, per-channel, last-axis or per-sample "
+                f"constant, got shape {tuple(value.shape)} against {tuple(shape)}"
+            )
+        param = ex.tensor(f"{node.name}.value", _f32(full))
+        const = ex.emit("broadcast", f"{node.name}.const", ["input"], params={"value": param})
+        return ex.emit("add" if is_add else "mul", node.name, [ex.value(x_node, node), const])
     one = torch.ones(c, dtype=torch.float64)
     zero = torch.zeros(c, dtype=torch.float64)
     scale, shift = (one, arr) if is_add else (arr, zero)
@@ -596,14 +667,35 @@ def _export_const_affine(
 def _export_function(ex: _Exporter, node: fx.Node) -> None:
     target = node.target
     args = node.args
+    if target in (operator.sub, torch.sub, "sub", operator.truediv, torch.div, "div") and (
+        isinstance(args[1], int | float) or (isinstance(args[1], fx.Node) and args[1] in ex.consts)
+    ):  # x - c as x + (-c), x / c as x * (1 / c)
+        rhs: Any = args[1]
+        c = rhs if isinstance(rhs, int | float) else ex.consts[rhs]
+        sub = target in (operator.sub, torch.sub, "sub")
+        value = (
+            -torch.as_tensor(c, dtype=torch.float64)
+            if sub
+            else 1.0 / torch.as_tensor(c, dtype=torch.float64)
+        )
+        assert isinstance(args[0], fx.Node)
+        ex.names[node] = _export_const_affine(ex, node, args[0], value, sub)
+        return
     if target in (operator.add, torch.add, operator.mul, torch.mul, "add", "mul"):
         is_add = target in (operator.add, torch.add, "add")
         a, b = args[0], args[1]
-        consts = [v for v in (a, b) if isinstance(v, fx.Node) and v.op == "get_attr"]
+        if isinstance(a, int | float) or isinstance(b, int | float):  # x * 0.125, 1 + x
+            number: Any = a if isinstance(a, int | float) else b
+            other = b if number is a else a
+            assert isinstance(other, fx.Node)
+            value = torch.tensor(float(number), dtype=torch.float64)
+            ex.names[node] = _export_const_affine(ex, node, other, value, is_add)
+            return
+        consts = [v for v in (a, b) if isinstance(v, fx.Node) and v in ex.consts]
         if consts:
             other = b if a in consts else a
             assert isinstance(other, fx.Node)
-            ex.names[node] = _export_const_affine(ex, node, other, consts[0], is_add)
+            ex.names[node] = _export_const_affine(ex, node, other, ex.consts[consts[0]], is_add)
             return
         if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
             raise UserInputError(f"export: {node.name} combines a value with a Python number")
@@ -721,6 +813,43 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         ex.names[node] = ex.emit(
             "upsample", node.name, [ex.value(src, node)], attrs={"scales": scales}
         )
+    elif target in (torch.matmul, operator.matmul, "matmul", torch.bmm, "bmm"):
+        a, b = args[0], args[1]
+        sa = ex.shape(a) if isinstance(a, fx.Node) else ()
+        sb = ex.shape(b) if isinstance(b, fx.Node) else ()
+        if a in ex.consts or b in ex.consts or len(sa) not in (3, 4) or len(sb) != len(sa):
+            raise UserInputError(
+                f"export: {node.name} multiplies {tuple(sa) or a} by {tuple(sb) or b}; only "
+                "two computed values of 3 or 4 dims with the same leading dims (attention's "
+                "q @ k^T and scores @ v; a constant operand is a Linear layer)"
+            )
+        ex.names[node] = ex.emit("matmul", node.name, [ex.value(a, node), ex.value(b, node)])
+    elif target in (F.softmax, torch.softmax, "softmax", F.log_softmax, "log_softmax"):
+        axis_arg: Any = args[1] if len(args) > 1 else node.kwargs.get("dim")
+        rank = len(ex.shape(node))
+        if axis_arg is None or int(axis_arg) % rank == 0:
+            raise UserInputError(f"export: {node.name} is a softmax over dim {axis_arg}")
+        op = "log_softmax" if target in (F.log_softmax, "log_softmax") else "softmax"
+        ex.names[node] = ex.emit(
+            op, node.name, [ex.value(args[0], node)], attrs={"axis": int(axis_arg) % rank}
+        )
+    elif target in (torch.chunk, "chunk", torch.split, "split"):
+        ex.pieces[node] = _pieces(ex, node, chunk=target in (torch.chunk, "chunk"))
+    elif target is operator.getitem and isinstance(args[0], fx.Node) and args[0] in ex.pieces:
+        axis, ranges = ex.pieces[args[0]]
+        item: Any = args[1]
+        begin, end = ranges[int(item)]
+        src_name = ex.value(args[0].args[0], node)
+        attrs = {"axis": axis, "start": begin, "end": end}
+        ex.names[node] = ex.emit("slice", node.name, [src_name], attrs=attrs)
+    elif target is operator.getitem and isinstance(args[0], fx.Node):
+        ex.names[node] = _export_index(ex, node, args[0], args[1])
+    elif target in (torch.select, "select"):  # the importer's Gather of one index
+        sel: Any = args
+        src = sel[0]
+        assert isinstance(src, fx.Node)
+        index = (slice(None),) * (int(sel[1]) % len(ex.shape(src))) + (int(sel[2]),)
+        ex.names[node] = _export_index(ex, node, src, index)
     elif target is F.gelu:
         approximate = str(args[1] if len(args) > 1 else node.kwargs.get("approximate", "none"))
         ex.names[node] = ex.emit(
@@ -741,6 +870,81 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
 REAL_DTYPES = ("float16", "float32")
 
 
+class _Recorder(ShapeProp):
+    """ShapeProp that also keeps every node's result."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.results: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        self.results[n] = result
+        return result
+
+
+def _classify(ex: _Exporter, input_shape: tuple[int, ...]) -> None:
+    """Sort the nodes that do not compute on the input's values: shape queries
+    (``x.size(0)``, ``x.shape``: skipped, the ops reading them use traced shapes),
+    constants (parameters and what is computed from them alone: read by the op that uses
+    them) and per-sample constants (a parameter expanded to the batch size, as a class
+    token's ``cls.expand(x.shape[0], -1, -1)``: a ``broadcast`` op). Two runs on zeros, of
+    batch 2 (which also sets the shapes) and 3, tell the last two apart."""
+    runs = []
+    for n in (3, 2):  # batch 2 last: its shapes stay in the nodes' meta
+        recorder = _Recorder(ex.gm)
+        try:
+            with torch.no_grad():
+                recorder.propagate(torch.zeros(n, *input_shape))
+        except Exception:
+            if n == 2:
+                raise
+            # the model runs at batch 2 only (it broadcasts the batch against another
+            # axis): no per-sample constants; the op at fault is named below
+        runs.append(recorder.results)
+    three, two = runs
+    data: set[fx.Node] = set()  # computed from the input's values (tensors, their tuples)
+    for node in ex.gm.graph.nodes:
+        result = two.get(node)
+        if node.op == "placeholder":
+            data.add(node)
+        elif node.op == "output":
+            continue
+        elif _is_shape(result):
+            ex.shape_only.add(node)
+        elif any(a in data for a in node.all_input_nodes):
+            data.add(node)
+        elif not isinstance(result, torch.Tensor):
+            continue  # a tuple of constants: its items are classified where indexed
+        elif node not in three or tuple(result.shape) == tuple(three[node].shape):
+            ex.consts[node] = result.detach()
+        elif (
+            result.dim() >= 2
+            and result.shape[0] == 2
+            and three[node].shape[0] == 3
+            and torch.equal(result[0], result[1])
+        ):
+            ex.per_sample[node] = result[0].detach()
+
+
+def _is_shape(result: Any) -> bool:
+    """A shape query's result: a number, a ``torch.Size``, a tuple or list of numbers."""
+    if isinstance(result, int | float | torch.Size):
+        return True
+    return isinstance(result, tuple | list) and all(isinstance(v, int | float) for v in result)
+
+
+def _export_per_sample(ex: _Exporter, node: fx.Node) -> None:
+    value = ex.per_sample[node]
+    if not 1 <= value.dim() <= 3:
+        raise UserInputError(
+            f"export: {node.name} expands a constant of shape {tuple(value.shape)} to the "
+            "batch; the runtime's broadcast takes 1 to 3 dims per sample"
+        )
+    param = ex.tensor(f"{node.name}.value", _f32(value))
+    ex.names[node] = ex.emit("broadcast", node.name, ["input"], params={"value": param})
+
+
 def build_graph(
     gm: fx.GraphModule, input_shape: tuple[int, ...], *, real_dtype: str = "float16"
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -752,15 +956,16 @@ def build_graph(
     if real_dtype not in REAL_DTYPES:
         raise ValueError(f"real_dtype must be one of {REAL_DTYPES}, got {real_dtype!r}")
     gm = gm.cpu().eval()
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
     ex = _Exporter(gm, real_dtype)
+    _classify(ex, input_shape)
     outputs: list[dict[str, Any]] = []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             ex.names[node] = "input"
-        elif node.op == "get_attr":
-            continue  # constants are consumed by the op that reads them
+        elif node in ex.consts or node in ex.shape_only:
+            continue  # consumed by the op that reads them
+        elif node in ex.per_sample:
+            _export_per_sample(ex, node)
         elif node.op == "call_module":
             _export_module(ex, node)
         elif node.op in ("call_function", "call_method"):

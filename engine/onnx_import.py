@@ -65,6 +65,20 @@ class GlobalAvgPool(nn.Module):
         return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
+class BatchBroadcast(nn.Module):
+    """A constant per sample: ``value`` stacked ``ref.shape[0]`` times (ONNX Expand of a
+    constant to the batch size, as torch writes a class token's ``x.expand(N, -1, -1)``)."""
+
+    value: torch.Tensor
+
+    def __init__(self, value: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("value", torch.from_numpy(np.array(value, dtype=np.float32)))
+
+    def forward(self, ref: torch.Tensor) -> torch.Tensor:
+        return self.value.expand(ref.shape[0], *self.value.shape)
+
+
 class HardSigmoid(nn.Module):
     """ONNX HardSigmoid: ``max(0, min(1, alpha x + beta))`` (torch's is alpha 1/6, beta 1/2)."""
 
@@ -112,6 +126,9 @@ FOLDABLE = {
     "ConstantOfShape",
     "Reshape",
     "Transpose",
+    "Equal",
+    "Where",
+    "Expand",
 }
 FOLD_MAX_ELEMENTS = 1 << 16  # a ConstantOfShape folded at import (shapes, pads) is small
 
@@ -276,6 +293,20 @@ def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) ->
     elif op == "Transpose":
         perm = a.get("perm")
         result = np.transpose(x, None if perm is None else [int(v) for v in perm])
+    elif op == "Equal":  # on shapes too: the batch (None) equals only itself
+        xs, ys = np.broadcast_arrays(x, get(1))
+        pairs = zip(xs.reshape(-1).tolist(), ys.reshape(-1).tolist(), strict=True)
+        result = np.array([u == v for u, v in pairs], dtype=bool).reshape(xs.shape)
+    elif op == "Where":
+        result = np.where(x.astype(bool), get(1), get(2))
+    elif op == "Expand":  # of a constant by a known shape (to the batch size: a module)
+        sizes = get(1).reshape(-1).tolist()
+        if None in sizes:
+            return False
+        expanded = np.broadcast_shapes(x.shape, tuple(int(v) for v in sizes))
+        if math.prod(expanded) > FOLD_MAX_ELEMENTS:
+            raise _fail(node, f"shape {list(expanded)}: only small constants are folded")
+        result = np.array(np.broadcast_to(x, expanded))
     elif op == "Gather":
         result = np.take(x, b.const(ins[1], node).astype(np.int64), axis=int(a.get("axis", 0)))
     elif op == "Unsqueeze":
@@ -334,6 +365,7 @@ class _Builder:
         self.shapes: dict[str, list[int | None]] = {}
         self.input_shape: tuple[int, ...] | None = None  # without the batch
         self.batch: int | None = None  # the input's batch size where the file fixes it
+        self.input_name = ""  # the model's input (a reference for the batch size)
         self.unprobed: set[str] = set()  # values known_shape could not run the graph to
         self.syms: dict[str, np.ndarray] = {}  # object arrays of ints, None for the batch
         self.count = 0
@@ -683,18 +715,31 @@ def _convert_node(b: _Builder, node: Any) -> None:
             lin.bias = _param(c)
         b.values[out] = b.module("linear", lin, x)
     elif op == "MatMul":
-        if ins[1] not in b.consts and ins[1] not in b.syms:
-            raise _fail(
-                node,
-                "MatMul of two computed tensors (as attention's q @ k^T and scores @ v) is not "
-                "supported: the right operand must be a constant 2-D weight",
-            )
+        if ins[1] not in b.consts and ins[1] not in b.syms:  # attention's q @ k^T, p @ v
+            y = b.value(ins[1], node)
+            b.values[out] = b.graph.call_function(torch.matmul, (x, y))
+            return
         w = b.const(ins[1], node)
         if w.ndim != 2:
             raise _fail(node, "MatMul needs a constant 2-D right operand")
         lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
         lin.weight = _param(w.T)
         b.values[out] = b.module("linear", lin, x)
+    elif op == "Expand":  # a constant to the batch size: a class token
+        if ins[0] not in b.consts or ins[1] not in b.syms:
+            raise _fail(node, "Expand is supported of a constant to the batch size only")
+        value = np.asarray(b.consts[ins[0]], dtype=np.float32)
+        sizes = [1 if v is None else int(v) for v in b.syms[ins[1]].reshape(-1)]
+        full = np.broadcast_to(value, np.broadcast_shapes(value.shape, tuple(sizes)))
+        if full.ndim != len(sizes) or full.ndim < 2 or full.shape[0] != 1:
+            raise _fail(node, f"Expand of {value.shape} to {sizes} does not add a batch axis")
+        b.values[out] = b.module("broadcast", BatchBroadcast(full[0]), b.values[b.input_name])
+    elif op == "Gather":  # x[:, 0]: one index of an axis other than the batch
+        index = b.const(ins[1], node)
+        gather_axis = int(a.get("axis", 0)) % max(b.rank(ins[0]) or 0, 1)
+        if gather_axis == 0 or index.ndim != 0:
+            raise _fail(node, "Gather of a value is supported with one index, not on the batch")
+        b.values[out] = b.graph.call_function(torch.select, (x, gather_axis, int(index)))
     elif op == "BatchNormalization":
         scale, bias, mean, var = (b.const(n, node) for n in ins[1:5])
         rank = b.rank(ins[0])
@@ -967,6 +1012,7 @@ def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:
             f"{p.name}: the input needs a fixed shape except the batch, got {in_shape}"
         )
     b.values[inputs[0].name] = b.graph.placeholder("input")
+    b.input_name = inputs[0].name
     b.input_shape = tuple(int(d or 0) for d in in_shape[1:])
     b.batch = in_shape[0]
     for node in model.graph.node:

@@ -151,6 +151,8 @@ REAL_OPS = {
     "pad",
     "transpose",
     "upsample",
+    "matmul",
+    "broadcast",
     "slice",
     *ELEMENTWISE_OPS,
 }
@@ -593,6 +595,21 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
             for i in range(nsp)
         )
         return ValueInfo("float", (None, shape[1], *spatial))
+    if op == "matmul":  # two values: (N, [H,] M, K) @ (N, [H,] K, P), as attention's
+        node.n_inputs(2)
+        a = need(0, "float", (3, 4))
+        b = need(1, "float", len(a))
+        if a[1:-2] != b[1:-2] or a[-1] != b[-2]:
+            raise _fail(w, f"cannot multiply {a} by {b} (leading dims equal, {a[-1]} rows)")
+        return ValueInfo("float", (*a[:-1], b[-1]))
+    if op == "broadcast":  # a constant (a class token, a position embedding) per sample
+        node.n_inputs(1)  # any value: it gives the batch size
+        vname = node.params.get("value")
+        if vname is None or vname not in node.tensors or not 1 <= node.tensors[vname].ndim <= 3:
+            raise _fail(w, "param 'value' must name a tensor of 1 to 3 dims")
+        shape = tuple(int(v) for v in node.tensors[vname].shape)
+        node.param("value", "F32", shape)
+        return ValueInfo("float", (None, *shape))
     raise _fail(w, f"op {op!r} has no checker")  # pragma: no cover - KNOWN_OPS is closed
 
 

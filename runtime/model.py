@@ -750,6 +750,20 @@ class _Step:
                     out[...] = np.broadcast_to(x[src], split).reshape(out.shape)
 
             return run_upsample
+        if op == "matmul":
+
+            def run_matmul(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                np.matmul(ins[0], ins[1], out=out)
+
+            return run_matmul
+        if op == "broadcast":
+            constant = self._param("value")
+            assert constant is not None
+
+            def run_broadcast(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:
+                np.copyto(out, constant[None])
+
+            return run_broadcast
         if op in ("flatten", "reshape"):
 
             def run_view(plan: _Plan, ins: list[np.ndarray], out: np.ndarray) -> None:

@@ -104,7 +104,13 @@ def test_threshold_from_stats_handles_the_relu_floor() -> None:
     t = threshold_from_stats(x)
     assert bool((t > 0).all())
     balanced = torch.randn(1000, 3)
-    assert torch.allclose(threshold_from_stats(balanced), balanced.median(dim=0).values)
+    ordered = balanced.sort(dim=0).values  # between the lower median and the value above
+    want = (ordered[499] + ordered[500]) / 2
+    torch.testing.assert_close(threshold_from_stats(balanced), want)
+    # levels, as after a binary layer and an elementwise op: halfway between two of them
+    levels = torch.tensor([-1.0, 0.5, 0.5, 0.5, 2.0, 2.0]).view(-1, 1)
+    assert threshold_from_stats(levels).tolist() == [1.25]
+    assert threshold_from_stats(torch.full((5, 1), 3.0)).tolist() == [4.0]  # a constant: above
 
 
 def test_calibration_sizes_xnorpp_factors_and_recomputes_batch_norm() -> None:

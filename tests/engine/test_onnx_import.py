@@ -157,7 +157,6 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
         (lambda x: x.mean(1), r"ReduceMean over axes \[1\]"),
         (lambda x: x.view(x.size(0) * 3, -1), "on the batch size"),
         (lambda x: x / (x + 1), "constant divisor"),
-        (lambda x: x @ x.transpose(-1, -2), r"MatMul of two computed tensors \(as attention"),
         (lambda x: x[:, :, ::2], r"\(Slice\): step 2: only contiguous slices"),
     ],
 )
@@ -791,7 +790,6 @@ class _Decoder(nn.Module):
 @pytest.mark.parametrize(
     ("factory", "shape", "opset", "match"),
     [
-        (_ClassToken, (3, 8, 8), 17, r"a shape computed from the batch size .*class token"),
         (_Encoder, (5, 8), 17, r"moves the batch axis.*attention is not supported"),
         (_Decoder, (3, 4, 4), 17, r"ConvTranspose.*nn\.Upsample\(scale_factor=k, mode="),
         (
@@ -814,3 +812,23 @@ def test_refusals_say_what_to_do_instead(
     path = _export(factory(), shape, tmp_path / "m.onnx", opset)
     with pytest.raises(UserInputError, match=match):
         load_model(path)
+
+
+def test_a_class_token_and_attention_products_import(tmp_path: Path) -> None:
+    """Expand of a constant to the batch size (torch's Shape, Equal, Where, Expand), MatMul
+    of two values, Gather of one token."""
+
+    class Model(_ClassToken):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1)  # (N, 5, 8)
+            scores = (t @ t.transpose(-1, -2)).softmax(-1)
+            return self.head((scores @ t)[:, 0])
+
+    model = Model().eval()
+    loaded = load_model(_export(model, (3, 8, 8), tmp_path / "m.onnx", 17)).module
+    kinds = {type(m).__name__ for m in loaded.modules()}
+    assert "BatchBroadcast" in kinds
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-5)

@@ -253,26 +253,27 @@ def test_cli_binarize_eval_inspect(tmp_path: Path, trained_mlp: Path, digits_npz
     assert "factorization" in bad.stderr
 
 
-class _PositionBias(torch.nn.Module):
-    """A binary-able convolution, then a constant over the spatial positions (N, C, H, W) +
-    (H, W): the runtime has no op for that broadcast."""
+class _FiveDimLinear(torch.nn.Module):
+    """A binary-able convolution, then a Linear on a 5-d view of its output: the runtime
+    has no layer for a Linear on more than four axes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = torch.nn.Conv2d(3, 16, 3, padding=1)
         self.conv = torch.nn.Conv2d(16, 16, 3, padding=1)
-        self.pos = torch.nn.Parameter(torch.randn(6, 6))
+        self.mix = torch.nn.Linear(6, 6)
         self.head = torch.nn.Linear(16, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(torch.relu(self.stem(x))) + self.pos
+        y = self.conv(torch.relu(self.stem(x)))
+        y = self.mix(y.reshape(y.shape[0], 2, 8, 6, 6)).reshape(y.shape[0], 16, 6, 6)
         return self.head(y.mean((2, 3)))
 
 
 def test_a_graph_the_runtime_cannot_run_is_refused_before_training(tmp_path: Path) -> None:
     import warnings
 
-    model = _PositionBias().eval()
+    model = _FiveDimLinear().eval()
     onnx_path = tmp_path / "m.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -283,7 +284,7 @@ def test_a_graph_the_runtime_cannot_run_is_refused_before_training(tmp_path: Pat
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).standard_normal((64, 3, 6, 6), np.float32))
     stages: list[str] = []
-    with pytest.raises(UserInputError, match=r"needs a scalar, per-channel or last-axis constant"):
+    with pytest.raises(UserInputError, match=r"linear .* on a rank-5 value"):
         binarize(
             onnx_path,
             data,

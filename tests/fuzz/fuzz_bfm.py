@@ -222,6 +222,7 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
     choices += ["layernorm", "gelu", "slice"]
     if nsp >= 1:
         choices += ["conv", "conv", "pool", "pool", "gap", "pad", "transpose", "upsample"]
+        choices += ["matmul", "broadcast"]
     else:
         choices += ["linear", "linear"]
     what = rng.choice(choices)
@@ -343,6 +344,19 @@ def _real_step(b: _Builder, name: str, shape: tuple[int, ...]) -> str:
             scales = [1] * nsp
         spatial = tuple(v * k for v, k in zip(shape[1:], scales, strict=True))
         return b.node("upsample", [name], "float", (c, *spatial), {"scales": scales})
+    if what == "broadcast":  # a constant per sample, added (a position embedding)
+        const = b.node("broadcast", [name], "float", shape, None, {"value": b.floats(*shape)})
+        return b.node("add", [name, const], "float", shape)
+    if what == "matmul":  # x @ x^T over the last two axes, or x @ a broadcast constant
+        lead, m, k = shape[:-2], shape[-2], shape[-1]
+        if rng.random() < 0.5:
+            perm = [0, *range(1, len(shape) - 1), len(shape), len(shape) - 1]
+            other = b.node("transpose", [name], "float", (*lead, k, m), {"perm": perm})
+            return b.node("matmul", [name, other], "float", (*lead, m, m))
+        p = rng.choice([1, 3, 8, 17])
+        value = b.floats(*lead, k, p)
+        other = b.node("broadcast", [name], "float", (*lead, k, p), None, {"value": value})
+        return b.node("matmul", [name, other], "float", (*lead, m, p))
     if what == "transpose":
         order = list(range(1, len(shape) + 1))
         rng.shuffle(order)
@@ -521,7 +535,8 @@ OPS = [
     "relu", "sigmoid", "tanh", "prelu", "leaky_relu", "hardtanh", "maxpool2d", "avgpool2d",
     "maxpool1d", "avgpool1d", "global_avgpool", "add", "mul", "flatten", "reshape", "concat",
     "softmax", "layernorm", "gelu", "hardsigmoid", "hardswish", "erf", "elu", "selu",
-    "softplus", "mish", "log_softmax", "pad", "transpose", "upsample", "slice",
+    "softplus", "mish", "log_softmax", "pad", "transpose", "upsample", "slice", "matmul",
+    "broadcast",
 ]  # fmt: skip
 ATTRS = [
     "in_channels", "out_channels", "in_features", "out_features", "kernel_size", "stride",

@@ -459,3 +459,50 @@ def test_slice_is_validated(
     graph = _pad_graph({}, shape)
     graph["nodes"][0].update(op="slice", attrs=attrs)
     _written_or_refused(tmp_path, graph, match)
+
+
+def _two_value_graph(
+    op: str, shape_b: list[int | None], value: np.ndarray | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(N, 2, 3, 4) input x; ``b`` = broadcast of ``value`` (or x); y = op(x, b)."""
+    nodes: list[dict[str, Any]] = []
+    tensors: dict[str, np.ndarray] = {}
+    b = "x"
+    if value is not None:
+        tensors["v"] = value
+        nodes.append(
+            {"op": "broadcast", "name": "b", "inputs": ["x"], "outputs": ["b"],
+             "params": {"value": "v"}}
+        )  # fmt: skip
+        b = "b"
+    nodes.append({"op": op, "name": "y", "inputs": ["x", b], "outputs": ["y"]})
+    graph = {
+        "inputs": [{"name": "x", "shape": [None, 2, 3, 4], "dtype": "float32"}],
+        "outputs": [{"name": "y", "shape": shape_b, "dtype": "float32"}],
+        "nodes": nodes,
+    }
+    return graph, tensors
+
+
+@pytest.mark.parametrize(
+    ("op", "value", "match"),
+    [
+        ("matmul", None, r"cannot multiply \(None, 2, 3, 4\) by \(None, 2, 3, 4\)"),
+        ("matmul", np.ones((2, 5, 4), np.float32), r"cannot multiply .* by \(None, 2, 5, 4\)"),
+        ("matmul", np.ones((3, 4, 5), np.float32), r"cannot multiply .* by \(None, 3, 4, 5\)"),
+        ("add", np.ones((2, 3, 4, 1), np.float32), "'value' must name a tensor of 1 to 3 dims"),
+        ("add", np.ones((2, 3, 4), np.float16), "dtype"),
+    ],
+)
+def test_matmul_and_broadcast_shapes_are_checked(op: str, value: Any, match: str) -> None:
+    graph, tensors = _two_value_graph(op, [None, 2, 3, 4], value)
+    with pytest.raises(FormatError, match=match):
+        write_bfm(Path("/nonexistent/never.bfm"), graph=graph, tensors=tensors, provenance={})
+
+
+def test_matmul_of_a_broadcast_constant_runs(tmp_path: Path) -> None:
+    value = np.random.default_rng(0).standard_normal((2, 4, 5)).astype(np.float32)
+    graph, tensors = _two_value_graph("matmul", [None, 2, 3, 5], value)
+    write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+    x = np.random.default_rng(1).standard_normal((3, 2, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(runtime.load(tmp_path / "m.bfm").run(x), x @ value, rtol=1e-5)

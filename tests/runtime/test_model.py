@@ -184,6 +184,12 @@ def reference(graph: dict[str, Any], tensors: dict[str, np.ndarray], x: np.ndarr
             pads, nsp = a["pads"], len(a["pads"]) // 2
             widths = [v for i in reversed(range(nsp)) for v in (pads[i], pads[nsp + i])]
             y = F.pad(x0, widths, value=a.get("value", 0.0))
+        elif op == "matmul":
+            y = torch.matmul(x0, ins[1])
+        elif op == "broadcast":
+            value = param("value")
+            assert value is not None
+            y = value.expand(x0.shape[0], *value.shape)
         else:  # pragma: no cover
             raise AssertionError(op)
         env[node["outputs"][0]] = y
@@ -757,7 +763,36 @@ def token_model() -> Builder:
     return b
 
 
+def attention_model() -> Builder:
+    """A ViT's attention on a sequence (N, 5, 8): a class token and a position embedding
+    (``broadcast``), two heads (reshape and transpose), ``q @ k^T`` and ``scores @ v``
+    (``matmul``) with a softmax over the last axis, the class token's features out."""
+    b = Builder(12, "x", [None, 5, 8])
+    r = b.rng
+
+    def const(name: str, shape: tuple[int, ...]) -> str:
+        return b.tensor(name, r.standard_normal(shape).astype(np.float32))
+
+    cls = b.node("broadcast", "cls", ["x"], params={"value": const("cls.v", (1, 8))})
+    t = b.node("concat", "cat", [cls, "x"], {"axis": 1})  # (6, 8)
+    pos = b.node("broadcast", "pos", [t], params={"value": const("pos.v", (6, 8))})
+    t = b.node("add", "embed", [t, pos])
+    heads = b.node("reshape", "split", [t], {"shape": [6, 2, 4]})
+    q = b.node("transpose", "q", [heads], {"perm": [0, 2, 1, 3]})  # (2, 6, 4)
+    k = b.node("transpose", "kT", [q], {"perm": [0, 1, 3, 2]})  # (2, 4, 6)
+    scores = b.node("matmul", "qk", [q, k])  # (2, 6, 6)
+    attn = b.node("softmax", "attend", [scores], {"axis": 3})
+    v = b.node("matmul", "av", [attn, q])  # (2, 6, 4)
+    merged = b.node("transpose", "merge", [v], {"perm": [0, 2, 1, 3]})  # (6, 2, 4)
+    flat = b.node("reshape", "join", [merged], {"shape": [6, 8]})
+    first = b.node("slice", "first", [flat], {"axis": 1, "start": 0, "end": 1})
+    b.node("reshape", "out", [first], {"shape": [8]})
+    b.output("out", [None, 8])
+    return b
+
+
 MODELS = {
+    "attention": attention_model,
     "tokens": token_model,
     "upsampled": upsampled_model,
     "depthwise": depthwise_model,
