@@ -139,3 +139,14 @@ def page_body(
     except repo.InvalidCursor as exc:
         raise Problem("invalid-cursor", str(exc)) from exc
     return {"items": rows, "next_cursor": next_cursor}
+
+
+def refuse_if_in_use(jobs: Sequence[Job]) -> None:
+    """409 ``resource-in-use`` naming the unfinished jobs that read a model or dataset."""
+    if jobs:
+        names = ", ".join(f"{job.id} ({job.status})" for job in jobs)
+        raise Problem(
+            "resource-in-use",
+            f"jobs that have not finished read it: {names}; cancel them or wait for them "
+            "to finish, then delete it",
+        )

@@ -33,6 +33,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "method-not-allowed": (405, "Method not allowed"),
     "job-not-finished": (409, "The job has not succeeded"),
     "job-already-finished": (409, "The job has already finished"),
+    "resource-in-use": (409, "A job that has not finished uses it"),
     "payload-too-large": (413, "Payload too large"),
     "unsupported-media-type": (415, "Unsupported media type"),
     "validation-error": (422, "Invalid request"),
@@ -131,6 +132,10 @@ def install(app: FastAPI) -> None:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = _jsonable_errors(exc.errors())
         summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+        if any(e.get("type") == "json_invalid" for e in errors):  # not JSON at all
+            return _render(
+                request, Problem("bad-request", f"the body is not valid JSON: {summary}")
+            )
         return _render(request, Problem("validation-error", summary, errors=errors))
 
     @app.exception_handler(StarletteHTTPException)

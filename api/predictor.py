@@ -157,3 +157,23 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def json_numbers_only(data: Any) -> bool:
+    """Whether every leaf of nested JSON lists is a number: not a string that looks like
+    one, not a boolean (which numpy would take as 1.0 and 0.0). Innermost lists are
+    checked in C (``map(type, ...)``), so a million values take a few milliseconds."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is not list:
+            if type(item) not in _NUMBER_TYPES:
+                return False
+        elif item and type(item[0]) is list:
+            stack.extend(item)
+        elif not set(map(type, item)) <= _NUMBER_TYPES:
+            return False
+    return True

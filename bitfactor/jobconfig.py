@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Factorization = Literal["none", "matrix", "tucker", "cp"]
 Scales = Literal["analytic", "channel", "xnorpp"]
@@ -20,7 +20,8 @@ ActivationGrad = Literal["ste", "approxsign"]
 class BinarizeConfig(BaseModel):
     """How to turn a real model into a factorized-binary one (every field has a default)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities are refused where the request is checked, not as a NaN loss later
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     factorization: Factorization = Field(
         default="matrix",
@@ -58,14 +59,14 @@ class BinarizeConfig(BaseModel):
         le=10.0,
         description="AdamW learning rate (1e-3 under-fits short jobs; see docs/engine.md).",
     )
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0, le=1.0)
     batch_size: int = Field(default=64, ge=1, le=65_536)
     warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
     two_stage: bool = Field(
         default=False,
         description="First train with binary activations and real weights, then binarize weights.",
     )
-    distill_temperature: float = Field(default=4.0, gt=0)
+    distill_temperature: float = Field(default=4.0, gt=0, le=100.0)
     distill_weight: float = Field(
         default=1.0, ge=0, le=1, description="Share of the KD loss; the rest is cross-entropy."
     )
@@ -93,6 +94,16 @@ class BinarizeConfig(BaseModel):
         elif not 0 < value <= 1:
             raise ValueError("a rank fraction must be in (0, 1]")
         return value
+
+    @model_validator(mode="after")
+    def _ranks_fit_the_factorization(self) -> BinarizeConfig:
+        one_rank = self.factorization in ("matrix", "cp")
+        if one_rank and isinstance(self.rank, list) and len(self.rank) != 1:
+            raise ValueError(
+                f"{self.factorization} factorization takes one rank, got {self.rank} "
+                "(one per mode is for tucker)"
+            )
+        return self
 
 
 class Progress(BaseModel):

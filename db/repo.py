@@ -183,6 +183,24 @@ def get_owned(session: Session, model: type[Row], *, tenant_id: str, row_id: str
     return row
 
 
+def unfinished_jobs_using(
+    session: Session, *, tenant_id: str, model_id: str | None = None, dataset_id: str | None = None
+) -> list[Job]:
+    """The tenant's jobs not yet finished (queued, running, canceling) that read this model
+    or dataset: deleting it would fail them."""
+    uses = []
+    if model_id is not None:
+        uses.append(Job.model_id == model_id)
+    if dataset_id is not None:
+        uses += [Job.dataset_id == dataset_id, Job.val_dataset_id == dataset_id]
+    statement = select(Job).where(
+        Job.tenant_id == tenant_id,
+        Job.status.not_in(sorted(TERMINAL_STATUSES)),
+        or_(*uses),
+    )
+    return list(session.scalars(statement.order_by(Job.created_at).limit(5)))
+
+
 def claim_job(
     session: Session,
     *,

@@ -15,7 +15,6 @@ import shutil
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -87,10 +86,12 @@ class _JobReporter:
         *,
         worker_id: str = "",
         heartbeat_interval: float = 10.0,
+        private_root: Path | None = None,
     ) -> None:
         self.sessions = sessions
         self.job_id = job_id
         self.log_path = log_path
+        self.private_root = private_root
         self.worker_id = worker_id
         self.heartbeat_interval = heartbeat_interval
         self.lost = False
@@ -100,7 +101,15 @@ class _JobReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def public(self, text: str) -> str:
+        """``text`` without the server's own paths (the tenant reads the log and errors)."""
+        if self.private_root is not None:
+            for root in {str(self.private_root.resolve()), str(self.private_root)}:
+                text = text.replace(root, "<store>")
+        return text
+
     def line(self, message: str) -> None:
+        message = self.public(message)
         stamp = utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             with open(self.log_path, "a", encoding="utf-8") as handle:
@@ -305,6 +314,7 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         job_dir / "log.txt",
         worker_id=worker_id,
         heartbeat_interval=max(settings.job_lease_seconds / 4, 0.5),
+        private_root=store.root,
     )
     # A temp output of an earlier attempt of this job (its worker died) is garbage now.
     for stale in _temp_outputs(store, job_id):
@@ -433,16 +443,18 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         return "failed"
     except StorageError as exc:
         reporter.line(f"failed: {exc}")
-        finish("failed", error=f"an input file is unusable: {exc}")
+        finish("failed", error=reporter.public(f"an input file is unusable: {exc}"))
         return "failed"
     except Exception as exc:
-        reporter.line("failed:\n" + traceback.format_exc())
+        # the traceback goes to the server's log only: it names the server's files and code
         log.exception("job %s failed", job_id)
         storage = storage_failure(exc, store.root)
         if storage is not None:
-            finish("failed", error=f"the artifact store is full or not writable: {storage}")
+            error = f"the artifact store is full or not writable: {storage}"
         else:
-            finish("failed", error=f"internal error: {type(exc).__name__}: {exc}")
+            error = f"internal error: {type(exc).__name__}: {exc}"
+        reporter.line(f"failed: {error}")
+        finish("failed", error=reporter.public(error))
         return "failed"
     finally:
         reporter.stop_heartbeat()

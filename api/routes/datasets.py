@@ -7,11 +7,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedDataset, SessionDep, StateDep, TenantDep, get_tenant, page_body
+from api.deps import (
+    OwnedDataset,
+    SessionDep,
+    StateDep,
+    TenantDep,
+    get_tenant,
+    page_body,
+    refuse_if_in_use,
+)
 from api.errors import Problem
 from api.schemas import DatasetOut, Page
 from api.uploads import check_content_length, receive
 from api.validation import InvalidUpload, inspect_dataset, require_multipart
+from db import repo
 from db.models import Dataset, new_id
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -89,9 +98,16 @@ def get_dataset(dataset: OwnedDataset) -> Dataset:
     return dataset
 
 
-@router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset and its file")
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses={409: {"description": "A job that has not finished reads it"}},
+    summary="Delete a dataset and its file",
+)
 def delete_dataset(dataset: OwnedDataset, session: SessionDep, state: StateDep) -> Response:
-    """Delete the row and its stored file."""
+    """Delete the row and its stored file; 409 while a job that has not finished reads it."""
+    jobs = repo.unfinished_jobs_using(session, tenant_id=dataset.tenant_id, dataset_id=dataset.id)
+    refuse_if_in_use(jobs)
     key = dataset.storage_key
     session.delete(dataset)
     session.commit()

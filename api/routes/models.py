@@ -8,11 +8,20 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import OwnedModel, SessionDep, StateDep, TenantDep, get_tenant, page_body
+from api.deps import (
+    OwnedModel,
+    SessionDep,
+    StateDep,
+    TenantDep,
+    get_tenant,
+    page_body,
+    refuse_if_in_use,
+)
 from api.errors import Problem
 from api.schemas import ModelOut, Page
 from api.uploads import check_content_length, receive
 from api.validation import InvalidUpload, inspect_model, require_multipart
+from db import repo
 from db.models import ModelFile, new_id
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -121,9 +130,18 @@ def get_model(model: OwnedModel) -> ModelFile:
     return model
 
 
-@router.delete("/{model_id}", status_code=204, summary="Delete a model and its file")
+@router.delete(
+    "/{model_id}",
+    status_code=204,
+    responses={409: {"description": "A job that has not finished reads it"}},
+    summary="Delete a model and its file",
+)
 def delete_model(model: OwnedModel, session: SessionDep, state: StateDep) -> Response:
-    """Delete the row and its stored file (jobs that used it keep their results)."""
+    """Delete the row and its stored file (jobs that used it keep their results); 409
+    while a job that has not finished reads it."""
+    refuse_if_in_use(
+        repo.unfinished_jobs_using(session, tenant_id=model.tenant_id, model_id=model.id)
+    )
     key = model.storage_key
     session.delete(model)
     session.commit()

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from api import metrics
 from api.deps import StateDep, bearer_key, invalid_key
 from api.errors import Problem
-from api.predictor import LoadedModel
+from api.predictor import LoadedModel, json_numbers_only
 from api.schemas import PredictRequest, PredictResponse
 from api.state import AppState
 from db import repo
@@ -93,6 +93,11 @@ ServingModel = Annotated[LoadedModel, Depends(serving_model)]
 
 def to_array(inputs: Any, *, max_elements: int) -> np.ndarray:
     """Nested lists to a float array; ValueError for ragged or non-numeric input."""
+    if not json_numbers_only(inputs):
+        raise ValueError(
+            "inputs must be a rectangular nested list of JSON numbers (batch first); "
+            "strings and booleans are not numbers"
+        )
     try:
         array = np.asarray(inputs, dtype=np.float64)
     except (ValueError, TypeError) as exc:

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from api import metrics
 from api.deps import SessionDep, StateDep, TenantDep, bearer_key
 from api.errors import Problem
-from api.predictor import LoadedModel, TensorSpec
+from api.predictor import LoadedModel, TensorSpec, json_numbers_only
 from api.routes.predict import find_job, job_model, json_floats, load_job_model
 from api.schemas import V2InferResponse, V2ModelMetadata, V2ModelReady, V2ServerMetadata
 from db import repo
@@ -42,6 +42,13 @@ DATATYPES = {
     "UINT32": np.uint32,
     "UINT64": np.uint64,
 }
+
+
+def _version(request: Request, name: str) -> None:
+    """404 for a version other than the one each model has (``/versions/1/...``)."""
+    version = request.path_params.get("version")
+    if version is not None and version != VERSION:
+        raise Problem("not-found", f"model {name!r} has no version {version!r}, only {VERSION!r}")
 
 
 def _job(session: SessionDep, tenant: TenantDep, name: str) -> Job:
@@ -89,9 +96,10 @@ def server_metadata() -> dict[str, Any]:
 @router.get("/models/{name}", summary="Model metadata", response_model=V2ModelMetadata)
 @router.get("/models/{name}/versions/{version}", include_in_schema=False)
 async def model_metadata(
-    name: str, state: StateDep, session: SessionDep, tenant: TenantDep
+    name: str, request: Request, state: StateDep, session: SessionDep, tenant: TenantDep
 ) -> dict[str, Any]:
     """Inputs and outputs of a job's packed model."""
+    _version(request, name)
     model = await run_in_threadpool(_model, state, _job(session, tenant, name))
     return {
         "name": name,
@@ -109,8 +117,9 @@ async def model_metadata(
     responses={400: {"model": V2ModelReady, "description": "The model is not ready."}},
 )
 @router.get("/models/{name}/versions/{version}/ready", include_in_schema=False)
-def model_ready(name: str, session: SessionDep, tenant: TenantDep) -> Response:
+def model_ready(name: str, request: Request, session: SessionDep, tenant: TenantDep) -> Response:
     """200 when the job succeeded and its model can be served; 400 otherwise."""
+    _version(request, name)
     job = _job(session, tenant, name)
     ok = job.status == "succeeded"
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 400)
@@ -170,10 +179,20 @@ def _input_array(entry: Any, blob: bytes, offset: int, max_elements: int) -> tup
     data = entry.get("data")
     if data is None:
         raise Problem("bad-request", f"input {name!r} has no 'data'")
+    if not json_numbers_only(data):
+        raise Problem(
+            "bad-request", f"input {name!r}: data must be JSON numbers (no strings, booleans)"
+        )
     try:
-        array = np.asarray(data, dtype=dtype)
+        wide = np.asarray(data, dtype=np.float64)
+        array = wide.astype(dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise Problem("bad-request", f"input {name!r}: data are not {datatype} numbers") from exc
+    if dtype.kind in "iu" and not np.array_equal(array.astype(np.float64), wide):
+        raise Problem(
+            "bad-request",
+            f"input {name!r}: {datatype} data must be integers in its range; the model takes FP32",
+        )
     if array.size != count:
         raise Problem("bad-request", f"input {name!r}: {array.size} values for shape {shape}")
     return array.reshape(shape), offset
@@ -246,6 +265,7 @@ INFER_REQUEST_SCHEMA: dict[str, Any] = {
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False)
 async def infer(name: str, request: Request, state: StateDep) -> Response:
     """Run the job's packed model on the request's (single) input tensor."""
+    _version(request, name)
     job = await find_job(state, key=bearer_key(request), job_id=name)  # as /v1 predict
     if job.status is None:
         raise Problem("not-found", f"no model {name!r}")
@@ -259,8 +279,15 @@ async def infer(name: str, request: Request, state: StateDep) -> Response:
             "bad-request",
             f"model {name!r} takes {len(model.inputs)} input(s), got {len(body['inputs'])}",
         )
+    given = body["inputs"][0]
+    expected = model.input.name
+    if isinstance(given, dict) and given.get("name") != expected:
+        raise Problem(
+            "bad-request",
+            f"model {name!r} has no input {given.get('name')!r}; its input is {expected!r}",
+        )
     limit = state.settings.predict_max_elements
-    array, _ = _input_array(body["inputs"][0], blob, 0, limit)
+    array, _ = _input_array(given, blob, 0, limit)
     try:
         x = model.check(array, max_elements=limit, max_batch=state.settings.predict_max_batch)
     except ValueError as exc:

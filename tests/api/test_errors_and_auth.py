@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from api.errors import KINDS, TYPE_BASE
@@ -71,9 +73,22 @@ def test_validation_errors_are_422_problems(api: Api) -> None:
             headers={**api.headers(), "content-type": "application/json"},
             content=b"{not json",
         ),
-        422,
-        "validation-error",
+        400,
+        "bad-request",
     )
+    for config in ({"weight_decay": float("inf")}, {"lr": float("nan")}, {"rank": [4, 4]}):
+        # Python's json writes Infinity and NaN, as some clients do
+        request = {"model_id": "m", "dataset_id": "d", "config": config}
+        body = _assert_problem(
+            api.client.post(
+                "/v1/jobs",
+                headers={**api.headers(), "content-type": "application/json"},
+                content=json.dumps(request).encode(),
+            ),
+            422,
+            "validation-error",
+        )
+        assert any(e["loc"][0] == "body" for e in body["errors"]), body
     _assert_problem(
         api.client.get("/v1/jobs?limit=0", headers=api.headers()), 422, "validation-error"
     )

@@ -195,9 +195,31 @@ def test_metrics_answer_while_the_database_is_unreachable() -> None:
     engine.dispose()
 
 
-def test_deleting_inputs_keeps_jobs(api: Api, model_id: str, dataset_id: str) -> None:
+def test_inputs_of_unfinished_jobs_cannot_be_deleted(
+    api: Api, model_id: str, dataset_id: str
+) -> None:
+    """A queued or running job would fail without its model or dataset: 409 naming it."""
     job_id = _submit(api, model_id, dataset_id).json()["id"]
+    for path in (f"/v1/models/{model_id}", f"/v1/datasets/{dataset_id}"):
+        refused = api.client.delete(path, headers=api.headers())
+        assert refused.status_code == 409
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["type"].endswith("/resource-in-use")
+        assert f"{job_id} (queued)" in refused.json()["detail"]
+        assert api.client.get(path, headers=api.headers()).status_code == 200
+    with _sessions(api)() as session:
+        assert repo.claim_job(session, job_id=job_id, worker_id="w", max_attempts=3) == "run"
+    refused = api.client.delete(f"/v1/models/{model_id}", headers=api.headers())
+    assert f"{job_id} (running)" in refused.json()["detail"]
+
+
+def test_deleting_inputs_of_finished_jobs_keeps_the_jobs(
+    api: Api, model_id: str, dataset_id: str
+) -> None:
+    job_id = _submit(api, model_id, dataset_id).json()["id"]
+    assert api.client.post(f"/v1/jobs/{job_id}/cancel", headers=api.headers()).status_code == 202
     assert api.client.delete(f"/v1/models/{model_id}", headers=api.headers()).status_code == 204
+    assert api.client.delete(f"/v1/datasets/{dataset_id}", headers=api.headers()).status_code == 204
     assert api.client.get(f"/v1/jobs/{job_id}", headers=api.headers()).status_code == 200
     with _sessions(api)() as session:
         assert session.get(Job, job_id) is not None

@@ -65,6 +65,9 @@ def test_v1_predict_matches_reference(api: Api, served: tuple[str, np.ndarray, n
         ([1.0, 2.0, 3.0, 4.0], "dimensions"),
         ([[1.0, 2.0], [1.0, 2.0, 3.0, 4.0]], "rectangular"),
         ([["a", "b", "c", "d"]], "rectangular"),
+        ([["1.5", "2", "3", "4"]], "strings and booleans are not numbers"),
+        ([[True, 1.0, 0.0, 2.0]], "strings and booleans are not numbers"),
+        ([[[1.0, 2.0], 3.0, 4.0, 5.0]], "rectangular"),
         ([[1e39, 0, 0, 0]], "finite"),
         ([[0.0] * 4] * 3000, "limit"),
     ],
@@ -252,6 +255,11 @@ def test_odd_predict_bodies_are_4xx(
         {"name": "input", "shape": [1, 4], "datatype": "BYTES", "data": ["a"] * 4},
         {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["x"] * 4},
         {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 3},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [True, 0.0, 1.0, 2.0]},
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": ["1", "2", "3", "4"]},
+        {"name": "input", "shape": [1, 4], "datatype": "INT32", "data": [0.5, 1.0, 2.0, 3.0]},
+        {"name": "input", "shape": [1, 4], "datatype": "UINT8", "data": [-1, 1, 2, 3]},
+        {"name": "foo", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4},
         {
             "name": "input",
             "shape": [1, 4],
@@ -355,3 +363,26 @@ def test_small_runs_stay_on_the_event_loop_and_slow_ones_go_to_a_thread(seconds:
         assert loop_thread not in fake.threads
     else:
         assert fake.threads[-1] == loop_thread
+
+
+def test_v2_integer_data_and_versions(api: Api, served: tuple[str, np.ndarray, np.ndarray]) -> None:
+    """Integral INT32 data are exact as FP32; only version 1 exists."""
+    job_id = served[0]
+    data = [1, -2, 3, 0]
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT32", "data": data}]}
+    as_float = {
+        "inputs": [{**body["inputs"][0], "datatype": "FP32", "data": [float(v) for v in data]}]
+    }
+    ints = api.client.post(f"/v2/models/{job_id}/infer", headers=api.headers(), json=body)
+    floats = api.client.post(f"/v2/models/{job_id}/infer", headers=api.headers(), json=as_float)
+    assert ints.status_code == 200, ints.text
+    assert ints.json()["outputs"] == floats.json()["outputs"]
+    for path in ("/versions/1/infer", "/versions/2/infer"):
+        response = api.client.post(f"/v2/models/{job_id}{path}", headers=api.headers(), json=body)
+        assert response.status_code == (200 if "/1/" in path else 404), response.text
+    assert (
+        api.client.get(f"/v2/models/{job_id}/versions/2", headers=api.headers()).status_code == 404
+    )
+    assert (
+        api.client.get(f"/v2/models/{job_id}/versions/1", headers=api.headers()).status_code == 200
+    )

@@ -83,6 +83,32 @@ def test_cancel_after_the_last_step_wins(
     assert len(list((artifacts / "jobs" / second).glob("*.bfm"))) == 1
 
 
+@pytest.mark.slow
+def test_an_internal_error_shows_no_server_paths_or_traceback(
+    data_dir: Path, queued_job: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tenant reads the job's error and log: the store's path becomes ``<store>``, and
+    the traceback stays in the server's log."""
+    job_id = queued_job()
+    artifacts = get_settings().resolved_artifacts_dir
+
+    def broken(self: LocalArtifactStore, key: str, source: Path) -> tuple[str, int]:
+        raise RuntimeError(f"cannot place {source} under {artifacts / key}")
+
+    monkeypatch.setattr(LocalArtifactStore, "put_file", broken)
+    assert jobs.run_job(job_id, worker_id="test:1") == "failed"
+    with jobs._sessions()() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        error = job.error or ""
+    log = (artifacts / "jobs" / job_id / "log.txt").read_text()
+    assert error.startswith("internal error: RuntimeError: cannot place <store>/tmp/")
+    for text in (error, log):
+        assert str(data_dir) not in text
+        assert "Traceback" not in text
+    assert f"failed: {error}" in log
+
+
 def test_storage_failure_is_recognised_through_wrappers(tmp_path: Path) -> None:
     root = tmp_path / "store"
     (root / "tmp").mkdir(parents=True)
