@@ -139,18 +139,21 @@ def _sqlite_first(engine: Engine, statement: ClauseElement, params: dict[str, An
 
 
 def encode_cursor(row: ModelFile | Dataset | Job) -> str:
-    """An opaque cursor pointing after ``row`` in newest-first order."""
-    raw = f"{row.created_at.isoformat()}|{row.id}"
+    """An opaque cursor pointing after ``row`` in newest-first order (of its own list)."""
+    raw = f"{row.__tablename__}|{row.created_at.isoformat()}|{row.id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str, table: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), row_id
+        kind, stamp, row_id = raw.split("|", 2)
+        when = datetime.fromisoformat(stamp)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidCursor("the cursor is not one this server issued") from exc
+    if kind != table:
+        raise InvalidCursor(f"the cursor belongs to the list of {kind}, not of {table}")
+    return when, row_id
 
 
 def page(
@@ -165,7 +168,7 @@ def page(
     """One page of a tenant's rows, newest first; returns (rows, next cursor or None)."""
     query = select(model).where(model.tenant_id == tenant_id, *filters)
     if cursor:
-        stamp, row_id = _decode_cursor(cursor)
+        stamp, row_id = _decode_cursor(cursor, model.__tablename__)
         query = query.where(
             or_(model.created_at < stamp, and_(model.created_at == stamp, model.id < row_id))
         )

@@ -870,6 +870,21 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
 REAL_DTYPES = ("float16", "float32")
 
 
+def _name_output(ex: _Exporter, outputs: list[dict[str, Any]], name: str) -> None:
+    """Call the graph's output ``name`` (the ONNX file's output name, else ``output``)
+    rather than the exporter's ``v:N``, unless a value already has that name."""
+    if len(outputs) != 1 or name == "input":
+        return
+    old = outputs[0]["name"]
+    taken = {v for node in ex.nodes for v in (*node["inputs"], *node["outputs"])}
+    if name in taken:
+        return
+    for node in ex.nodes:
+        node["inputs"] = [name if v == old else v for v in node["inputs"]]
+        node["outputs"] = [name if v == old else v for v in node["outputs"]]
+    outputs[0]["name"] = name
+
+
 class _Recorder(ShapeProp):
     """ShapeProp that also keeps every node's result."""
 
@@ -979,6 +994,7 @@ def build_graph(
             if out_name == "input":
                 raise UserInputError("export: the model returns its input")
             outputs.append({"name": out_name, "shape": [None, *shape[1:]], "dtype": "float32"})
+    _name_output(ex, outputs, str(gm.meta.get("output_name") or "output"))
     graph = {
         "inputs": [{"name": "input", "shape": [None, *input_shape], "dtype": "float32"}],
         "outputs": outputs,

@@ -1030,5 +1030,6 @@ def load_onnx(path: str | Path) -> tuple[fx.GraphModule, tuple[int, ...]]:
         raise UserInputError(f"{p.name}: the output {out_name!r} is not computed from the input")
     b.graph.output(b.values[out_name])
     gm = fx.GraphModule(b.root, b.graph, class_name="OnnxModel")
+    gm.meta["output_name"] = out_name  # the packed model's output keeps the file's name
     gm.eval()
     return gm, tuple(int(d) for d in in_shape[1:])  # type: ignore[arg-type]

@@ -206,6 +206,13 @@ def binarize(
             "arch_kwargs": arch_kwargs,
         },
     )
+    last: list[Progress] = []  # training's last report: the export stage keeps its numbers
+
+    def tracked(report: Progress) -> None:
+        last[:] = [report]
+        if progress:
+            progress(report)
+
     state = train(
         student,
         x=x_train,
@@ -217,7 +224,7 @@ def binarize(
         config=config,
         device=device,
         fingerprint=fingerprint,
-        progress=progress,
+        progress=tracked,
         should_cancel=should_cancel,
         checkpoint_dir=checkpoint_dir,
         log=say,
@@ -227,11 +234,12 @@ def binarize(
     bin_acc = accuracy(student_val, y_val)
     agree = agreement(student_val, teacher_val)
     if progress:
-        progress(
-            Progress(
-                epoch=state.epochs_run, epochs=config.epochs, step=0, total_steps=0, stage="export"
-            )
+        report = Progress(
+            epoch=state.epochs_run, epochs=config.epochs, step=0, total_steps=0, stage="export"
         )
+        if last:  # steps, loss and validation metrics of the last epoch stay visible
+            report = last[0].model_copy(update={"stage": "export", "eta_seconds": None})
+        progress(report)
     out = Path(out_path)
     student.cpu().eval()
     teacher.cpu().eval()

@@ -376,6 +376,10 @@ def run_job(job_id: str, *, worker_id: str) -> str:
         data_path = store.verified_path(*data_ref)
         val_path = store.verified_path(*val_ref) if val_ref is not None else None
         config = BinarizeConfig.model_validate(config_data)
+        # shown while the engine (torch) loads, a few seconds before its first report
+        reporter.progress(
+            Progress(epoch=0, epochs=config.epochs, step=0, total_steps=0, stage="starting")
+        )
 
         import engine.importers
         from bitfactor.sandbox import Limits

@@ -208,7 +208,7 @@ def download_artifact(job: OwnedJob, state: StateDep, request: Request) -> Respo
     if job.status != "succeeded" or not job.artifact_key or not job.artifact_sha256:
         raise Problem("job-not-finished", f"the job is {job.status}; no artifact yet")
     etag = f'"{job.artifact_sha256}"'
-    if request.headers.get("if-none-match") in (etag, job.artifact_sha256):
+    if _etag_matches(request.headers.get("if-none-match"), job.artifact_sha256):
         return Response(status_code=304, headers={"ETag": etag})
     try:
         path = state.store.verified_path(job.artifact_key, job.artifact_sha256)
@@ -224,6 +224,20 @@ def download_artifact(job: OwnedJob, state: StateDep, request: Request) -> Respo
             "Content-Disposition": f'attachment; filename="{job.id}.bfm"',
         },
     )
+
+
+def _etag_matches(header: str | None, sha256: str) -> bool:
+    """``If-None-Match`` against the artifact's tag (RFC 9110): ``*``, or a list of tags
+    compared weakly (``W/"..."`` matches), a bare sha256 accepted too."""
+    if header is None:
+        return False
+    if header.strip() == "*":
+        return True
+    for tag in header.split(","):
+        tag = tag.strip().removeprefix("W/")
+        if tag in (f'"{sha256}"', sha256):
+            return True
+    return False
 
 
 def _checked_chunks(path: Path, sha256: str) -> Iterator[bytes]:

@@ -95,6 +95,12 @@ def test_pagination_and_status_filter(api: Api, model_id: str, dataset_id: str) 
             break
     assert pages == 3
     assert seen == list(reversed(ids))  # newest first, each exactly once
+    # a cursor of the job list is not one of the model list
+    first = api.client.get("/v1/jobs?limit=2", headers=api.headers()).json()["next_cursor"]
+    other = api.client.get(f"/v1/models?cursor={first}", headers=api.headers())
+    assert other.status_code == 400
+    assert other.json()["type"].endswith("/invalid-cursor")
+    assert "belongs to the list of jobs, not of models" in other.json()["detail"]
     api.client.post(f"/v1/jobs/{ids[0]}/cancel", headers=api.headers())
     canceled = api.client.get("/v1/jobs?status=canceled", headers=api.headers()).json()
     assert [j["id"] for j in canceled["items"]] == [ids[0]]
@@ -139,6 +145,15 @@ def test_artifact_download_etag_and_corruption(
         f"/v1/jobs/{job_id}/artifact", headers={**api.headers(), "If-None-Match": f'"{sha}"'}
     )
     assert cached.status_code == 304
+    for tag in (f'W/"{sha}"', "*", f'"abc", W/"{sha}"', sha):
+        revalidated = api.client.get(
+            f"/v1/jobs/{job_id}/artifact", headers={**api.headers(), "If-None-Match": tag}
+        )
+        assert revalidated.status_code == 304, tag
+    fresh = api.client.get(
+        f"/v1/jobs/{job_id}/artifact", headers={**api.headers(), "If-None-Match": '"abc"'}
+    )
+    assert fresh.status_code == 200
     assert (
         api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers("bob")).status_code == 404
     )
