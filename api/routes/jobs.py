@@ -203,8 +203,10 @@ def job_logs(job: OwnedJob, state: StateDep) -> PlainTextResponse:
         409: {"description": "The job has not succeeded"},
     },
 )
+@router.head("/{job_id}/artifact", include_in_schema=False)
 def download_artifact(job: OwnedJob, state: StateDep, request: Request) -> Response:
-    """The ``.bfm`` file, its checksum verified first; ``ETag`` is its sha256."""
+    """The ``.bfm`` file, its checksum verified first; ``ETag`` is its sha256. ``HEAD``
+    answers the same headers without the body."""
     if job.status != "succeeded" or not job.artifact_key or not job.artifact_sha256:
         raise Problem("job-not-finished", f"the job is {job.status}; no artifact yet")
     etag = f'"{job.artifact_sha256}"'
@@ -215,14 +217,17 @@ def download_artifact(job: OwnedJob, state: StateDep, request: Request) -> Respo
         size = path.stat().st_size
     except (StorageError, OSError) as exc:
         raise Problem("artifact-corrupted", str(exc)) from exc
+    headers = {
+        "ETag": etag,
+        "Content-Length": str(size),
+        "Content-Disposition": f'attachment; filename="{job.id}.bfm"',
+    }
+    if request.method == "HEAD":
+        return Response(media_type="application/octet-stream", headers=headers)
     return StreamingResponse(
         _checked_chunks(path, job.artifact_sha256),
         media_type="application/octet-stream",
-        headers={
-            "ETag": etag,
-            "Content-Length": str(size),
-            "Content-Disposition": f'attachment; filename="{job.id}.bfm"',
-        },
+        headers=headers,
     )
 
 

@@ -154,6 +154,11 @@ def test_artifact_download_etag_and_corruption(
         f"/v1/jobs/{job_id}/artifact", headers={**api.headers(), "If-None-Match": '"abc"'}
     )
     assert fresh.status_code == 200
+    head = api.client.head(f"/v1/jobs/{job_id}/artifact", headers=api.headers())
+    assert head.status_code == 200
+    assert head.headers["etag"] == f'"{sha}"'
+    assert head.headers["content-length"] == str(len(data))
+    assert head.content == b""
     assert (
         api.client.get(f"/v1/jobs/{job_id}/artifact", headers=api.headers("bob")).status_code == 404
     )
