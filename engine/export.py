@@ -125,6 +125,24 @@ class _Exporter:
         self.per_sample: dict[fx.Node, torch.Tensor] = {}  # a constant expanded per sample
         self.shape_only: set[fx.Node] = set()  # x.size(0), x.shape: Python numbers
         self.pieces: dict[fx.Node, tuple[int, list[tuple[int, int]]]] = {}  # chunk, split
+        self.numbers: dict[fx.Node, Any] = {}  # shape queries the batch size does not enter
+        self.batch_dependent: set[fx.Node] = set()  # constants made from the batch size
+
+    def concrete(self, arg: Any, where: fx.Node) -> Any:
+        """``arg`` with each shape query in it (``x.size(1) // 2``) replaced by its number;
+        one that depends on the batch size (``x.size(0)``) is refused."""
+        if isinstance(arg, fx.Node):
+            if arg in self.numbers:
+                return self.numbers[arg]
+            raise UserInputError(
+                f"export: {where.name} uses {arg.name} as a number; only numbers that do not "
+                "depend on the batch size (x.size(1), x.shape[2:], ...)"
+            )
+        if isinstance(arg, slice):
+            return slice(*(self.concrete(v, where) for v in (arg.start, arg.stop, arg.step)))
+        if isinstance(arg, tuple | list):
+            return type(arg)(self.concrete(v, where) for v in arg)
+        return arg
 
     def fresh(self, base: str) -> str:
         self.counter += 1
@@ -355,7 +373,8 @@ def _pieces(ex: _Exporter, node: fx.Node, *, chunk: bool) -> tuple[int, list[tup
         **node.kwargs,
     }
     keys = ("size", "chunks", "split_size_or_sections", "split_size")
-    size = next(given[k] for k in keys if k in given)
+    size = ex.concrete(next(given[k] for k in keys if k in given), node)
+    given["dim"] = ex.concrete(given.get("dim", 0), node)
     src = given["input"]
     assert isinstance(src, fx.Node)
     shape = ex.shape(src)
@@ -378,6 +397,7 @@ def _export_index(ex: _Exporter, node: fx.Node, src: fx.Node, index: Any) -> str
     """``x[:, 0]``, ``x[..., 1:3]``: ``slice`` ops on axes other than the batch (step 1),
     then a ``reshape`` that drops the axes an integer index removed."""
     shape = ex.shape(src)
+    index = ex.concrete(index, node)
     items = list(index) if isinstance(index, tuple) else [index]
     if Ellipsis in items:
         at = items.index(Ellipsis)
@@ -664,39 +684,68 @@ def _export_const_affine(
     )
 
 
+_ARITH = {
+    operator.add: "add", torch.add: "add", "add": "add",
+    operator.sub: "sub", torch.sub: "sub", "sub": "sub",
+    operator.mul: "mul", torch.mul: "mul", "mul": "mul",
+    operator.truediv: "div", torch.div: "div", "div": "div", torch.true_divide: "div",
+}  # fmt: skip
+
+
+def _export_scalar_arith(ex: _Exporter, node: fx.Node) -> str | None:
+    """A value with a Python number or a constant: ``x * 0.5``, ``x - mean``, ``x / std``,
+    ``1 + x`` (a ``batchnorm`` or a ``broadcast``); None for two values (the caller's
+    case). ``c - x`` and ``c / x``, ``alpha`` on a value and integer division are refused."""
+    kind = _ARITH[node.target]
+    if node.kwargs.get("rounding_mode") is not None:
+        raise UserInputError(
+            f"export: {node.name} divides with rounding_mode={node.kwargs['rounding_mode']!r}; "
+            "only true division"
+        )
+    alpha: Any = ex.concrete(node.kwargs.get("alpha", 1), node)
+    a, b = (
+        ex.numbers[v] if isinstance(v, fx.Node) and v in ex.numbers else v for v in node.args[:2]
+    )
+
+    def constant(v: Any) -> torch.Tensor | None:
+        if isinstance(v, bool | int | float):
+            return torch.tensor(float(v), dtype=torch.float64)
+        if isinstance(v, fx.Node) and v in ex.consts:
+            return ex.consts[v].double()
+        return None
+
+    ca, cb = constant(a), constant(b)
+    if ca is None and cb is None:
+        if alpha != 1:
+            raise UserInputError(f"export: {node.name} scales a value by alpha={alpha}")
+        return None
+    if ca is not None and cb is not None:
+        raise UserInputError(f"export: {node.name} computes on constants only")
+    if cb is None and (kind in ("sub", "div") or alpha != 1):  # c - x, c / x, c + alpha x
+        raise UserInputError(
+            f"export: {node.name} takes a constant {kind} a value (or alpha={alpha}); only "
+            "value + - * / constant and constant + * value"
+        )
+    value, c = (b, ca) if cb is None else (a, cb)
+    assert isinstance(value, fx.Node)
+    assert c is not None
+    if kind in ("add", "sub"):
+        shift = c * float(alpha) * (-1.0 if kind == "sub" else 1.0)
+        return _export_const_affine(ex, node, value, shift, True)
+    return _export_const_affine(ex, node, value, c if kind == "mul" else 1.0 / c, False)
+
+
 def _export_function(ex: _Exporter, node: fx.Node) -> None:
     target = node.target
     args = node.args
-    if target in (operator.sub, torch.sub, "sub", operator.truediv, torch.div, "div") and (
-        isinstance(args[1], int | float) or (isinstance(args[1], fx.Node) and args[1] in ex.consts)
-    ):  # x - c as x + (-c), x / c as x * (1 / c)
-        rhs: Any = args[1]
-        c = rhs if isinstance(rhs, int | float) else ex.consts[rhs]
-        sub = target in (operator.sub, torch.sub, "sub")
-        value = (
-            -torch.as_tensor(c, dtype=torch.float64)
-            if sub
-            else 1.0 / torch.as_tensor(c, dtype=torch.float64)
-        )
-        assert isinstance(args[0], fx.Node)
-        ex.names[node] = _export_const_affine(ex, node, args[0], value, sub)
-        return
+    if target in _ARITH:
+        scaled = _export_scalar_arith(ex, node)
+        if scaled is not None:
+            ex.names[node] = scaled
+            return
     if target in (operator.add, torch.add, operator.mul, torch.mul, "add", "mul"):
         is_add = target in (operator.add, torch.add, "add")
         a, b = args[0], args[1]
-        if isinstance(a, int | float) or isinstance(b, int | float):  # x * 0.125, 1 + x
-            number: Any = a if isinstance(a, int | float) else b
-            other = b if number is a else a
-            assert isinstance(other, fx.Node)
-            value = torch.tensor(float(number), dtype=torch.float64)
-            ex.names[node] = _export_const_affine(ex, node, other, value, is_add)
-            return
-        consts = [v for v in (a, b) if isinstance(v, fx.Node) and v in ex.consts]
-        if consts:
-            other = b if a in consts else a
-            assert isinstance(other, fx.Node)
-            ex.names[node] = _export_const_affine(ex, node, other, ex.consts[consts[0]], is_add)
-            return
         if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
             raise UserInputError(f"export: {node.name} combines a value with a Python number")
         sa, sb = ex.shape(a), ex.shape(b)
@@ -789,7 +838,8 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
             **dict(zip(("input", "dim", "start", "length"), args, strict=False)),
             **node.kwargs,
         }
-        src = given["input"]
+        src = given.pop("input")
+        given = {k: ex.concrete(v, node) for k, v in given.items()}
         assert isinstance(src, fx.Node)
         src_shape = ex.shape(src)
         axis = int(given["dim"]) % len(src_shape)
@@ -837,15 +887,17 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         ex.pieces[node] = _pieces(ex, node, chunk=target in (torch.chunk, "chunk"))
     elif target is operator.getitem and isinstance(args[0], fx.Node) and args[0] in ex.pieces:
         axis, ranges = ex.pieces[args[0]]
-        item: Any = args[1]
-        begin, end = ranges[int(item)]
+        item: Any = ex.concrete(args[1], node)
+        if not isinstance(item, int):
+            raise UserInputError(f"export: {node.name} indexes the pieces with {item!r}")
+        begin, end = ranges[item]
         src_name = ex.value(args[0].args[0], node)
         attrs = {"axis": axis, "start": begin, "end": end}
         ex.names[node] = ex.emit("slice", node.name, [src_name], attrs=attrs)
     elif target is operator.getitem and isinstance(args[0], fx.Node):
         ex.names[node] = _export_index(ex, node, args[0], args[1])
     elif target in (torch.select, "select"):  # the importer's Gather of one index
-        sel: Any = args
+        sel: Any = (args[0], *ex.concrete(tuple(args[1:]), node))
         src = sel[0]
         assert isinstance(src, fx.Node)
         index = (slice(None),) * (int(sel[1]) % len(ex.shape(src))) + (int(sel[2]),)
@@ -927,12 +979,18 @@ def _classify(ex: _Exporter, input_shape: tuple[int, ...]) -> None:
             continue
         elif _is_shape(result):
             ex.shape_only.add(node)
+            if node not in three or result == three[node]:
+                ex.numbers[node] = tuple(result) if isinstance(result, torch.Size) else result
         elif any(a in data for a in node.all_input_nodes):
             data.add(node)
         elif not isinstance(result, torch.Tensor):
             continue  # a tuple of constants: its items are classified where indexed
-        elif node not in three or tuple(result.shape) == tuple(three[node].shape):
+        elif node not in three or (
+            result.shape == three[node].shape and torch.equal(result, three[node])
+        ):
             ex.consts[node] = result.detach()
+        elif result.shape == three[node].shape:  # made from the batch size
+            ex.batch_dependent.add(node)
         elif (
             result.dim() >= 2
             and result.shape[0] == 2
@@ -979,6 +1037,11 @@ def build_graph(
             ex.names[node] = "input"
         elif node in ex.consts or node in ex.shape_only:
             continue  # consumed by the op that reads them
+        elif node in ex.batch_dependent:
+            raise UserInputError(
+                f"export: {node.name} is a constant computed from the batch size; the "
+                "runtime takes any batch size"
+            )
         elif node in ex.per_sample:
             _export_per_sample(ex, node)
         elif node.op == "call_module":

@@ -38,6 +38,7 @@ MAX_VALUE_ELEMENTS = 1 << 30  # per batch item, for every value of the graph
 # a binary layer's dot products (in_channels x kernel taps) stay below 2**30: the C kernels'
 # int32 accumulators hold K - 2 * popcount without overflow
 MAX_BINARY_TAPS = (1 << 30) - 1
+MAX_MATMUL_MACS = 1 << 34  # per sample, a matmul of two values (a ViT-L attention: ~2**29)
 
 _SAFETENSORS_DTYPES: dict[str, np.dtype[Any]] = {
     "U64": np.dtype("<u8"),
@@ -601,13 +602,19 @@ def _infer_real(node: _Node, ins: list[ValueInfo], need: Any) -> ValueInfo:
         b = need(1, "float", len(a))
         if a[1:-2] != b[1:-2] or a[-1] != b[-2]:
             raise _fail(w, f"cannot multiply {a} by {b} (leading dims equal, {a[-1]} rows)")
+        work = math.prod(int(v or 0) for v in (*a[1:], b[-1]))  # multiply-adds per sample
+        if work > MAX_MATMUL_MACS:
+            raise _fail(w, f"{work} multiply-adds per sample exceed the limit {MAX_MATMUL_MACS}")
         return ValueInfo("float", (*a[:-1], b[-1]))
     if op == "broadcast":  # a constant (a class token, a position embedding) per sample
         node.n_inputs(1)  # any value: it gives the batch size
         vname = node.params.get("value")
         if vname is None or vname not in node.tensors or not 1 <= node.tensors[vname].ndim <= 3:
             raise _fail(w, "param 'value' must name a tensor of 1 to 3 dims")
-        shape = tuple(int(v) for v in node.tensors[vname].shape)
+        shape = tuple(
+            _int(f"{w}: value dim {i}", int(v), minimum=1)
+            for i, v in enumerate(node.tensors[vname].shape)
+        )
         node.param("value", "F32", shape)
         return ValueInfo("float", (None, *shape))
     raise _fail(w, f"op {op!r} has no checker")  # pragma: no cover - KNOWN_OPS is closed

@@ -100,7 +100,7 @@ def to_array(inputs: Any, *, max_elements: int) -> np.ndarray:
         )
     try:
         array = np.asarray(inputs, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # OverflowError: a huge integer
         raise ValueError(
             "inputs must be a rectangular nested list of numbers (batch first)"
         ) from exc

@@ -68,6 +68,7 @@ def test_v1_predict_matches_reference(api: Api, served: tuple[str, np.ndarray, n
         ([["1.5", "2", "3", "4"]], "strings and booleans are not numbers"),
         ([[True, 1.0, 0.0, 2.0]], "strings and booleans are not numbers"),
         ([[[1.0, 2.0], 3.0, 4.0, 5.0]], "rectangular"),
+        ([[10**400, 0, 0, 0]], "rectangular"),
         ([[1e39, 0, 0, 0]], "finite"),
         ([[0.0] * 4] * 3000, "limit"),
     ],

@@ -640,3 +640,39 @@ def test_python_numbers_shape_queries_chunks_and_indexing_export(tmp_path: Path)
     x = torch.randn(3, 6, 4, 5)
     got = runtime.load(tmp_path / "m.bfm").run(x.numpy())
     np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("forward", "match"),
+    [
+        (lambda x: 2 - x, "takes a constant sub a value"),
+        (lambda x: 1 / x, "takes a constant div a value"),
+        (lambda x: torch.div(x, 2, rounding_mode="floor"), "rounding_mode='floor'"),
+        (lambda x: torch.add(2, x, alpha=3), r"alpha=3"),
+        (lambda x: x * torch.ones(1, 4).mul(x.size(0)), "computed from the batch size"),
+        (lambda x: x[:, : x.size(0)], "uses size as a number"),
+    ],
+)
+def test_arithmetic_it_cannot_export_is_named(forward: Any, match: str) -> None:
+    from engine.errors import UserInputError
+
+    class Model(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return forward(x)
+
+    with pytest.raises(UserInputError, match=match):
+        build_graph(torch.fx.symbolic_trace(Model()), (4,))
+
+
+def test_alpha_and_shape_numbers_export(tmp_path: Path) -> None:
+    class Model(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 6, 5)
+            y = torch.sub(x, 1.5, alpha=3).add(2, alpha=-0.5) * x.shape[-1] ** -0.5
+            return (y - x.size(1))[:, : x.size(1) // 2].flatten(1)
+
+    model = Model().eval()
+    graph, tensors = build_graph(torch.fx.symbolic_trace(model), (6, 5))
+    runtime.write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
+    x = torch.randn(3, 6, 5)
+    got = runtime.load(tmp_path / "m.bfm").run(x.numpy())
+    np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-6, atol=1e-6)

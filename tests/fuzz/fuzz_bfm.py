@@ -846,6 +846,8 @@ def _work(graph: Graph, tensors: Tensors) -> tuple[int, int]:
             per = max(1, weight.size // max(1, int(out.shape[1] or 1)))
         if node["op"].endswith(("pool1d", "pool2d")):
             per = math.prod(node["attrs"]["kernel_size"])
+        if node["op"] == "matmul":  # K multiply-adds per output element
+            per = int(values[node["inputs"][0]].shape[-1] or 1)
         work += size * per
     return elements, work
 

@@ -76,21 +76,30 @@ def main() -> int:
     wrong: list[str] = []
     start = threading.Barrier(args.callers)
 
+    done = [0] * args.callers
+
     def caller(k: int) -> None:
         order = list(range(len(models)))
         random.Random(k).shuffle(order)
         start.wait()
-        for _ in range(args.rounds):
-            for m in order:
-                got = models[m].run(feeds[m, batches[k]])
-                if not _same(got, expected[m, batches[k]]):
-                    wrong.append(f"caller {k}, model {m}, batch {batches[k]}")
+        try:
+            for _ in range(args.rounds):
+                for m in order:
+                    got = models[m].run(feeds[m, batches[k]])
+                    if not _same(got, expected[m, batches[k]]):
+                        wrong.append(f"caller {k}, model {m}, batch {batches[k]}")
+                    done[k] += 1
+        except BaseException as exc:  # a thread's exception would only be printed
+            wrong.append(f"caller {k} raised {type(exc).__name__}: {exc}")
 
     callers = [threading.Thread(target=caller, args=(k,)) for k in range(args.callers)]
     for t in callers:
         t.start()
     for t in callers:
         t.join()
+    runs = sum(done)
+    if runs != args.callers * args.rounds * len(models):
+        wrong.append(f"{runs} runs finished of {args.callers * args.rounds * len(models)}")
     print(
         f"{len(models)} models, {args.callers} callers x {args.rounds} rounds, "
         f"{args.threads} kernel threads, isa {runtime.isa()}: {len(wrong)} wrong results"

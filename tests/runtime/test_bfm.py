@@ -492,6 +492,7 @@ def _two_value_graph(
         ("matmul", np.ones((3, 4, 5), np.float32), r"cannot multiply .* by \(None, 3, 4, 5\)"),
         ("add", np.ones((2, 3, 4, 1), np.float32), "'value' must name a tensor of 1 to 3 dims"),
         ("add", np.ones((2, 3, 4), np.float16), "dtype"),
+        ("add", np.ones((2, 0, 4), np.float32), r"value dim 1: must be >= 1"),
     ],
 )
 def test_matmul_and_broadcast_shapes_are_checked(op: str, value: Any, match: str) -> None:
@@ -506,3 +507,13 @@ def test_matmul_of_a_broadcast_constant_runs(tmp_path: Path) -> None:
     write_bfm(tmp_path / "m.bfm", graph=graph, tensors=tensors, provenance={})
     x = np.random.default_rng(1).standard_normal((3, 2, 3, 4)).astype(np.float32)
     np.testing.assert_allclose(runtime.load(tmp_path / "m.bfm").run(x), x @ value, rtol=1e-5)
+
+
+def test_a_matmul_past_the_work_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import bfm
+
+    monkeypatch.setattr(bfm, "MAX_MATMUL_MACS", 2 * 3 * 4 * 5 - 1)
+    value = np.ones((2, 4, 5), np.float32)  # (N, 2, 3, 4) @ (N, 2, 4, 5): 120 per sample
+    graph, tensors = _two_value_graph("matmul", [None, 2, 3, 5], value)
+    with pytest.raises(FormatError, match="120 multiply-adds per sample exceed the limit"):
+        write_bfm(Path("/nonexistent/never.bfm"), graph=graph, tensors=tensors, provenance={})
