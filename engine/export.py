@@ -393,6 +393,24 @@ def _pieces(ex: _Exporter, node: fx.Node, *, chunk: bool) -> tuple[int, list[tup
     return axis, [(b, b + n) for b, n in zip(starts, sizes, strict=True)]
 
 
+def _emit_slice(
+    ex: _Exporter, name: str, x: str, shape: tuple[int, ...], axis: int, begin: int, end: int
+) -> tuple[str, tuple[int, ...]]:
+    """A ``slice`` of ``axis``; a value of 5 axes (timm's ``(B, N, 3, H, D)``), which the
+    runtime only reshapes and transposes, is viewed with the axes before and after this
+    one merged, sliced, and viewed back."""
+    cut = (*shape[:axis], end - begin, *shape[axis + 1 :])
+    attrs = {"axis": axis, "start": begin, "end": end}
+    if len(shape) <= 4:
+        return ex.emit("slice", name, [x], attrs=attrs), cut
+    lead = [math.prod(shape[1:axis])] if axis > 1 else []
+    tail = [math.prod(shape[axis + 1 :])] if axis < len(shape) - 1 else []
+    view = ex.emit("reshape", f"{name}.merge", [x], attrs={"shape": [*lead, shape[axis], *tail]})
+    attrs["axis"] = 1 + len(lead)
+    part = ex.emit("slice", name, [view], attrs=attrs)
+    return ex.emit("reshape", f"{name}.split", [part], attrs={"shape": list(cut[1:])}), cut
+
+
 def _export_index(ex: _Exporter, node: fx.Node, src: fx.Node, index: Any) -> str:
     """``x[:, 0]``, ``x[..., 1:3]``: ``slice`` ops on axes other than the batch (step 1),
     then a ``reshape`` that drops the axes an integer index removed."""
@@ -418,8 +436,7 @@ def _export_index(ex: _Exporter, node: fx.Node, src: fx.Node, index: Any) -> str
             )
         if end <= begin:
             raise UserInputError(f"export: {node.name} takes an empty slice of axis {axis}")
-        attrs = {"axis": axis, "start": begin, "end": end}
-        x = ex.emit("slice", f"{node.name}.axis{axis}", [x], attrs=attrs)
+        x, shape = _emit_slice(ex, f"{node.name}.axis{axis}", x, shape, axis, begin, end)
     out_shape = list(ex.shape(node)[1:])
     if any(isinstance(item, int) for item in items):
         x = ex.emit("reshape", node.name, [x], attrs={"shape": out_shape})
@@ -846,8 +863,9 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         if axis == 0:
             raise UserInputError(f"export: {node.name} slices the batch axis")
         begin = int(given["start"]) % src_shape[axis]
-        attrs = {"axis": axis, "start": begin, "end": begin + int(given["length"])}
-        ex.names[node] = ex.emit("slice", node.name, [ex.value(src, node)], attrs=attrs)
+        ex.names[node], _ = _emit_slice(
+            ex, node.name, ex.value(src, node), src_shape, axis, begin, begin + int(given["length"])
+        )
     elif target is F.interpolate:
         names = ("input", "size", "scale_factor", "mode")
         given = {**dict(zip(names, args, strict=False)), **node.kwargs}
@@ -891,9 +909,11 @@ def _export_function(ex: _Exporter, node: fx.Node) -> None:
         if not isinstance(item, int):
             raise UserInputError(f"export: {node.name} indexes the pieces with {item!r}")
         begin, end = ranges[item]
-        src_name = ex.value(args[0].args[0], node)
-        attrs = {"axis": axis, "start": begin, "end": end}
-        ex.names[node] = ex.emit("slice", node.name, [src_name], attrs=attrs)
+        whole = args[0].args[0]
+        assert isinstance(whole, fx.Node)
+        ex.names[node], _ = _emit_slice(
+            ex, node.name, ex.value(whole, node), ex.shape(whole), axis, begin, end
+        )
     elif target is operator.getitem and isinstance(args[0], fx.Node):
         ex.names[node] = _export_index(ex, node, args[0], args[1])
     elif target in (torch.select, "select"):  # the importer's Gather of one index

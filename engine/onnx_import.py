@@ -129,6 +129,7 @@ FOLDABLE = {
     "Equal",
     "Where",
     "Expand",
+    "Sqrt",
 }
 FOLD_MAX_ELEMENTS = 1 << 16  # a ConstantOfShape folded at import (shapes, pads) is small
 
@@ -299,6 +300,10 @@ def _fold(b: _Builder, node: Any, op: str, a: dict[str, Any], ins: list[str]) ->
         result = np.array([u == v for u, v in pairs], dtype=bool).reshape(xs.shape)
     elif op == "Where":
         result = np.where(x.astype(bool), get(1), get(2))
+    elif op == "Sqrt":  # scaled_dot_product_attention's 1 / sqrt(d), from the shape
+        if x.dtype == object:
+            raise _fail(node, "Sqrt of the batch size is not supported")
+        result = np.sqrt(x)
     elif op == "Expand":  # of a constant by a known shape (to the batch size: a module)
         sizes = get(1).reshape(-1).tolist()
         if None in sizes:
@@ -366,6 +371,10 @@ class _Builder:
         self.input_shape: tuple[int, ...] | None = None  # without the batch
         self.batch: int | None = None  # the input's batch size where the file fixes it
         self.input_name = ""  # the model's input (a reference for the batch size)
+        # a Transpose that moves the batch axis, kept until Split/Squeeze/Gather on its first
+        # axis take it apart (timm's qkv.permute(2, 0, 3, 1, 4).unbind(0)): the source
+        # value, its shape, the perm, and the refusal for any other reader
+        self.pending: dict[str, tuple[Any, list[int | None], list[int], str]] = {}
         self.unprobed: set[str] = set()  # values known_shape could not run the graph to
         self.syms: dict[str, np.ndarray] = {}  # object arrays of ints, None for the batch
         self.count = 0
@@ -396,6 +405,8 @@ class _Builder:
         return self.consts[name]
 
     def value(self, name: str, node: Any) -> Any:
+        if name in self.pending:
+            raise _fail(node, self.pending[name][3])
         if name in self.values:
             return self.values[name]
         if name in self.consts:
@@ -658,6 +669,51 @@ def _convert_split(b: _Builder, node: Any, a: dict[str, Any], x: Any) -> None:
         start += part
 
 
+def _take_apart(b: _Builder, node: Any, op: str, a: dict[str, Any]) -> None:
+    """Split, Squeeze or Gather on the first axis of a Transpose that moved the batch
+    (pending): each part is a slice (or one index) of the source's axis ``perm[0]``; once
+    that axis is gone the batch is first again and the part is a value (the source
+    narrowed or indexed, then permuted)."""
+    ins, outs = list(node.input), list(node.output)
+    src, shape, perm, refusal = b.pending[ins[0]]
+    moved = perm[0]
+    if op == "Split":
+        if int(a.get("axis", 0)) % len(perm) != 0:
+            raise _fail(node, refusal)
+        size = shape[moved]
+        sizes = _int_list(b, node, a, 1, "split")
+        if sizes is None and size is not None:
+            step = -(-size // len(outs))
+            sizes = [min(step, size - i * step) for i in range(len(outs))]
+        if size is None or sizes is None or sum(sizes) != size or min(sizes) < 1:
+            raise _fail(node, f"split {sizes} does not cut the moved axis of {size}")
+        start = 0
+        for name, part in zip(outs, sizes, strict=True):
+            piece, now = _narrow(b, node, src, list(shape), moved, start, start + part)
+            b.pending[name] = (piece, now, perm, refusal)
+            start += part
+        return
+    if op == "Squeeze":
+        axes = _int_list(b, node, a, 1, "axes")
+        if axes is None or [v % len(perm) for v in axes] != [0] or shape[moved] != 1:
+            raise _fail(node, refusal)
+        index = 0
+    else:  # Gather of one index on the moved axis
+        found = b.const(ins[1], node)
+        if int(a.get("axis", 0)) % len(perm) != 0 or found.ndim != 0:
+            raise _fail(node, refusal)
+        index = int(found) % int(shape[moved] or 1)
+    rest = [p - (p > moved) for p in perm[1:]]
+    if rest[0] != 0:
+        raise _fail(node, refusal)
+    y = b.graph.call_function(torch.select, (src, moved, index))
+    if rest != sorted(rest):
+        y = b.graph.call_function(torch.permute, (y, tuple(rest)))
+    kept = [d for i, d in enumerate(shape) if i != moved]
+    b.values[outs[0]] = y
+    b.learn_shape(outs[0], [kept[i] for i in rest])
+
+
 def _convert_node(b: _Builder, node: Any) -> None:
     op = node.op_type
     a = _attrs(node)
@@ -677,6 +733,9 @@ def _convert_node(b: _Builder, node: Any) -> None:
             b.values[out] = b.value(ins[0], node)
         return
     if _fold(b, node, op, a, ins):
+        return
+    if ins and ins[0] in b.pending and op in {"Split", "Squeeze", "Gather"}:
+        _take_apart(b, node, op, a)
         return
     x = b.value(ins[0], node) if ins and ins[0] not in b.consts else None
     if op == "Conv":
@@ -822,13 +881,16 @@ def _convert_node(b: _Builder, node: Any) -> None:
         perm = [int(v) for v in a.get("perm", range(rank - 1, -1, -1))]
         if sorted(perm) != list(range(rank)):
             raise _fail(node, f"perm {perm} is not a permutation of {rank} axes")
-        if perm[0] != 0:
-            raise _fail(
-                node,
-                f"perm {perm} moves the batch axis; only the others may move (nn."
-                "MultiheadAttention and nn.TransformerEncoderLayer write such transposes; "
-                "attention is not supported)",
+        if perm[0] != 0:  # usable only if Split/Squeeze/Gather give the batch back its place
+            refusal = (
+                f"Transpose {node.name or out!r} (perm {perm}) moves the batch axis, and this "
+                "reader does not take the moved axis apart (nn.MultiheadAttention and "
+                "nn.TransformerEncoderLayer write such transposes and are not supported; "
+                "timm's qkv.permute(2, 0, 3, 1, 4).unbind(0) is)"
             )
+            assert known is not None
+            b.pending[out] = (x, list(known), perm, refusal)
+            return
         b.values[out] = b.graph.call_function(torch.permute, (x, tuple(perm)))
         assert known is not None
         b.learn_shape(out, [known[i] for i in perm])

@@ -477,7 +477,17 @@ def test_transpose_of_the_batch_axis_is_named(tmp_path: Path) -> None:
         ("Transpose", ["x"], ["t"], {"perm": [1, 0, 2]}),
         ("Flatten", ["t"], ["y"], {"axis": 1}),
     ]
-    with pytest.raises(UserInputError, match=r"perm \[1, 0, 2\] moves the batch axis"):
+    with pytest.raises(
+        UserInputError, match=r"\(Flatten\): Transpose .*\(perm \[1, 0, 2\]\) moves the batch axis"
+    ):
+        load_model(_helper_model(tmp_path, nodes, ["n", 3, 4], {}, 13))
+    # Split of the moved axis gives parts that still start with it: refused too
+    nodes = [
+        ("Transpose", ["x"], ["t"], {"perm": [1, 0, 2]}),
+        ("Split", ["t"], ["a", "b", "c"], {"axis": 0}),
+        ("Flatten", ["a"], ["y"], {"axis": 1}),
+    ]
+    with pytest.raises(UserInputError, match=r"moves the batch axis"):
         load_model(_helper_model(tmp_path, nodes, ["n", 3, 4], {}, 13))
 
 
@@ -790,7 +800,7 @@ class _Decoder(nn.Module):
 @pytest.mark.parametrize(
     ("factory", "shape", "opset", "match"),
     [
-        (_Encoder, (5, 8), 17, r"moves the batch axis.*attention is not supported"),
+        (_Encoder, (5, 8), 17, r"moves the batch axis.*MultiheadAttention .*not supported"),
         (_Decoder, (3, 4, 4), 17, r"ConvTranspose.*nn\.Upsample\(scale_factor=k, mode="),
         (
             lambda: nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 3)),
