@@ -600,12 +600,29 @@ class _TinyViT(nn.Module):
         return self.head(self.norms[4](t)[:, 0])
 
 
-@pytest.mark.parametrize("through_onnx", [False, True])
+class _TimmAttention(_Attention):
+    """timm's layout: ``qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)``
+    (the batch moves to axis 1 until the unbind) and ``scaled_dot_product_attention``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize(
+    ("timm", "through_onnx"),
+    [(False, False), (False, True), (True, True)],  # timm's layout: through ONNX only
+)
 def test_a_vision_transformer_runs_binary_in_the_runtime(
-    tmp_path: Path, through_onnx: bool
+    tmp_path: Path, timm: bool, through_onnx: bool
 ) -> None:
     torch.manual_seed(0)
     model: nn.Module = _TinyViT().eval()
+    if timm:
+        model.attn = nn.ModuleList(_TimmAttention(32) for _ in range(2)).eval()
     shape = (3, 12, 12)
     if through_onnx:  # Expand of the class token, MatMul of two values, Gather of token 0
         original = model
@@ -676,34 +693,3 @@ def test_alpha_and_shape_numbers_export(tmp_path: Path) -> None:
     x = torch.randn(3, 6, 5)
     got = runtime.load(tmp_path / "m.bfm").run(x.numpy())
     np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-6, atol=1e-6)
-
-
-class _TimmAttention(_Attention):
-    """timm's layout: ``qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)``
-    (the batch moves to axis 1 until the unbind) and ``scaled_dot_product_attention``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        y = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c))
-
-
-def test_timm_style_attention_imports_from_onnx_and_runs_binary(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    original = _TinyViT().eval()
-    original.attn = nn.ModuleList(_TimmAttention(32) for _ in range(2))
-    shape = (3, 12, 12)
-    model = _through_onnx(original, shape, tmp_path)
-    x = torch.randn(8, *shape)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
-    path = tmp_path / "m.bfm"
-    student, x = _convert_and_export(model, shape, path, train_epochs=1)
-    ops = [n["op"] for n in read_bfm(path)[0]["nodes"]]
-    assert ops.count("bconv1d") == 8
-    assert ops.count("matmul") == 4
-    agree, close = _agreement(student, x, path)
-    assert agree >= 0.999
-    assert close >= 0.999
