@@ -23,6 +23,7 @@ setup(
             depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC).rglob("*.h")),
             extra_compile_args=["-O3", "-std=c11", "-fno-strict-aliasing", "-Wall", "-Wextra"],
             define_macros=[("_GNU_SOURCE", "1")],
+            libraries=["m"],  # erff, erfcf (runtime/csrc/gelu)
         )
     ],
 )

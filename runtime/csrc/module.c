@@ -14,6 +14,7 @@
 #include "bconv/bconv.h"
 #include "fconv/fconv.h"
 #include "dwconv/dwconv.h"
+#include "gelu/gelu.h"
 #include "maxpool/maxpool.h"
 
 /* Resolve an optional ISA name to a kernel table; sets a Python error and returns NULL. */
@@ -799,6 +800,31 @@ static PyObject *py_supported_isas(PyObject *self, PyObject *unused) {
     return out;
 }
 
+/* --- erf, GELU --------------------------------------------------------------------- */
+
+static PyObject *py_erf(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, out;
+    int gelu;
+    if (!PyArg_ParseTuple(args, "y*w*p", &x, &out, &gelu)) return NULL;
+    if (x.len != out.len || x.len % (Py_ssize_t)sizeof(float) != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "x and out must be float32 buffers of one length, got %zd and %zd bytes",
+                     x.len, out.len);
+        PyBuffer_Release(&x);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    const size_t n = (size_t)x.len / sizeof(float);
+    Py_BEGIN_ALLOW_THREADS
+    if (gelu) bf_gelu_erf((const float *)x.buf, (float *)out.buf, n);
+    else bf_erf((const float *)x.buf, (float *)out.buf, n);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_select_isa(PyObject *self, PyObject *arg) {
     (void)self;
     const bf_kernels *table = resolve_isa(arg);
@@ -808,6 +834,9 @@ static PyObject *py_select_isa(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef methods[] = {
+    {"erf", py_erf, METH_VARARGS,
+     "erf(x, out, gelu) -> None\n\nout = erf(x), or with gelu x/2 (1 + erf(x / sqrt 2)); "
+     "float32 buffers of one length (out may be x)."},
     {"popcount", (PyCFunction)(void (*)(void))py_popcount, METH_VARARGS | METH_KEYWORDS,
      "popcount(buffer, isa=None) -> int\n\nNumber of set bits in a buffer of 64-bit words."},
     {"xnor_gemm", (PyCFunction)(void (*)(void))py_xnor_gemm, METH_VARARGS | METH_KEYWORDS,

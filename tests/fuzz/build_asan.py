@@ -162,7 +162,7 @@ def build(out_root: Path | None = None, *, flavor: str = "address") -> Path:
         package.mkdir(parents=True)
         library = package / f"_native{suffix}"
         link = subprocess.run(
-            [CC, "-shared", sanitize, *map(str, objs), "-lpthread", "-o", str(library)],
+            [CC, "-shared", sanitize, *map(str, objs), "-lpthread", "-lm", "-o", str(library)],
             capture_output=True,
             text=True,
             timeout=600,
