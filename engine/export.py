@@ -720,9 +720,10 @@ def _export_scalar_arith(ex: _Exporter, node: fx.Node) -> str | None:
             "only true division"
         )
     alpha: Any = ex.concrete(node.kwargs.get("alpha", 1), node)
-    a, b = (
-        ex.numbers[v] if isinstance(v, fx.Node) and v in ex.numbers else v for v in node.args[:2]
-    )
+    operands = [*node.args[:2], node.kwargs.get("other")][:2]  # torch.add(x, other=c)
+    if len(node.args) < 1 or operands[1] is None:
+        raise UserInputError(f"export: {node.name} ({kind}) needs two operands")
+    a, b = (ex.numbers[v] if isinstance(v, fx.Node) and v in ex.numbers else v for v in operands)
 
     def constant(v: Any) -> torch.Tensor | None:
         if isinstance(v, bool | int | float):

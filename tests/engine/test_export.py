@@ -684,7 +684,8 @@ def test_arithmetic_it_cannot_export_is_named(forward: Any, match: str) -> None:
 def test_alpha_and_shape_numbers_export(tmp_path: Path) -> None:
     class Model(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 6, 5)
-            y = torch.sub(x, 1.5, alpha=3).add(2, alpha=-0.5) * x.shape[-1] ** -0.5
+            y = torch.sub(x, 1.5, alpha=3).add(2, alpha=-0.5).mul(other=1.25)
+            y = y * x.shape[-1] ** -0.5
             return (y - x.size(1))[:, : x.size(1) // 2].flatten(1)
 
     model = Model().eval()
