@@ -601,8 +601,7 @@ def _export_module(ex: _Exporter, node: fx.Node) -> None:
         alpha, beta = (mod.alpha, mod.beta) if isinstance(mod, HardSigmoid) else (1 / 6, 0.5)
         out = ex.emit("hardsigmoid", name, [x], attrs={"alpha": float(alpha), "beta": float(beta)})
     elif isinstance(mod, BatchBroadcast):  # the importer's Expand of a class token
-        value = ex.tensor(f"{name}.value", _f32(mod.value))
-        out = ex.emit("broadcast", name, [x], params={"value": value})
+        out = _emit_broadcast(ex, name, mod.value, x)
     elif isinstance(mod, nn.SiLU):
         out = _silu(ex, name, x)
     elif isinstance(mod, nn.GELU):
@@ -684,8 +683,7 @@ def _export_const_affine(
                 f"export: {node.name} needs a scalar, per-channel, last-axis or per-sample "
                 f"constant, got shape {tuple(value.shape)} against {tuple(shape)}"
             )
-        param = ex.tensor(f"{node.name}.value", _f32(full))
-        const = ex.emit("broadcast", f"{node.name}.const", ["input"], params={"value": param})
+        const = _emit_broadcast(ex, f"{node.name}.const", full)
         return ex.emit("add" if is_add else "mul", node.name, [ex.value(x_node, node), const])
     one = torch.ones(c, dtype=torch.float64)
     zero = torch.zeros(c, dtype=torch.float64)
@@ -1028,15 +1026,15 @@ def _is_shape(result: Any) -> bool:
     return isinstance(result, tuple | list) and all(isinstance(v, int | float) for v in result)
 
 
-def _export_per_sample(ex: _Exporter, node: fx.Node) -> None:
-    value = ex.per_sample[node]
+def _emit_broadcast(ex: _Exporter, name: str, value: torch.Tensor, ref: str = "input") -> str:
+    """A ``broadcast`` of ``value`` (one sample's constant) to ``ref``'s batch size."""
     if not 1 <= value.dim() <= 3:
         raise UserInputError(
-            f"export: {node.name} expands a constant of shape {tuple(value.shape)} to the "
-            "batch; the runtime's broadcast takes 1 to 3 dims per sample"
+            f"export: {name} repeats a constant of shape {tuple(value.shape)} for every "
+            "sample; the runtime's broadcast takes 1 to 3 dims per sample"
         )
-    param = ex.tensor(f"{node.name}.value", _f32(value))
-    ex.names[node] = ex.emit("broadcast", node.name, ["input"], params={"value": param})
+    param = ex.tensor(f"{name}.value", _f32(value))
+    return ex.emit("broadcast", name, [ref], params={"value": param})
 
 
 def build_graph(
@@ -1064,7 +1062,7 @@ def build_graph(
                 "runtime takes any batch size"
             )
         elif node in ex.per_sample:
-            _export_per_sample(ex, node)
+            ex.names[node] = _emit_broadcast(ex, node.name, ex.per_sample[node])
         elif node.op == "call_module":
             _export_module(ex, node)
         elif node.op in ("call_function", "call_method"):

@@ -777,15 +777,6 @@ class _Step:
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 
 
-def erf(x: np.ndarray) -> np.ndarray:
-    """The error function of float32 values (numpy has none): C's ``erff`` in the native
-    extension (runtime/csrc/gelu), within 2 ulp."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    _native.erf(x, out, False)
-    return out
-
-
 NATIVE_FLOAT_ISAS = ("avx2", "avx512bw", "avx512")  # ISAs with vector fconv/flinear kernels
 FUSED_RELU = "__fused_relu"  # set by _fuse_relu on a loaded (already validated) node
 FUSED_POOL = "__fused_maxpool"  # set by _fuse_pool: the max pooling's attrs
